@@ -1,0 +1,50 @@
+"""Nightly intake of partner drops: discover, then one mapped ingest per drop, then publish.
+
+Logic lives in partner_pipeline.nightly; this file only wires tasks. The business date D of a
+run is its logical date: the 02:00 UTC run after D closes processes the drops dated D.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+WAREHOUSE_POOL = "duckdb_warehouse"  # one slot: DuckDB allows one writing process per file
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_tasks=4,
+    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
+    tags=["partner-data", "ingestion"],
+    doc_md=__doc__,
+)
+def partner_drops_nightly():
+    @task(pool=WAREHOUSE_POOL)
+    def discover(logical_date=None, run_id=None) -> list[dict]:
+        from partner_pipeline import nightly
+
+        return nightly.discover(logical_date.date(), run_id)
+
+    @task(map_index_template="{{ drop_name }}")
+    def ingest(drop: dict, run_id=None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from partner_pipeline import nightly
+
+        get_current_context()["drop_name"] = f"{drop['partner_id']}/{drop['drop_date']} ({drop['status']})"
+        return nightly.ingest(drop, run_id)
+
+    @task(pool=WAREHOUSE_POOL, trigger_rule="none_failed")
+    def publish(outcomes: list[dict], logical_date=None, run_id=None) -> dict:
+        from partner_pipeline import nightly
+
+        return nightly.publish(list(outcomes or []), logical_date.date(), run_id)
+
+    publish(ingest.expand(drop=discover()))
+
+
+partner_drops_nightly()

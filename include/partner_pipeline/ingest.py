@@ -1,0 +1,110 @@
+"""One drop, end to end up to the warehouse door: agreement, manifest, files, columns, rows.
+
+Returns a JSON-serialisable outcome; `warehouse.publish` applies it. A bad drop never raises:
+it is quarantined (its objects copied beside a machine-readable report) and reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+from partner_pipeline.agreements import Agreement
+from partner_pipeline.drops import MANIFEST, DropRef, check_agreement, parse_manifest
+from partner_pipeline.problems import DropRejected, Problem
+from partner_pipeline.staging import connect, stage_drop
+from partner_pipeline.storage import read_bytes
+from partner_pipeline.validation import validate_staged, validation_view_sql
+
+# Bump when ingestion rules change, so unchanged drops are processed again under the new rules.
+INGEST_VERSION = "1"
+
+
+def processing_key(drop: DropRef, agreement: Agreement | None) -> str:
+    """What decides an outcome: the delivery's content, the agreement, the ingestion rules."""
+    agreement_text = agreement.model_dump_json() if agreement else "no-agreement"
+    return hashlib.sha256(f"{drop.delivery_id}|{agreement_text}|{INGEST_VERSION}".encode()).hexdigest()[:20]
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id: str, settings) -> dict:
+    agreement = agreements.get(drop.partner_id)
+    work_dir = settings.staging_dir / drop.partner_id / drop.drop_date / drop.delivery_id
+    outcome = {
+        **drop.as_dict(), "run_id": run_id, "processing_key": processing_key(drop, agreement),
+        "rows_received": 0, "rows_valid": 0, "rows_quarantined": 0, "failures_by_rule": {},
+        "dropped_columns": [], "absent_attributes": [], "checksums": {}, "problems": [],
+    }
+    try:
+        agreement = check_agreement(drop, agreements)
+        manifest = _read_manifest(client, drop)
+        files = parse_manifest(drop, manifest, agreement)
+        staged = stage_drop(client, drop, files, agreement, work_dir, settings)
+        outcome.update(rows_received=staged.rows_received, checksums=staged.checksums,
+                       dropped_columns=staged.dropped_columns, absent_attributes=staged.absent_attributes)
+        _validate(staged.path, agreement, drop, run_id, settings, outcome)
+        outcome.update(status="staged", staging_path=str(staged.path))
+    except DropRejected as rejected:
+        outcome.update(status="quarantined", problems=[p.as_dict() for p in rejected.problems])
+        outcome["quarantine_report"] = quarantine_drop(client, drop, outcome, settings)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return outcome
+
+
+def _read_manifest(client, drop: DropRef) -> bytes | None:
+    if not any(key == MANIFEST for key, _, _ in drop.objects):
+        return None
+    return read_bytes(client, drop.bucket, drop.prefix + MANIFEST)
+
+
+def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str, settings, outcome: dict) -> None:
+    con = connect(stage_path, settings)
+    con.execute(validation_view_sql(agreement, drop.delivered_at))
+    con.close()
+    name = safe_name(f"{drop.partner_id}__{drop.drop_date}__{drop.delivery_id}")
+    result, failing = validate_staged(stage_path, agreement, settings.validation_dir / safe_name(run_id), name)
+    con = connect(stage_path, settings)
+    try:
+        con.execute("CREATE OR REPLACE TABLE row_failures (_row BIGINT, rule VARCHAR)")
+        for rule, select_rows in failing:
+            con.execute(f"INSERT INTO row_failures SELECT _row, ? FROM ({select_rows})", [rule])
+        bad = con.execute("SELECT count(DISTINCT _row) FROM row_failures").fetchone()[0]
+    finally:
+        con.close()
+    outcome.update(rows_valid=outcome["rows_received"] - bad, rows_quarantined=bad,
+                   failures_by_rule=result.failures_by_rule,
+                   validation_result=str(result.result_path), data_docs=str(result.docs_path))
+    received = outcome["rows_received"]
+    if received and bad / received > agreement.max_bad_row_share:
+        top = ", ".join(f"{rule} ({n})" for rule, n in sorted(result.failures_by_rule.items(), key=lambda kv: -kv[1])[:5])
+        raise DropRejected([Problem(
+            "too_many_bad_rows",
+            f"{bad} of {received} rows ({bad / received:.1%}) break the row rules, over the agreement's "
+            f"max_bad_row_share of {agreement.max_bad_row_share:.1%}; most frequent: {top}.",
+            f"Fix the rows (see {result.docs_path.name}) and re-deliver the drop.", file=drop.prefix)])
+
+
+def quarantine_drop(client, drop: DropRef, outcome: dict, settings) -> str:
+    """Copy the drop's objects into the quarantine area with report.json beside them."""
+    target = f"{drop.partner_id}/{drop.drop_date}/{drop.delivery_id}/"
+    copied = []
+    for key, _, _ in drop.objects:
+        client.copy_object(Bucket=settings.quarantine_bucket, Key=target + key,
+                           CopySource={"Bucket": drop.bucket, "Key": drop.prefix + key})
+        copied.append(key)
+    report = {
+        "partner_id": drop.partner_id, "drop_date": drop.drop_date, "delivery_id": drop.delivery_id,
+        "delivered_at": drop.delivered_at, "source": f"s3://{drop.bucket}/{drop.prefix}",
+        "run_id": outcome["run_id"], "status": "quarantined", "problems": outcome["problems"],
+        "objects": copied, "reported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    client.put_object(Bucket=settings.quarantine_bucket, Key=target + "report.json",
+                      Body=json.dumps(report, indent=2, sort_keys=True).encode(), ContentType="application/json")
+    return f"s3://{settings.quarantine_bucket}/{target}report.json"

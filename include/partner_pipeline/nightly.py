@@ -1,0 +1,67 @@
+"""What the nightly DAG's tasks do, as plain functions of the run's date and id (tested directly)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from partner_pipeline.agreements import load_agreements
+from partner_pipeline.drops import DropRef, find_complete_drops
+from partner_pipeline.ingest import ingest_drop, processing_key
+from partner_pipeline.settings import load_settings
+from partner_pipeline.storage import client_from_settings, ensure_buckets
+from partner_pipeline.warehouse import last_processing_keys, publish_outcome, warehouse
+
+log = logging.getLogger(__name__)
+
+
+def discover(day: dt.date, run_id: str) -> list[dict]:
+    """Every drop folder of `day`, marked `new` (to ingest), `skipped` (unchanged since processed)
+    or `incomplete` (no `_SUCCESS` yet: left for a later run)."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)  # a bad agreement file fails the run here, loudly
+    client = client_from_settings(settings)
+    ensure_buckets(client, [settings.quarantine_bucket])
+    complete, incomplete = find_complete_drops(client, settings.landing_bucket, day)
+    with warehouse(settings.warehouse_path, read_only=True) as con:
+        done = last_processing_keys(con, day)
+    found = []
+    for drop in complete:
+        key = processing_key(drop, agreements.get(drop.partner_id))
+        status = "skipped" if done.get(drop.partner_id) == key else "new"
+        found.append({**drop.as_dict(), "status": status, "processing_key": key, "run_id": run_id})
+    found += [{"partner_id": prefix.split("/")[0], "drop_date": day.isoformat(), "prefix": prefix,
+               "status": "incomplete", "run_id": run_id} for prefix in incomplete]
+    log.info("%s: %s", day, {s: sum(d["status"] == s for d in found) for s in ("new", "skipped", "incomplete")})
+    return found
+
+
+def ingest(drop: dict, run_id: str) -> dict:
+    """Ingest a `new` drop; pass the others through to publish unchanged."""
+    if drop["status"] != "new":
+        return drop
+    settings = load_settings()
+    drop = {k: v for k, v in drop.items() if k in DropRef.__dataclass_fields__}
+    outcome = ingest_drop(client_from_settings(settings), DropRef.from_dict(drop), load_agreements(settings.agreements_dir),
+                          run_id, settings)
+    log.info("%s/%s delivery %s: %s, %d rows received, %d valid, %d quarantined%s", outcome["partner_id"],
+             outcome["drop_date"], outcome["delivery_id"], outcome["status"], outcome["rows_received"],
+             outcome["rows_valid"], outcome["rows_quarantined"],
+             "".join(f"\n  {p['code']}: {p.get('file', '')} {p['message']}" for p in outcome["problems"]))
+    return outcome
+
+
+def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    with warehouse(settings.warehouse_path) as con:
+        for outcome in outcomes:
+            publish_outcome(con, outcome, agreements)
+    summary = {
+        "drop_date": day.isoformat(), "run_id": run_id,
+        "drops": {o["partner_id"]: {k: o.get(k) for k in ("status", "delivery_id", "rows_received", "rows_valid",
+                                                             "rows_quarantined", "failures_by_rule", "dropped_columns")}
+                  | {"problems": [p["code"] for p in o.get("problems", [])]} for o in outcomes},
+    }
+    log.info("published %s", summary)
+    return summary

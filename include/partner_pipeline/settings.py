@@ -1,0 +1,59 @@
+"""Every setting a deployment changes, read from the environment (see .env.example).
+
+Defaults are the embedded ones: a local S3 server, a DuckDB file and staging area under ./data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Settings:
+    s3_endpoint_url: str | None
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    aws_region: str
+    landing_bucket: str
+    first_party_bucket: str
+    quarantine_bucket: str
+    outbox_bucket: str
+    data_dir: Path
+    warehouse_path: Path
+    agreements_dir: Path
+    expectations_dir: Path
+    duckdb_memory_limit: str
+    duckdb_threads: int
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.data_dir / "validation"
+
+
+def load_settings() -> Settings:
+    env = os.environ
+    data_dir = Path(env.get("PIPELINE_DATA_DIR", PROJECT_ROOT / "data"))
+    return Settings(
+        s3_endpoint_url=env.get("PIPELINE_S3_ENDPOINT_URL") or None,
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        aws_region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+        landing_bucket=env.get("PIPELINE_LANDING_BUCKET", "partner-landing"),
+        first_party_bucket=env.get("PIPELINE_FIRST_PARTY_BUCKET", "first-party"),
+        quarantine_bucket=env.get("PIPELINE_QUARANTINE_BUCKET", "partner-quarantine"),
+        outbox_bucket=env.get("PIPELINE_OUTBOX_BUCKET", "partner-outbox"),
+        data_dir=data_dir,
+        warehouse_path=Path(env.get("PIPELINE_WAREHOUSE_PATH", data_dir / "warehouse.duckdb")),
+        agreements_dir=Path(env.get("PIPELINE_AGREEMENTS_DIR", PROJECT_ROOT / "include" / "agreements")),
+        expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
+        duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),
+        duckdb_threads=int(env.get("PIPELINE_DUCKDB_THREADS", "2")),
+    )

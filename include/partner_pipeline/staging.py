@@ -1,0 +1,168 @@
+"""Download a verified drop's files and load them into the drop's own staging DuckDB file.
+
+Every drop gets its own file, so drops are staged in parallel without contending for the
+warehouse's single writer. Values are kept as delivered (VARCHAR); validation and the dbt
+staging models do the typing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, Agreement, special_category_term
+from partner_pipeline.drops import DropRef, ManifestFile
+from partner_pipeline.problems import DropRejected, Problem
+from partner_pipeline.storage import download_with_sha256
+
+_CSV_OPTIONS = "header=true, all_varchar=true, delim=',', quote='\"', escape='\"', encoding='utf-8', strict_mode=true"
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+_PARQUET_TYPES = {
+    "string": {"VARCHAR"},
+    "integer": _INTEGER_TYPES,
+    "number": _INTEGER_TYPES | {"FLOAT", "DOUBLE", "DECIMAL"},
+    "boolean": {"BOOLEAN"},
+    "date": {"DATE"},
+    "timestamp": {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP_S"},
+}
+
+
+@dataclass
+class StagedDrop:
+    path: Path
+    rows_received: int
+    columns: list[str]  # record and attribute columns kept, in table order
+    dropped_columns: list[str] = field(default_factory=list)
+    absent_attributes: list[str] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def connect(path: Path, settings) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    con.execute(f"SET memory_limit='{settings.duckdb_memory_limit}'")
+    con.execute(f"SET threads={settings.duckdb_threads}")
+    con.execute(f"SET temp_directory='{path.parent / 'tmp'}'")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+def stage_drop(client, drop: DropRef, files: list[ManifestFile], agreement: Agreement, work_dir: Path, settings) -> StagedDrop:
+    """Verify checksums, columns and row counts while loading; DropRejected on any drop-level fault."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)  # a re-run starts from nothing
+    (work_dir / "files").mkdir(parents=True)
+    checksums = _download_and_verify(client, drop, files, work_dir / "files")
+    columns = [*RECORD_COLUMNS, *agreement.attributes]
+    staged = StagedDrop(work_dir / "stage.duckdb", 0, columns, checksums=checksums)
+    problems: list[Problem] = []
+    con = connect(staged.path, settings)
+    try:
+        con.execute(
+            "CREATE TABLE records (" + ", ".join(f'"{c}" VARCHAR' for c in columns)
+            + ", _source_file VARCHAR, _source_row BIGINT, _row BIGINT)"
+        )
+        for f in files:
+            problems += _load_file(con, work_dir / "files" / f.key, f, drop, agreement, staged)
+    finally:
+        con.close()
+    if problems:
+        raise DropRejected(problems)
+    for f in files:
+        (work_dir / "files" / f.key).unlink()  # the staging table holds the rows now
+    return staged
+
+
+def _download_and_verify(client, drop: DropRef, files: list[ManifestFile], target: Path) -> dict[str, str]:
+    checksums, problems = {}, []
+    for f in files:
+        actual = download_with_sha256(client, drop.bucket, drop.prefix + f.key, target / f.key)
+        checksums[f.key] = actual
+        if actual != f.sha256:
+            problems.append(Problem(
+                "checksum_mismatch", f"file bytes hash to {actual}, the manifest says {f.sha256}.",
+                "Re-upload the file (it may be truncated or replaced) or correct its sha256 in manifest.json.",
+                file=drop.prefix + f.key, field="sha256"))
+    if problems:
+        raise DropRejected(problems)
+    return checksums
+
+
+def _source(path: Path) -> str:
+    if path.name.endswith(".parquet"):
+        return f"read_parquet('{path}')"
+    return f"read_csv('{path}', {_CSV_OPTIONS})"
+
+
+def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agreement, staged: StagedDrop) -> list[Problem]:
+    where = drop.prefix + f.key
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {_source(path)}").fetchall()
+    except duckdb.Error as exc:
+        return [Problem("file_unreadable", f"cannot be read as {'Parquet' if path.name.endswith('.parquet') else 'CSV (RFC 4180, UTF-8, header row)'}: {_first_line(exc)}.",
+                        "Re-export the file in the format its extension names and re-deliver the drop.", file=where)]
+    header = {name: col_type for name, col_type, *_ in described}
+    problems = []
+    for column in RECORD_COLUMNS:
+        if column not in header:
+            problems.append(Problem("column_missing", f"required column {column} is missing (header has: {', '.join(header)}).",
+                                    "Add the column (spec: Record columns); it may be empty on a row only where the spec allows.",
+                                    file=where, field=column))
+    for column in header:
+        if column in staged.columns:
+            continue
+        term = special_category_term(column)
+        if term:
+            problems.append(Problem("special_category_column",
+                                    f"column {column} looks like special-category personal data ({term}) and the agreement does not name it.",
+                                    "Remove the column from the drop, or add it to the agreement's attributes once the agreement allows it.",
+                                    file=where, field=column))
+        elif column not in staged.dropped_columns:
+            staged.dropped_columns.append(column)
+    for column in agreement.attributes:
+        if column not in header and column not in staged.absent_attributes:
+            staged.absent_attributes.append(column)
+    if path.name.endswith(".parquet"):
+        problems += _parquet_type_problems(header, agreement, where)
+    if problems:
+        return problems
+    kept = [c for c in staged.columns if c in header]
+    select = ", ".join(f'NULLIF(CAST("{c}" AS VARCHAR), \'\') AS "{c}"' for c in kept)
+    try:
+        con.execute(
+            f"INSERT INTO records BY NAME SELECT {select}, ? AS _source_file, "
+            f"row_number() OVER () AS _source_row, ? + row_number() OVER () AS _row FROM {_source(path)}",
+            [f.key, staged.rows_received],
+        )
+    except duckdb.Error as exc:
+        return [Problem("file_unreadable", f"failed while reading rows: {_first_line(exc)}.",
+                        "Re-export the file (valid gzip / RFC 4180 CSV in UTF-8 / Parquet) and re-deliver the drop.", file=where)]
+    loaded = con.execute("SELECT count(*) FROM records WHERE _source_file = ?", [f.key]).fetchone()[0]
+    staged.rows_received += loaded
+    if loaded != f.rows:
+        return [Problem("row_count_mismatch", f"the file has {loaded} data rows, the manifest says {f.rows}.",
+                        "Correct files[].rows and record_count in manifest.json, or re-deliver the complete file.",
+                        file=where, field="rows")]
+    return []
+
+
+def _parquet_type_problems(header: dict[str, str], agreement: Agreement, where: str) -> list[Problem]:
+    expected = {
+        "partner_record_id": "string", "partner_person_id": "string", "email_sha256": "string", "phone_sha256": "string",
+        **{c: "boolean" for c in CONSENT_COLUMNS}, "consent_ts": "timestamp",
+        **{name: attr.type for name, attr in agreement.attributes.items()},
+    }
+    problems = []
+    for column, kind in expected.items():
+        found = header.get(column)
+        if found is not None and found.split("(")[0] not in _PARQUET_TYPES[kind]:
+            problems.append(Problem("parquet_wrong_type", f"column {column} is {found}; the contract needs {kind} "
+                                    f"({' or '.join(sorted(_PARQUET_TYPES[kind])[:3])}).",
+                                    f"Write {column} with a {kind} Parquet type and re-deliver the drop.", file=where, field=column))
+    return problems
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]

@@ -1,0 +1,224 @@
+"""Row validity (spec "Row validity") as a Great Expectations suite built from the agreement.
+
+The suite is pushed down into the drop's staging DuckDB file through GX's SQL data source, so
+no drop is ever held in pandas. Each expectation carries `meta.rule`; the rows it rejects are
+found with the query GX itself reports (`unexpected_index_query`) or, for checks spanning the
+drop, with the expectation's own SQL, so every rule has one definition. Stored results hold
+row ids and counts only: never a personal data value.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from partner_pipeline.agreements import CONSENT_COLUMNS, Agreement
+
+VALIDATION_VIEW = "validation_input"
+_HEX64 = "regexp_full_match({col}, '[0-9a-f]{{{{64}}}}')"  # doubled braces: GX formats the query
+_VALUE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
+               "unexpected_list", "unexpected_index_list")
+
+
+def validation_view_sql(agreement: Agreement, delivered_at: str) -> str:
+    """The relation the suite runs on: the staged rows plus the delivery time and numeric views."""
+    numeric = [
+        f'TRY_CAST("{name}" AS DOUBLE) AS "{name}__number"'
+        for name, attr in agreement.attributes.items() if attr.type in ("integer", "number")
+    ]
+    extra = "".join(f", {n}" for n in numeric)
+    return (f"CREATE OR REPLACE VIEW {VALIDATION_VIEW} AS SELECT *, "
+            f"TIMESTAMPTZ '{delivered_at}' AS _delivered_at{extra} FROM records")
+
+
+def build_suite(agreement: Agreement):
+    """The expectation suite for this agreement's drops; each expectation names its rule."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    def rows(rule: str, where: str, description: str):
+        return gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=f"SELECT _row FROM {{batch}} WHERE {where}", description=description, meta={"rule": rule})
+
+    e = [
+        gxe.ExpectColumnValuesToNotBeNull(column="partner_record_id", meta={"rule": "partner_record_id_missing"}),
+        rows("partner_record_id_duplicate",
+             "partner_record_id IN (SELECT partner_record_id FROM {batch} GROUP BY partner_record_id HAVING count(*) > 1)",
+             "partner_record_id occurs exactly once in the drop"),
+        rows("identifier_missing", "email_sha256 IS NULL AND phone_sha256 IS NULL",
+             "at least one of email_sha256 / phone_sha256 is present"),
+    ]
+    for col in ("email_sha256", "phone_sha256"):
+        e.append(rows(f"{col}_malformed", f"{col} IS NOT NULL AND NOT {_HEX64.format(col=col)}",
+                      f"{col} is 64 lowercase hex characters"))
+    for col in CONSENT_COLUMNS:
+        e.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta={"rule": f"{col}_missing"}))
+        e.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=["true", "false"], meta={"rule": f"{col}_not_boolean"}))
+    e += [
+        gxe.ExpectColumnValuesToNotBeNull(column="consent_ts", meta={"rule": "consent_ts_missing"}),
+        rows("consent_ts_invalid", "consent_ts IS NOT NULL AND TRY_CAST(consent_ts AS TIMESTAMPTZ) IS NULL",
+             "consent_ts is an ISO 8601 timestamp"),
+        rows("consent_ts_in_future", "TRY_CAST(consent_ts AS TIMESTAMPTZ) > _delivered_at",
+             "consent_ts is not after the delivery's _SUCCESS"),
+    ]
+    for name, attr in agreement.attributes.items():
+        col = f'"{name}"'
+        if attr.type == "string" and attr.allowed_values is not None:
+            e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(attr.allowed_values), meta={"rule": f"{name}_not_allowed"}))
+        elif attr.type == "boolean":
+            e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=["true", "false"], meta={"rule": f"{name}_wrong_type"}))
+        elif attr.type == "date":
+            e.append(rows(f"{name}_wrong_type", f"{col} IS NOT NULL AND NOT (regexp_full_match({col}, '\\d{{{{4}}}}-\\d{{{{2}}}}-\\d{{{{2}}}}') "
+                          f"AND TRY_CAST({col} AS DATE) IS NOT NULL)", f"{name} is a date YYYY-MM-DD"))
+        elif attr.type in ("integer", "number"):
+            valid = (f"regexp_full_match({col}, '-?[0-9]+')" if attr.type == "integer"
+                     else f"isfinite(TRY_CAST({col} AS DOUBLE))")
+            e.append(rows(f"{name}_wrong_type", f"{col} IS NOT NULL AND NOT coalesce({valid}, false)", f"{name} is {attr.type}"))
+            if attr.min is not None or attr.max is not None:
+                e.append(gxe.ExpectColumnValuesToBeBetween(column=f"{name}__number", min_value=attr.min, max_value=attr.max,
+                                                           meta={"rule": f"{name}_out_of_range"}))
+    suite = gx.ExpectationSuite(
+        name=f"{agreement.partner_id}__records",
+        expectations=e,
+        meta={"agreement_id": agreement.agreement_id, "partner_id": agreement.partner_id,
+              "generated_from": f"include/agreements/{agreement.partner_id}.yaml"},
+    )
+    return suite
+
+
+def suite_json(agreement: Agreement) -> str:
+    """The suite as stored in expectations/: stable text, so a stale copy shows in git diff."""
+    data = build_suite(agreement).to_json_dict()
+    for expectation in data["expectations"]:
+        expectation.pop("id", None)
+    data.pop("id", None)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+@dataclass
+class ValidationOutcome:
+    rows_checked: int
+    failures_by_rule: dict[str, int]
+    result_path: Path
+    docs_path: Path
+
+
+def _quiet_gx() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    for name in ("great_expectations", "great_expectations._docs_decorators"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _persist_duckdb_connections() -> None:
+    """GX closes its SQL connection between metric queries; DuckDB then loses the batch.
+
+    Registering DuckDB among the dialects GX keeps one persisted connection for is the fix
+    measured in ../shared/STACK-NOTES.md (GX issues 10738, 11579). It touches a private name,
+    so great-expectations is pinned exactly and tests/test_validation.py covers it.
+    """
+    from great_expectations.execution_engine import sqlalchemy_execution_engine as engine
+
+    class DuckDBDialect:
+        value = "duckdb"
+
+        def __eq__(self, other) -> bool:
+            return str(getattr(other, "value", other)).lower() == "duckdb"
+
+        def __hash__(self) -> int:
+            return hash("duckdb")
+
+    if not any(getattr(d, "value", None) == "duckdb" for d in engine._PERSISTED_CONNECTION_DIALECTS):
+        engine._PERSISTED_CONNECTION_DIALECTS = (*engine._PERSISTED_CONNECTION_DIALECTS, DuckDBDialect())
+
+
+def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name: str) -> tuple[ValidationOutcome, list[tuple[str, str]]]:
+    """Run the suite on the staged drop; return the outcome and (rule, SQL selecting failing _row) pairs.
+
+    The caller must have closed its own connections to stage_path.
+    """
+    _quiet_gx()
+    import great_expectations as gx
+
+    _persist_duckdb_connections()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_sql(name="staged_drop", connection_string=f"duckdb:///{stage_path}")
+    batch = source.add_table_asset(name=VALIDATION_VIEW, table_name=VALIDATION_VIEW).add_batch_definition_whole_table("drop")
+    suite = context.suites.add(build_suite(agreement))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    try:
+        result = definition.run(result_format={
+            "result_format": "SUMMARY", "partial_unexpected_count": 0,
+            "unexpected_index_column_names": ["_row"], "return_unexpected_index_query": True,
+        })
+    finally:
+        _close(source)
+        del context, source, batch, definition
+        gc.collect()  # drops GX's remaining sqlalchemy/duckdb handles on the stage file
+    failing_rows: list[tuple[str, str]] = []
+    failures: dict[str, int] = {}
+    rows_checked = 0
+    for r in result.results:
+        rule = r.expectation_config.meta["rule"]
+        if r.exception_info and r.exception_info.get("raised_exception", any(
+                v.get("raised_exception") for v in r.exception_info.values() if isinstance(v, dict))):
+            raise RuntimeError(f"expectation for rule {rule} could not run: {json.dumps(r.exception_info)[:2000]}")
+        if r.success:
+            continue
+        if r.expectation_config.type == "unexpected_rows_expectation":
+            query = r.expectation_config.kwargs["unexpected_rows_query"].format(batch=VALIDATION_VIEW)
+            count = r.result["observed_value"]
+        else:
+            query = r.result["unexpected_index_query"].rstrip().rstrip(";")
+            count = r.result["unexpected_count"]
+            rows_checked = max(rows_checked, r.result.get("element_count", 0))
+        failures[rule] = count
+        failing_rows.append((rule, f"SELECT _row FROM ({query})"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    document = _without_values(result.to_json_dict())
+    result_path = out_dir / f"{name}.json"
+    result_path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
+    docs_path = out_dir / f"{name}.html"
+    docs_path.write_text(_render_data_docs(result, document))
+    return ValidationOutcome(rows_checked, failures, result_path, docs_path), failing_rows
+
+
+def _close(source) -> None:
+    """Release the stage file: GX's close() leaves the persisted connection and the data source's engine open."""
+    engine = source.get_execution_engine()
+    if engine._connection is not None:
+        engine._connection.close()
+        engine._connection = None
+    engine.close()
+    if source._engine is not None:
+        source._engine.dispose()
+
+
+def _without_values(node):
+    """Drop every list of unexpected values GX may carry, keeping counts and row ids."""
+    if isinstance(node, dict):
+        return {k: _without_values(v) for k, v in node.items() if k not in _VALUE_KEYS}
+    if isinstance(node, list):
+        return [_without_values(v) for v in node]
+    return node
+
+
+def _render_data_docs(result, document: dict) -> str:
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    scrubbed = ExpectationSuiteValidationResult(**{
+        **{k: getattr(result, k) for k in ("success", "suite_name", "statistics", "meta")},
+        "results": [
+            type(r)(**{**r.to_json_dict(), "expectation_config": r.expectation_config, "result": _without_values(r.result)})
+            for r in result.results
+        ],
+    })
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(scrubbed))

@@ -1,0 +1,168 @@
+"""The warehouse DuckDB file: raw partner tables, quarantined rows and the audit log.
+
+Only tasks in the single-slot `duckdb_warehouse` pool open it, because DuckDB allows one
+writing process per file. Each drop is applied in one transaction: a failed run leaves either
+the old delivery or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
+
+WAREHOUSE_POOL = "duckdb_warehouse"
+PROVENANCE_COLUMNS = (
+    ("partner_id", "VARCHAR"), ("drop_date", "DATE"), ("delivery_id", "VARCHAR"), ("delivered_at", "TIMESTAMPTZ"),
+    ("source_file", "VARCHAR"), ("source_row", "BIGINT"), ("loaded_at", "TIMESTAMPTZ"), ("run_id", "VARCHAR"),
+)
+_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS audit;
+CREATE TABLE IF NOT EXISTS raw.quarantined_rows (
+    partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, source_file VARCHAR, source_row BIGINT,
+    partner_record_id VARCHAR, failed_rules VARCHAR[], record JSON, run_id VARCHAR, quarantined_at TIMESTAMPTZ);
+CREATE SEQUENCE IF NOT EXISTS audit.drop_event_seq;
+CREATE TABLE IF NOT EXISTS audit.drop_events (
+    event_id BIGINT DEFAULT nextval('audit.drop_event_seq'), recorded_at TIMESTAMPTZ, run_id VARCHAR,
+    partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, processing_key VARCHAR, event VARCHAR,
+    rows_received BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
+    checksums JSON, reasons JSON, details JSON);
+"""
+TERMINAL_EVENTS = ("loaded", "quarantined")
+
+
+class WarehouseLocked(RuntimeError):
+    pass
+
+
+@contextmanager
+def warehouse(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if read_only and not path.exists():
+        con = duckdb.connect()  # nothing written yet: an empty warehouse
+        con.execute(_SCHEMA)
+    else:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WarehouseLocked(
+                f"{path} is held by another process ({exc}). Only pipeline tasks in the "
+                f"'{WAREHOUSE_POOL}' pool may open it; close other sessions (analysts read the published copy)."
+            ) from exc
+        if not read_only:
+            con.execute(_SCHEMA)
+    con.execute("SET TimeZone='UTC'")
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def raw_table(partner_id: str) -> str:
+    return f'raw."{partner_id}__records"'
+
+
+def last_processing_keys(con, day: dt.date) -> dict[str, str]:
+    """partner_id -> processing key of the last loaded or quarantined delivery of `day`."""
+    rows = con.execute(
+        """SELECT partner_id, arg_max(processing_key, event_id) FROM audit.drop_events
+           WHERE drop_date = ? AND event IN ('loaded', 'quarantined') GROUP BY partner_id""", [day]).fetchall()
+    return dict(rows)
+
+
+def _ensure_raw_table(con, agreement: Agreement) -> None:
+    columns = [*RECORD_COLUMNS, *agreement.attributes]
+    table = raw_table(agreement.partner_id)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
+                + ", ".join(f'"{c}" VARCHAR' for c in columns)
+                + ", " + ", ".join(f"{name} {kind}" for name, kind in PROVENANCE_COLUMNS) + ")")
+    existing = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ?",
+        [f"{agreement.partner_id}__records"]).fetchall()}
+    for column in columns:
+        if column not in existing:  # an agreement amended with a new attribute
+            con.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" VARCHAR')
+
+
+def _audit(con, outcome: dict, event: str, **values) -> None:
+    con.execute(
+        """INSERT INTO audit.drop_events (recorded_at, run_id, partner_id, drop_date, delivery_id, processing_key,
+               event, rows_received, rows_loaded, rows_quarantined, checksums, reasons, details)
+           VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [outcome["run_id"], outcome["partner_id"], outcome["drop_date"], outcome.get("delivery_id"),
+         outcome.get("processing_key"), event, values.get("rows_received"), values.get("rows_loaded"),
+         values.get("rows_quarantined"), json.dumps(values.get("checksums")), json.dumps(values.get("reasons")),
+         json.dumps(values.get("details"))])
+
+
+def publish_outcome(con, outcome: dict, agreements: dict[str, Agreement]) -> None:
+    """Apply one drop's outcome in one transaction; re-applying the same outcome is a no-op in effect."""
+    status = outcome["status"]
+    if status == "incomplete":
+        _audit(con, outcome, "incomplete", reasons=[{
+            "code": "missing_success",
+            "message": f"{outcome['prefix']} has no _SUCCESS yet; it is picked up by the first run after the partner writes it."}])
+        return
+    if status == "staged":  # ATTACH cannot run inside a transaction
+        con.execute(f"ATTACH '{outcome['staging_path']}' AS stage (READ_ONLY)")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _audit(con, outcome, "seen", details={"objects": [list(o) for o in outcome.get("objects", [])],
+                                              "delivered_at": outcome.get("delivered_at")})
+        if status == "skipped":
+            _audit(con, outcome, "skipped", details={"why": "this delivery was already processed under the same agreement and rules"})
+        elif status == "quarantined":
+            _audit(con, outcome, "quarantined", rows_received=outcome["rows_received"], checksums=outcome["checksums"],
+                   reasons=outcome["problems"], details={"report": outcome.get("quarantine_report")})
+        elif status == "staged":
+            _load_staged(con, outcome, agreements[outcome["partner_id"]])
+        else:
+            raise ValueError(f"unknown drop status {status!r}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        if status == "staged":
+            con.execute("DETACH stage")
+    if status == "staged":
+        shutil.rmtree(Path(outcome["staging_path"]).parent, ignore_errors=True)
+
+
+def _load_staged(con, outcome: dict, agreement: Agreement) -> None:
+    _audit(con, outcome, "verified", rows_received=outcome["rows_received"], checksums=outcome["checksums"],
+           details={"dropped_columns": outcome["dropped_columns"], "absent_attributes": outcome["absent_attributes"]})
+    _ensure_raw_table(con, agreement)
+    table = raw_table(agreement.partner_id)
+    columns = ", ".join(f'"{c}"' for c in (*RECORD_COLUMNS, *agreement.attributes))
+    drop = [outcome["partner_id"], outcome["drop_date"], outcome["delivery_id"]]
+    con.execute(f"DELETE FROM {table} WHERE drop_date = ?", [outcome["drop_date"]])
+    con.execute(
+            f"""INSERT INTO {table} ({columns}, partner_id, drop_date, delivery_id, delivered_at, source_file, source_row, loaded_at, run_id)
+                SELECT {columns}, ?, ?, ?, ?, _source_file, _source_row, now(), ?
+                FROM stage.records r WHERE NOT EXISTS (SELECT 1 FROM stage.row_failures f WHERE f._row = r._row)
+            ORDER BY _row""", [*drop, outcome["delivered_at"], outcome["run_id"]])
+    con.execute("DELETE FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2])
+    con.execute(
+            f"""INSERT INTO raw.quarantined_rows
+                SELECT ?, ?, ?, r._source_file, r._source_row, r.partner_record_id, f.rules,
+                       to_json(struct_pack({', '.join(f'"{c}" := r."{c}"' for c in (*RECORD_COLUMNS, *agreement.attributes))})),
+                       ?, now()
+                FROM stage.records r
+                JOIN (SELECT _row, list(DISTINCT rule ORDER BY rule) AS rules FROM stage.row_failures GROUP BY _row) f USING (_row)
+            ORDER BY r._row""", [*drop, outcome["run_id"]])
+    reasons = [{"code": "rows_quarantined", "rule": rule, "rows": n} for rule, n in sorted(outcome["failures_by_rule"].items())]
+    if outcome["dropped_columns"]:
+        reasons.append({"code": "extra_column", "columns": outcome["dropped_columns"],
+                        "message": "columns not in the agreement were dropped on ingest"})
+    _audit(con, outcome, "loaded", rows_received=outcome["rows_received"], rows_loaded=outcome["rows_valid"],
+           rows_quarantined=outcome["rows_quarantined"], checksums=outcome["checksums"], reasons=reasons,
+           details={"validation_result": outcome.get("validation_result"), "data_docs": outcome.get("data_docs")})
