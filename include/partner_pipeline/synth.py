@@ -36,6 +36,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ CONTRACT_RULES = (
 )
 CSV_ONLY_RULES = {"consent_enrichment_not_boolean", "consent_activation_not_boolean", "consent_ts_invalid"}
 
-CHUNK_ROWS = 1_000_000
+CHUNK_ROWS = 500_000  # rows generated and written at a time (bounds memory)
 UNIVERSE = 100_000_000  # person indices: [0, n_profiles) customers, [n_profiles, UNIVERSE) strangers
 MAX_PROFILES = 50_000_000
 MATCHABLE_SHARE = 0.7  # share of a drop's persons drawn from our customers
@@ -166,6 +167,16 @@ def _coprime_multiplier(key: int, modulus: int, limit: int = 1_000_000) -> int:
     return a
 
 
+def _permute(x: np.ndarray, left: int, right: int, key: int, rounds: int = 4) -> np.ndarray:
+    """A keyed bijection of [0, left * right) (alternating Feistel rounds on the two digits of
+    x in base `right`): distinct inputs give distinct, well-scattered outputs."""
+    hi, lo = np.divmod(np.asarray(x, dtype=np.int64), right)
+    for r in range(rounds):
+        hi = (hi + (_mix(_sm64(key ^ (2 * r)), lo) % np.uint64(left)).astype(np.int64)) % left
+        lo = (lo + (_mix(_sm64(key ^ (2 * r + 1)), hi) % np.uint64(right)).astype(np.int64)) % right
+    return hi * right + lo
+
+
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -227,13 +238,11 @@ class People:
         style = (h(4) % np.uint64(4)).astype(np.int64)  # first+last | initial+last | last+first | first
         self.style = np.where(self.gmail & (style == 3), 0, style)
         self.sep = np.where(self.gmail, 0, (h(5) % np.uint64(3)).astype(np.int64))
-        self.number = (_coprime_multiplier(_sm64(base ^ 101), UNIVERSE) * self.idx + _sm64(base ^ 102) % UNIVERSE) % UNIVERSE
+        self.number = _permute(self.idx, 10**4, 10**4, _sm64(base ^ 101))  # UNIVERSE = 10**8
         self.country = _weighted(u(6), COUNTRY_WEIGHTS)
         self.cc = np.array(COUNTRY_CODES)[self.country]
-        phone_mod = 8_000_000_000  # national numbers 2000000000..9999999999, a bijection of the index
-        self.national = 2_000_000_000 + (
-            _coprime_multiplier(_sm64(base ^ 103), phone_mod) * self.idx + _sm64(base ^ 104) % phone_mod
-        ) % phone_mod
+        # national numbers 2000000000..9999999999, a bijection of the index
+        self.national = 2_000_000_000 + _permute(self.idx, 80_000, 100_000, _sm64(base ^ 103))
         fmt = _weighted(u(7), PHONE_FORMAT_WEIGHTS)
         self.phone_format = np.where(self.cc == "1", fmt, np.where(u(8) < 0.5, 2, 3))
         self.phone_null = u(9) < PROFILE_PHONE_NULL_SHARE
@@ -355,12 +364,17 @@ def _csv_bytes(columns: list[pa.Array], eol: str) -> bytes:
 
 
 class _DataFile:
-    """One data file written in chunks: CSV (optionally gzipped, BOM, CRLF) or Parquet."""
+    """One data file written in chunks: CSV (optionally gzipped, BOM, CRLF) or Parquet.
+
+    Encoding and compression run on one background thread (Arrow and zlib release the GIL), so
+    they overlap with hashing the next chunk; at most one chunk is pending."""
 
     def __init__(self, path: Path, file_format: str, names: list[str], parquet_schema: pa.Schema | None = None,
                  bom: bool = False, eol: str = "\n") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.format, self.names, self.eol, self.rows = path, file_format, names, eol, 0
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending = None
         if file_format == "parquet":
             self._parquet = pq.ParquetWriter(path, parquet_schema, compression="zstd")
             self._schema = parquet_schema
@@ -370,26 +384,38 @@ class _DataFile:
             if file_format == "csv.gz" else self._raw
         if bom:
             self._out.write("\ufeff".encode())
-        header = [pa.array([n], pa.string()) for n in names]
-        self._out.write(_csv_bytes(header, eol))
+        self._out.write(_csv_bytes([pa.array([name], pa.string()) for name in names], eol))
 
     def write(self, columns: dict[str, pa.Array]) -> None:
-        n = len(next(iter(columns.values())))
-        if n == 0:
+        rows = len(next(iter(columns.values())))
+        if rows == 0:
             return
-        self.rows += n
+        self.rows += rows
+        self._wait()
+        self._pending = self._pool.submit(self._write_now, columns)
+
+    def _write_now(self, columns: dict[str, pa.Array]) -> None:
         if self.format == "parquet":
             self._parquet.write_table(pa.table(columns, schema=self._schema))
         else:
-            self._out.write(_csv_bytes([columns[n_] for n_ in self.names], self.eol))
+            self._out.write(_csv_bytes([columns[name] for name in self.names], self.eol))
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def close(self) -> None:
-        if self.format == "parquet":
-            self._parquet.close()
-            return
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.close()
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+            if self.format == "parquet":
+                self._parquet.close()
+            else:
+                if self._out is not self._raw:
+                    self._out.close()
+                self._raw.close()
 
 
 def _file_sha256(path: Path) -> str:
@@ -705,7 +731,7 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
     record_id = _join(f"{prefix}-{spec.drop_date:%Y%m%d}-", pc.utf8_lpad(pc.cast(pa.array(number), pa.string()), 9, "0"))
     cols["partner_record_id"] = _replace(record_id, number == 0, None)
     pkey = _text_key("partner_person_id/" + spec.effective_partner_id)
-    person_number = (_coprime_multiplier(pkey, 10**12) * people.idx + pkey % 10**12) % 10**12
+    person_number = _permute(people.idx, 10**6, 10**6, pkey)
     cols["partner_person_id"] = _join(f"{prefix}-", pc.utf8_lpad(pc.cast(pa.array(person_number), pa.string()), 12, "0"))
 
     kind = _weighted(rng.random(n), (0.60, 0.25, 0.15))  # both | email only | phone only
