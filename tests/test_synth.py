@@ -639,6 +639,8 @@ def test_upload_tree_puts_success_last(tmp_path, s3):
         folder = key.rsplit("/", 1)[0]
         if (bucket, f"{folder}/_SUCCESS") in local and not key.endswith("_SUCCESS"):
             assert order[bucket, key] < order[bucket, f"{folder}/_SUCCESS"], key
+    markers = sum(key.endswith("/_SUCCESS") for _, key in local)
+    assert markers == 4 and all(key.endswith("/_SUCCESS") for _, key in client.uploads[-markers:])
     assert ("up-landing", "globex_retail/2026-11-20/manifest.json") in stored
     assert ("up-landing", "globex_retail/2026-11-20/_SUCCESS") not in stored
 

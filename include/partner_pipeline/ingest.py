@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 from partner_pipeline.agreements import Agreement
@@ -46,10 +47,14 @@ def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id:
         agreement = check_agreement(drop, agreements)
         manifest = _read_manifest(client, drop)
         files = parse_manifest(drop, manifest, agreement)
+        started = time.perf_counter()
         staged = stage_drop(client, drop, files, agreement, work_dir, settings)
+        outcome["seconds"] = {"download_verify_load": round(time.perf_counter() - started, 2)}
         outcome.update(rows_received=staged.rows_received, checksums=staged.checksums,
                        dropped_columns=staged.dropped_columns, absent_attributes=staged.absent_attributes)
+        started = time.perf_counter()
         _validate(staged.path, agreement, drop, run_id, settings, outcome)
+        outcome["seconds"]["validate"] = round(time.perf_counter() - started, 2)
         outcome.update(status="staged", staging_path=str(staged.path))
     except DropRejected as rejected:
         outcome.update(status="quarantined", problems=[p.as_dict() for p in rejected.problems])

@@ -386,6 +386,12 @@ class _DataFile:
             self._out.write("\ufeff".encode())
         self._out.write(_csv_bytes([pa.array([name], pa.string()) for name in names], eol))
 
+    def __enter__(self) -> "_DataFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def write(self, columns: dict[str, pa.Array]) -> None:
         rows = len(next(iter(columns.values())))
         if rows == 0:
@@ -406,10 +412,13 @@ class _DataFile:
             self._pending = None
 
     def close(self) -> None:
+        if self._pool is None:
+            return
         try:
             self._wait()
         finally:
             self._pool.shutdown()
+            self._pool = None
             if self.format == "parquet":
                 self._parquet.close()
             else:
@@ -459,31 +468,30 @@ def generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, s
     prefix = f"profiles/{snapshot_date.isoformat()}/"
     folder = Path(root) / bucket / prefix
     _fresh_dir(folder)
-    out = _DataFile(folder / "profiles-000.csv.gz", "csv.gz", list(PROFILE_COLUMNS))
     variants = np.zeros(8, dtype=np.int64)
     phone_null = 0
     sensitive: list[dict] = []
     snapshot_day = (snapshot_date - dt.date(1970, 1, 1)).days
     since_span = (snapshot_date - CUSTOMERS_SINCE).days
-    for lo in range(0, n_profiles, CHUNK_ROWS):
-        people = People(seed, np.arange(lo, min(lo + CHUNK_ROWS, n_profiles)))
-        ids = profile_ids(people.idx)
-        out.write({
-            "profile_id": ids,
-            "email": people.raw_emails(),
-            "phone": people.raw_phones(),
-            "country": pa.array(np.array(COUNTRIES)[people.country]),
-            "consent_marketing": _bool_strings(people.consent_marketing),
-            "customer_since": _date_strings(snapshot_day - np.floor(people.u_since * since_span).astype(np.int64)),
-            "lifetime_value": pc.cast(pa.array(np.round(-np.log1p(-people.u_value) * 400.0, 2)), pa.string()),
-            "tier": _take(TIERS, people.tier),
-        })
-        variants += np.bincount(people.variant, minlength=8)
-        phone_null += int(people.phone_null.sum())
-        if len(sensitive) <= LIST_LIMIT:
-            for i in np.flatnonzero(people.variant):
-                sensitive.append({"profile_id": ids[int(i)].as_py(), "variant": variant_name(int(people.variant[i]))})
-    out.close()
+    with _DataFile(folder / "profiles-000.csv.gz", "csv.gz", list(PROFILE_COLUMNS)) as out:
+        for lo in range(0, n_profiles, CHUNK_ROWS):
+            people = People(seed, np.arange(lo, min(lo + CHUNK_ROWS, n_profiles)))
+            ids = profile_ids(people.idx)
+            out.write({
+                "profile_id": ids,
+                "email": people.raw_emails(),
+                "phone": people.raw_phones(),
+                "country": pa.array(np.array(COUNTRIES)[people.country]),
+                "consent_marketing": _bool_strings(people.consent_marketing),
+                "customer_since": _date_strings(snapshot_day - np.floor(people.u_since * since_span).astype(np.int64)),
+                "lifetime_value": pc.cast(pa.array(np.round(-np.log1p(-people.u_value) * 400.0, 2)), pa.string()),
+                "tier": _take(TIERS, people.tier),
+            })
+            variants += np.bincount(people.variant, minlength=8)
+            phone_null += int(people.phone_null.sum())
+            if len(sensitive) <= LIST_LIMIT:
+                for i in np.flatnonzero(people.variant):
+                    sensitive.append({"profile_id": ids[int(i)].as_py(), "variant": variant_name(int(people.variant[i]))})
     (folder / "_SUCCESS").write_bytes(b"")
     n_sensitive = int(variants[1:].sum())
     flags = np.arange(8)
@@ -533,6 +541,8 @@ class DropSpec:
         needs = {"csv_quirks": ("csv", "csv.gz"), "corrupt_gzip": ("csv.gz",), "parquet_wrong_types": ("parquet",)}
         if self.corruption in needs and self.file_format not in needs[self.corruption]:
             raise ValueError(f"corruption {self.corruption!r} needs file_format in {needs[self.corruption]}")
+        if not isinstance(self.drop_date, dt.date) or isinstance(self.drop_date, dt.datetime):
+            raise ValueError("drop_date must be a datetime.date")
         if self.delivered_at is not None and self.delivered_at.tzinfo is None:
             raise ValueError("delivered_at must be timezone-aware (UTC)")
 
@@ -865,70 +875,85 @@ def expected_status(spec: DropSpec, rows_total: int, rows_invalid: int) -> tuple
     return status, spec.corruption if status == "loaded_flagged" else None
 
 
+class _DropTruth:
+    """Ground-truth counters of a drop's listed rows, fed chunk by chunk."""
+
+    def __init__(self, plan: _DropPlan) -> None:
+        self.plan = plan
+        self.counts: Counter = Counter()
+        self.invalid_by_rule: Counter = Counter()
+        self.bad_rows: list[dict] | None = [] if np.count_nonzero(plan.rule_of) <= LIST_LIMIT else None
+        self.links: list[dict] | None = [] if plan.rows <= LIST_LIMIT else None
+
+    def add(self, key: str, first_row: int, cols: dict[str, pa.Array], facts: dict[str, np.ndarray]) -> None:
+        """first_row: 1-based row number within the file of the chunk's first row."""
+        valid, consented, rule_of = facts["valid"], facts["consented"], facts["rule_of"]
+        self.counts["rows_total"] += valid.size
+        self.counts["rows_valid"] += int(valid.sum())
+        self.counts["rows_consented"] += int(consented.sum())
+        for tag, mask in (("", valid), ("consented_", consented)):
+            by_email, by_phone = facts["by_email"] & mask, facts["by_phone"] & mask
+            self.counts[tag + "by_email"] += int(by_email.sum())
+            self.counts[tag + "by_phone"] += int(by_phone.sum())
+            self.counts[tag + "unmatched"] += int((mask & ~by_email & ~by_phone).sum())
+        rules = self.plan.rules
+        for code, count in enumerate(np.bincount(rule_of, minlength=len(rules) + 1)[1:].tolist(), start=1):
+            if count:
+                self.invalid_by_rule[rules[code - 1]] += count
+        if self.bad_rows is not None:
+            bad = np.flatnonzero(rule_of)
+            ids = cols["partner_record_id"].take(pa.array(bad)).to_pylist()
+            self.bad_rows += [{"file": key, "row": first_row + i, "partner_record_id": rid, "rule": rules[rule_of[i] - 1]}
+                              for i, rid in zip(bad.tolist(), ids)]
+        if self.links is not None:
+            matched = np.flatnonzero(facts["by_email"] | facts["by_phone"])
+            ids = cols["partner_record_id"].take(pa.array(matched)).to_pylist()
+            pids = profile_ids(facts["person"][matched]).to_pylist()
+            self.links += [{"partner_record_id": rid, "profile_id": pid, "via": "email" if facts["by_email"][i] else "phone",
+                            "consented": bool(consented[i])} for i, rid, pid in zip(matched.tolist(), ids, pids)]
+
+    def summary(self) -> dict:
+        c = self.counts
+        keys = ("by_email", "by_phone", "unmatched")
+        return {
+            "rows_total": c["rows_total"],
+            "rows_valid": c["rows_valid"],
+            "rows_invalid": c["rows_total"] - c["rows_valid"],
+            "invalid_by_rule": dict(sorted(self.invalid_by_rule.items())),
+            "rows_consented": c["rows_consented"],
+            "expected_matches": {k: c[k] for k in keys},
+            "expected_matches_consented": {k: c["consented_" + k] for k in keys},
+            "bad_rows": None if self.bad_rows is None else sorted(self.bad_rows, key=lambda r: (r["file"], r["row"])),
+            "expected_links": self.links,
+        }
+
+
 def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_profiles: int, seed: int) -> dict:
     """Write one partner drop (data files, manifest.json, _SUCCESS) under <root>/<bucket>/ and
     return its ground truth. profiles_seed and n_profiles must be those of the profile snapshot."""
     if not 0 <= n_profiles <= MAX_PROFILES:
         raise ValueError(f"n_profiles must lie in [0, {MAX_PROFILES}]")
-    root = Path(root)
-    landing = root / bucket
-    folder = landing / spec.prefix
+    folder = Path(root) / bucket / spec.prefix
     _fresh_dir(folder)
     plan = _DropPlan(spec, n_profiles, seed)
+    truth = _DropTruth(plan)
     names = drop_columns(spec)
     schema = _parquet_schema(spec) if spec.file_format == "parquet" else None
+    quirks = spec.corruption == "csv_quirks"
     outside_key = f"../other_partner/{spec.drop_date.isoformat()}/{spec.file_key(0)}"
-    counts = Counter()
-    invalid_by_rule: Counter = Counter()
-    consented_matches = Counter()
-    bad_rows: list[dict] | None = [] if plan.rule_of.astype(bool).sum() <= LIST_LIMIT else None
-    links: list[dict] | None = [] if plan.rows <= LIST_LIMIT else None
     manifest_files = []
-
     for number, (key, start, stop, listed) in enumerate(plan.files):
-        path = folder / key
-        if spec.corruption == "key_outside_prefix" and number == 0:
-            path = Path(os.path.normpath(folder / outside_key))
-        quirks = spec.corruption == "csv_quirks"
-        out = _DataFile(path, spec.file_format, names, schema, bom=quirks, eol="\r\n" if quirks else "\n")
-        for lo in range(start, stop, CHUNK_ROWS):
-            hi = min(lo + CHUNK_ROWS, stop)
-            cols, facts = _drop_chunk(plan, lo, hi, plan.chunk_rng(seed, lo), profiles_seed, n_profiles)
-            out.write(cols)
-            if not listed:
-                continue
-            valid = facts["valid"]
-            counts["rows_total"] += hi - lo
-            counts["rows_valid"] += int(valid.sum())
-            counts["rows_consented"] += int(facts["consented"].sum())
-            for tag, mask in (("", valid), ("consented_", facts["consented"])):
-                by_email, by_phone = facts["by_email"] & mask, facts["by_phone"] & mask
-                counts[tag + "by_email"] += int(by_email.sum())
-                counts[tag + "by_phone"] += int(by_phone.sum())
-                counts[tag + "unmatched"] += int((mask & ~by_email & ~by_phone).sum())
-            codes = np.bincount(facts["rule_of"], minlength=len(plan.rules) + 1)
-            for rule, code in plan.rule_code.items():
-                if codes[code]:
-                    invalid_by_rule[rule] += int(codes[code])
-            bad = np.flatnonzero(facts["rule_of"])
-            if bad_rows is not None:
-                ids = cols["partner_record_id"].take(pa.array(bad)).to_pylist()
-                for i, rid in zip(bad.tolist(), ids):
-                    bad_rows.append({"file": key, "row": lo - start + i + 1, "partner_record_id": rid,
-                                     "rule": plan.rules[int(facts["rule_of"][i]) - 1]})
-            if links is not None:
-                matched = np.flatnonzero(facts["by_email"] | facts["by_phone"])
-                ids = cols["partner_record_id"].take(pa.array(matched)).to_pylist()
-                pids = profile_ids(facts["person"][matched]).to_pylist()
-                for i, rid, pid in zip(matched.tolist(), ids, pids):
-                    links.append({"partner_record_id": rid, "profile_id": pid,
-                                  "via": "email" if facts["by_email"][i] else "phone",
-                                  "consented": bool(facts["consented"][i])})
-        out.close()
-        if not listed:
-            continue
-        manifest_key = outside_key if spec.corruption == "key_outside_prefix" and number == 0 else key
-        manifest_files.append({"key": manifest_key, "rows": out.rows, "sha256": _corrupt_file(path, spec.corruption, number)})
+        outside = spec.corruption == "key_outside_prefix" and number == 0
+        path = Path(os.path.normpath(folder / outside_key)) if outside else folder / key
+        with _DataFile(path, spec.file_format, names, schema, bom=quirks, eol="\r\n" if quirks else "\n") as out:
+            for lo in range(start, stop, CHUNK_ROWS):
+                cols, facts = _drop_chunk(plan, lo, min(lo + CHUNK_ROWS, stop), plan.chunk_rng(seed, lo), profiles_seed, n_profiles)
+                out.write(cols)
+                if listed:
+                    truth.add(key, lo - start + 1, cols, facts)
+        if listed:
+            sha256 = _corrupt_file(path, spec.corruption, number)
+            manifest_files.append({"key": outside_key if outside else key, "rows": out.rows, "sha256": sha256})
 
     if spec.corruption == "checksum_mismatch":
         manifest_files[0]["sha256"] = sha256_hex("not the file bytes:" + manifest_files[0]["sha256"])
@@ -952,10 +977,8 @@ def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_pr
     if spec.corruption != "missing_success":
         (folder / "_SUCCESS").write_bytes(b"")
 
-    rows_invalid = counts["rows_total"] - counts["rows_valid"]
-    status, reason = expected_status(spec, counts["rows_total"], rows_invalid)
-    if bad_rows is not None:
-        bad_rows.sort(key=lambda r: (r["file"], r["row"]))
+    summary = truth.summary()
+    status, reason = expected_status(spec, summary["rows_total"], summary["rows_invalid"])
     return {
         "partner_id": spec.effective_partner_id,
         "agreement_id": spec.agreement.agreement_id,
@@ -969,15 +992,7 @@ def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_pr
         "manifest_files": manifest_files,
         "expected_status": status,
         "expected_reason": reason,
-        "rows_total": counts["rows_total"],
-        "rows_valid": counts["rows_valid"],
-        "rows_invalid": rows_invalid,
-        "invalid_by_rule": dict(sorted(invalid_by_rule.items())),
-        "rows_consented": counts["rows_consented"],
-        "expected_matches": {k: counts[k] for k in ("by_email", "by_phone", "unmatched")},
-        "expected_matches_consented": {k: counts["consented_" + k] for k in ("by_email", "by_phone", "unmatched")},
-        "bad_rows": bad_rows,
-        "expected_links": links,
+        **summary,
     }
 
 
@@ -1028,23 +1043,21 @@ def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: st
 
 
 def upload_tree(client, root: Path) -> int:
-    """Upload <root>/<bucket>/<key> files (root-level files such as ground_truth.json are skipped),
-    creating missing buckets. Per folder: data files, then manifest.json, then _SUCCESS last."""
+    """Upload every <root>/<bucket>/<key> file (files directly under root, such as
+    ground_truth.json, are skipped), creating missing buckets, and return the count.
+
+    Every data file and manifest goes up before any _SUCCESS marker, so a folder that has a
+    _SUCCESS gets it last and no drop looks complete while any object is still missing."""
     from partner_pipeline.storage import ensure_buckets
 
     root = Path(root)
-    folders: dict[Path, list[Path]] = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and len(path.relative_to(root).parts) >= 2:
-            folders.setdefault(path.parent, []).append(path)
-    ensure_buckets(client, sorted({folder.relative_to(root).parts[0] for folder in folders}))
-    uploaded = 0
-    for folder in sorted(folders):
-        for path in sorted(folders[folder], key=lambda p: (p.name == "_SUCCESS", p.name == "manifest.json", p.name)):
-            bucket, *key = path.relative_to(root).parts
-            client.upload_file(str(path), bucket, "/".join(key))
-            uploaded += 1
-    return uploaded
+    paths = [p for p in sorted(root.rglob("*")) if p.is_file() and len(p.relative_to(root).parts) >= 2]
+    paths.sort(key=lambda p: (p.name == "_SUCCESS", str(p.parent), p.name == "manifest.json", p.name))
+    ensure_buckets(client, sorted({p.relative_to(root).parts[0] for p in paths}))
+    for path in paths:
+        bucket, *key = path.relative_to(root).parts
+        client.upload_file(str(path), bucket, "/".join(key))
+    return len(paths)
 
 
 def main(argv: list[str] | None = None) -> int:
