@@ -61,7 +61,7 @@ def _generate(settings, agreements, args) -> dict:
 
 
 def _report(settings, day: dt.date, truth: dict, log) -> int:
-    with warehouse(settings.warehouse_path, read_only=True) as con:
+    with warehouse(settings, read_only=True) as con:
         latest = con.execute(
             """SELECT partner_id, arg_max(event, event_id), arg_max(run_id, event_id) FROM audit.drop_events
                WHERE drop_date = ? AND event IN ('loaded', 'quarantined', 'skipped', 'incomplete') GROUP BY partner_id ORDER BY partner_id""",

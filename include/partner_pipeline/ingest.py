@@ -74,7 +74,8 @@ def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str
     con.execute(validation_view_sql(agreement, drop.delivered_at))
     con.close()
     name = safe_name(f"{drop.partner_id}__{drop.drop_date}__{drop.delivery_id}")
-    result, failing = validate_staged(stage_path, agreement, settings.validation_dir / safe_name(run_id), name)
+    result, failing = validate_staged(stage_path, agreement, settings.validation_dir / safe_name(run_id), name,
+                                      settings.duckdb_config(stage_path.parent / "tmp"))
     con = connect(stage_path, settings)
     try:
         con.execute("CREATE OR REPLACE TABLE row_failures (_row BIGINT, rule VARCHAR)")

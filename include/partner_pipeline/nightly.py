@@ -23,7 +23,7 @@ def discover(day: dt.date, run_id: str) -> list[dict]:
     client = client_from_settings(settings)
     ensure_buckets(client, [settings.quarantine_bucket])
     complete, incomplete = find_complete_drops(client, settings.landing_bucket, day)
-    with warehouse(settings.warehouse_path, read_only=True) as con:
+    with warehouse(settings, read_only=True) as con:
         done = last_processing_keys(con, day)
     found = []
     for drop in complete:
@@ -54,7 +54,7 @@ def ingest(drop: dict, run_id: str) -> dict:
 def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
-    with warehouse(settings.warehouse_path) as con:
+    with warehouse(settings) as con:
         for outcome in outcomes:
             publish_outcome(con, outcome, agreements)
     summary = {

@@ -37,6 +37,13 @@ class Settings:
     def validation_dir(self) -> Path:
         return self.data_dir / "validation"
 
+    def duckdb_config(self, temp_directory: Path | None = None) -> dict[str, str]:
+        """Bounds for every DuckDB database the pipeline opens (DuckDB's default is 80% of RAM)."""
+        config = {"memory_limit": self.duckdb_memory_limit, "threads": str(self.duckdb_threads)}
+        if temp_directory is not None:
+            config["temp_directory"] = str(temp_directory)
+        return config
+
 
 def load_settings() -> Settings:
     env = os.environ

@@ -41,11 +41,8 @@ class StagedDrop:
 
 
 def connect(path: Path, settings) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(path))
-    con.execute(f"SET memory_limit='{settings.duckdb_memory_limit}'")
-    con.execute(f"SET threads={settings.duckdb_threads}")
-    con.execute(f"SET temp_directory='{path.parent / 'tmp'}'")
-    con.execute("SET TimeZone='UTC'")
+    con = duckdb.connect(str(path), config=settings.duckdb_config(path.parent / "tmp"))
+    con.execute("SET TimeZone = 'UTC'")  # Parquet timestamps become text in UTC
     return con
 
 

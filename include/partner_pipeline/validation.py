@@ -135,7 +135,7 @@ def _persist_duckdb_connections() -> None:
         engine._PERSISTED_CONNECTION_DIALECTS = (*engine._PERSISTED_CONNECTION_DIALECTS, DuckDBDialect())
 
 
-def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name: str) -> tuple[ValidationOutcome, list[tuple[str, str]]]:
+def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name: str, duckdb_config: dict[str, str]) -> tuple[ValidationOutcome, list[tuple[str, str]]]:
     """Run the suite on the staged drop; return the outcome and (rule, SQL selecting failing _row) pairs.
 
     The caller must have closed its own connections to stage_path.
@@ -148,7 +148,8 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_sql(name="staged_drop", connection_string=f"duckdb:///{stage_path}")
+    source = context.data_sources.add_sql(name="staged_drop", connection_string=f"duckdb:///{stage_path}",
+                                          kwargs={"connect_args": {"config": duckdb_config}})
     batch = source.add_table_asset(name=VALIDATION_VIEW, table_name=VALIDATION_VIEW).add_batch_definition_whole_table("drop")
     suite = context.suites.add(build_suite(agreement))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))

@@ -44,14 +44,16 @@ class WarehouseLocked(RuntimeError):
 
 
 @contextmanager
-def warehouse(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    path = settings.warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
+    config = settings.duckdb_config(path.parent / "tmp")
     if read_only and not path.exists():
-        con = duckdb.connect()  # nothing written yet: an empty warehouse
+        con = duckdb.connect(config=config)  # nothing written yet: an empty warehouse
         con.execute(_SCHEMA)
     else:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as exc:
             raise WarehouseLocked(
                 f"{path} is held by another process ({exc}). Only pipeline tasks in the "
@@ -59,7 +61,7 @@ def warehouse(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyCo
             ) from exc
         if not read_only:
             con.execute(_SCHEMA)
-    con.execute("SET TimeZone='UTC'")
+    con.execute("SET TimeZone = 'UTC'")
     try:
         yield con
     finally:
@@ -148,8 +150,7 @@ def _load_staged(con, outcome: dict, agreement: Agreement) -> None:
     con.execute(
             f"""INSERT INTO {table} ({columns}, partner_id, drop_date, delivery_id, delivered_at, source_file, source_row, loaded_at, run_id)
                 SELECT {columns}, ?, ?, ?, ?, _source_file, _source_row, now(), ?
-                FROM stage.records r WHERE NOT EXISTS (SELECT 1 FROM stage.row_failures f WHERE f._row = r._row)
-            ORDER BY _row""", [*drop, outcome["delivered_at"], outcome["run_id"]])
+                FROM stage.records r ANTI JOIN stage.row_failures f USING (_row)""", [*drop, outcome["delivered_at"], outcome["run_id"]])
     con.execute("DELETE FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2])
     con.execute(
             f"""INSERT INTO raw.quarantined_rows
