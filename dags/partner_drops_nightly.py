@@ -1,4 +1,5 @@
-"""Nightly intake of partner drops: discover, then one mapped ingest per drop, then publish.
+"""Nightly run: discover the date's drops, ingest each (mapped), publish them, load our own
+profiles, then build the dbt models (matching, enrichment, segments) and publish the marts.
 
 Logic lives in partner_pipeline.nightly; this file only wires tasks. The business date D of a
 run is its logical date: the 02:00 UTC run after D closes processes the drops dated D.
@@ -44,7 +45,21 @@ def partner_drops_nightly():
 
         return nightly.publish(list(outcomes or []), logical_date.date(), run_id)
 
-    publish(ingest.expand(drop=discover()))
+    @task(pool=WAREHOUSE_POOL)
+    def load_first_party(logical_date=None) -> dict:
+        from partner_pipeline import nightly
+
+        return nightly.load_first_party(logical_date.date())
+
+    @task(pool=WAREHOUSE_POOL)
+    def transform(logical_date=None) -> dict:
+        """dbt build (staging -> matching -> enrichment -> segments), then the analysts' copy."""
+        from partner_pipeline import nightly
+
+        return nightly.transform(logical_date.date())
+
+    published = publish(ingest.expand(drop=discover()))
+    published >> load_first_party() >> transform()
 
 
 partner_drops_nightly()

@@ -33,7 +33,7 @@ def test_dag_policies(dagbag):
 
 def test_warehouse_writers_share_the_single_slot_pool(dagbag):
     dag = dagbag.dags["partner_drops_nightly"]
-    assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {"discover", "publish"}
+    assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {"discover", "publish", "load_first_party", "transform"}
     assert dag.get_task("ingest").pool != WAREHOUSE_POOL  # drops stage in parallel, each in its own file
 
 

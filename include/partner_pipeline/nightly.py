@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+import duckdb
+
+from partner_pipeline import first_party
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.drops import DropRef, find_complete_drops
 from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
-from partner_pipeline.warehouse import last_processing_keys, publish_outcome, warehouse
+from partner_pipeline.transform import build_models, publish_marts
+from partner_pipeline.warehouse import last_processing_keys, publish_agreements, publish_outcome, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
     with warehouse(settings) as con:
         for outcome in outcomes:
             publish_outcome(con, outcome, agreements)
+        publish_agreements(con, agreements, settings.outbox_bucket)
     summary = {
         "drop_date": day.isoformat(), "run_id": run_id,
         "drops": {o["partner_id"]: {k: o.get(k) for k in ("status", "delivery_id", "rows_received", "rows_valid",
@@ -64,4 +69,25 @@ def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
                   | {"problems": [p["code"] for p in o.get("problems", [])]} for o in outcomes},
     }
     log.info("published %s", summary)
+    return summary
+
+
+def load_first_party(day: dt.date) -> dict:
+    settings = load_settings()
+    with warehouse(settings) as con:
+        return first_party.load_snapshot(con, client_from_settings(settings), settings.first_party_bucket, day,
+                                         settings.staging_dir / "first_party")
+
+
+def transform(day: dt.date) -> dict:
+    """Build the dbt models for the date, then publish the analysts' copy of the marts."""
+    settings = load_settings()
+    timings = build_models(settings, day)
+    published = publish_marts(settings)
+    with duckdb.connect(str(published), read_only=True) as con:
+        report = con.execute("""SELECT partner_id, drop_date::VARCHAR, rows_valid, matched_by_email, matched_by_phone, ambiguous,
+                                       unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY partner_id""", [day]).fetchall()
+        segments = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1 ORDER BY 1").fetchall())
+    summary = {"published": str(published), "models_built": len(timings), "match_report": report, "segment_sizes": segments}
+    log.info("models built and published: %s", summary)
     return summary

@@ -24,6 +24,7 @@ class Settings:
     outbox_bucket: str
     data_dir: Path
     warehouse_path: Path
+    published_path: Path
     agreements_dir: Path
     expectations_dir: Path
     duckdb_memory_limit: str
@@ -59,6 +60,7 @@ def load_settings() -> Settings:
         outbox_bucket=env.get("PIPELINE_OUTBOX_BUCKET", "partner-outbox"),
         data_dir=data_dir,
         warehouse_path=Path(env.get("PIPELINE_WAREHOUSE_PATH", data_dir / "warehouse.duckdb")),
+        published_path=Path(env.get("PIPELINE_PUBLISHED_PATH", data_dir / "published" / "marts.duckdb")),
         agreements_dir=Path(env.get("PIPELINE_AGREEMENTS_DIR", PROJECT_ROOT / "include" / "agreements")),
         expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
         duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),

@@ -68,6 +68,24 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
         con.close()
 
 
+def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str) -> None:
+    """Mirror the agreements into raw.agreements / raw.agreement_attributes for the dbt models."""
+    con.execute("""CREATE OR REPLACE TABLE raw.agreements (partner_id VARCHAR, agreement_id VARCHAR, valid_from DATE,
+        valid_to DATE, hash_profile VARCHAR, default_country_code VARCHAR, required_consents VARCHAR[],
+        retention_days INTEGER, max_bad_row_share DOUBLE, min_group_size INTEGER, outbox_uri VARCHAR)""")
+    con.execute("""CREATE OR REPLACE TABLE raw.agreement_attributes (partner_id VARCHAR, attribute VARCHAR, type VARCHAR,
+        allowed_values VARCHAR[], min_value DOUBLE, max_value DOUBLE, usage_labels VARCHAR[], special_category BOOLEAN,
+        description VARCHAR)""")
+    for a in agreements.values():
+        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [a.partner_id, a.agreement_id, a.valid_from, a.valid_to, a.hash_profile, a.default_country_code,
+                     list(a.required_consents), a.retention_days, a.max_bad_row_share, a.min_group_size, a.outbox(outbox_bucket)])
+        for name, attr in a.attributes.items():
+            con.execute("INSERT INTO raw.agreement_attributes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [a.partner_id, name, attr.type, attr.allowed_values, attr.min, attr.max, list(attr.usage_labels),
+                         attr.special_category, attr.description])
+
+
 def raw_table(partner_id: str) -> str:
     return f'raw."{partner_id}__records"'
 

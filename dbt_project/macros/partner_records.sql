@@ -1,0 +1,53 @@
+{#
+  The pipeline keeps one raw table per partner (raw.<partner_id>__records, agreed columns only).
+  These macros read them all, whatever partners the agreements name today; before the first
+  load they give an empty relation of the same shape.
+#}
+
+{% macro partner_raw_tables() %}
+    {% if not execute %}{{ return([]) }}{% endif %}
+    {% set found = run_query("select table_name from information_schema.tables where table_schema = 'raw' and table_name like '%\\_\\_records' escape '\\' order by table_name") %}
+    {{ return(found.columns[0].values() | list) }}
+{% endmacro %}
+
+
+{% macro partner_record_columns() %}
+    {{ return(['partner_record_id', 'partner_person_id', 'email_sha256', 'phone_sha256', 'consent_enrichment',
+               'consent_activation', 'consent_ts', 'partner_id', 'drop_date', 'delivery_id', 'delivered_at',
+               'source_file', 'source_row', 'loaded_at', 'run_id']) }}
+{% endmacro %}
+
+
+{% macro union_partner_records() %}
+    {% set tables = partner_raw_tables() %}
+    {% if tables | length == 0 %}
+        select {% for c in partner_record_columns() %}cast(null as varchar) as {{ c }}{{ "," if not loop.last }}{% endfor %}
+        where false
+    {% else %}
+        {% for t in tables %}
+        select {{ partner_record_columns() | join(', ') }} from raw."{{ t }}"
+        {% if not loop.last %}union all{% endif %}
+        {% endfor %}
+    {% endif %}
+{% endmacro %}
+
+
+{% macro unpivot_partner_attributes() %}
+    {# one row per (record, attribute) that has a value: the columns beyond the contract's own #}
+    {% set tables = partner_raw_tables() %}
+    {% set unions = [] %}
+    {% for t in tables %}
+        {% set cols = run_query("select column_name from information_schema.columns where table_schema = 'raw' and table_name = '" ~ t ~ "' order by ordinal_position").columns[0].values() %}
+        {% set attributes = cols | reject('in', partner_record_columns()) | list %}
+        {% if attributes %}
+            {% do unions.append('select partner_id, drop_date, partner_record_id, attribute, value from (unpivot raw."' ~ t ~ '" on ' ~ (attributes | map('tojson') | join(', ')) ~ ' into name attribute value value)') %}
+        {% endif %}
+    {% endfor %}
+    {% if unions %}
+        {{ unions | join('\nunion all\n') }}
+    {% else %}
+        select cast(null as varchar) as partner_id, cast(null as date) as drop_date, cast(null as varchar) as partner_record_id,
+               cast(null as varchar) as attribute, cast(null as varchar) as value
+        where false
+    {% endif %}
+{% endmacro %}

@@ -1,0 +1,28 @@
+-- Every profile's email and phone, normalized and hashed under each (hash profile, default
+-- country code) an agreement uses: what partner hashes are matched against.
+with profiles as (
+    select profile_id, email, phone from {{ ref('stg_first_party__profiles') }}
+),
+
+hash_settings as (
+    select distinct hash_profile, default_country_code from {{ ref('stg_pipeline__agreements') }}
+),
+
+normalized as (
+    select
+        profiles.profile_id,
+        hash_settings.hash_profile,
+        hash_settings.default_country_code,
+        {{ normalize_email('profiles.email', 'hash_settings.hash_profile') }} as email_normalized,
+        {{ normalize_phone('profiles.phone', 'hash_settings.hash_profile', 'hash_settings.default_country_code') }} as phone_normalized
+    from profiles
+    cross join hash_settings
+)
+
+select
+    profile_id,
+    hash_profile,
+    default_country_code,
+    sha256(email_normalized) as email_sha256,
+    sha256(phone_normalized) as phone_sha256
+from normalized

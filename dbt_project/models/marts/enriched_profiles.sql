@@ -1,0 +1,38 @@
+-- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
+-- One row per profile: our first-party attributes (no raw email or phone) beside every partner
+-- attribute, named <partner_id>__<attribute> so nobody mistakes one for the other.
+{%- set attributes = [] %}
+{%- if execute %}
+    {%- set found = run_query("select partner_id, attribute, attribute_type from " ~ ref('stg_pipeline__agreement_attributes') ~ " order by 1, 2") %}
+    {%- for row in found.rows %}{% do attributes.append(row) %}{% endfor %}
+{%- endif %}
+{%- set value_column = {'integer': 'value_number', 'number': 'value_number', 'boolean': 'value_boolean', 'date': 'value_date', 'string': 'value_text'} %}
+
+with profiles as (
+    select * exclude (email, phone) from {{ ref('stg_first_party__profiles') }}
+),
+
+partner_values as (
+    select * from {{ ref('profile_partner_attributes') }}
+),
+
+pivoted as (
+    select
+        profile_id,
+        {%- for partner_id, attribute, attribute_type in attributes %}
+        max({{ value_column[attribute_type] }}) filter (where partner_id = '{{ partner_id }}' and attribute = '{{ attribute }}')
+            as "{{ partner_id }}__{{ attribute }}",
+        {%- endfor %}
+        list(distinct partner_id order by partner_id) as enriched_by_partners
+    from partner_values
+    group by profile_id
+)
+
+select
+    profiles.*,
+    {%- for partner_id, attribute, attribute_type in attributes %}
+    pivoted."{{ partner_id }}__{{ attribute }}",
+    {%- endfor %}
+    coalesce(pivoted.enriched_by_partners, []) as enriched_by_partners
+from profiles
+left join pivoted using (profile_id)

@@ -1,0 +1,51 @@
+-- Per partner drop (current delivery): what arrived, what was usable and what matched.
+with matched as (
+    select * from {{ ref('int_partner_records_matched') }}
+),
+
+received as (
+    select partner_id, drop_date, delivery_id, rows_received, rows_quarantined
+    from {{ ref('stg_pipeline__drop_events') }}
+    where event = 'loaded'
+    qualify row_number() over (partition by partner_id, drop_date order by event_id desc) = 1
+),
+
+counts as (
+    select
+        partner_id,
+        drop_date,
+        count(*) as rows_valid,
+        count(*) filter (where has_consent_enrichment) as rows_consented,
+        count(*) filter (where match_status = 'email') as matched_by_email,
+        count(*) filter (where match_status = 'phone') as matched_by_phone,
+        count(*) filter (where match_status = 'ambiguous') as ambiguous,
+        count(*) filter (where match_status = 'unmatched') as unmatched,
+        count(*) filter (where match_status in ('email', 'phone') and has_consent_enrichment) as matched_consented,
+        count(*) filter (where email_sha256 is not null) as rows_with_email,
+        count(*) filter (where phone_sha256 is not null) as rows_with_phone,
+        count(*) filter (where phone_sha256 is not null and email_sha256 is null) as rows_with_phone_only
+    from matched
+    group by partner_id, drop_date
+)
+
+select
+    counts.partner_id,
+    counts.drop_date,
+    received.delivery_id,
+    received.rows_received,
+    received.rows_quarantined,
+    counts.rows_valid,
+    counts.rows_consented,
+    counts.matched_by_email,
+    counts.matched_by_phone,
+    counts.matched_by_email + counts.matched_by_phone as matched,
+    counts.matched_consented,
+    counts.ambiguous,
+    counts.unmatched,
+    round((counts.matched_by_email + counts.matched_by_phone) / nullif(counts.rows_valid, 0), 4) as match_rate,
+    counts.rows_with_email,
+    round(counts.matched_by_email / nullif(counts.rows_with_email, 0), 4) as email_match_rate,
+    counts.rows_with_phone,
+    round(counts.matched_by_phone / nullif(counts.rows_with_phone_only, 0), 4) as phone_only_match_rate
+from counts
+left join received using (partner_id, drop_date)

@@ -1,0 +1,15 @@
+{%- set spec_columns = ['profile_id', 'email', 'phone', 'country', 'consent_marketing', 'snapshot_date'] -%}
+{%- set types = var('first_party_attribute_types') -%}
+{%- set source_columns = adapter.get_columns_in_relation(source('pipeline', 'first_party_profiles')) | map(attribute='name') | list -%}
+
+select
+    profile_id,
+    email,
+    phone,
+    upper(trim(country)) as country,
+    cast(consent_marketing as boolean) as has_consent_marketing,
+    {%- for column in source_columns if column not in spec_columns %}
+    {% if column in types %}try_cast("{{ column }}" as {{ types[column] }}){% else %}"{{ column }}"{% endif %} as "{{ column }}",
+    {%- endfor %}
+    snapshot_date
+from {{ source('pipeline', 'first_party_profiles') }}

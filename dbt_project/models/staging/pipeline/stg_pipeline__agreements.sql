@@ -1,0 +1,13 @@
+select
+    partner_id,
+    agreement_id,
+    valid_from,
+    valid_to,
+    hash_profile,
+    default_country_code,
+    required_consents,
+    retention_days,
+    max_bad_row_share,
+    min_group_size,
+    outbox_uri
+from {{ source('pipeline', 'agreements') }}

@@ -1,0 +1,14 @@
+select
+    event_id,
+    recorded_at,
+    run_id,
+    partner_id,
+    drop_date,
+    delivery_id,
+    processing_key,
+    event,
+    rows_received,
+    rows_loaded,
+    rows_quarantined,
+    reasons
+from {{ source('audit', 'drop_events') }}

@@ -1,0 +1,21 @@
+-- Valid partner rows of every partner (ingestion quarantined the rest), typed.
+with unioned as (
+    {{ union_partner_records() }}
+)
+
+select
+    partner_id,
+    partner_record_id,
+    partner_person_id,
+    email_sha256,
+    phone_sha256,
+    cast(consent_enrichment as boolean) as has_consent_enrichment,
+    cast(consent_activation as boolean) as has_consent_activation,
+    cast(consent_ts as timestamptz) as consent_at,
+    cast(drop_date as date) as drop_date,
+    delivery_id,
+    cast(delivered_at as timestamptz) as delivered_at,
+    source_file,
+    cast(source_row as bigint) as source_row,
+    cast(loaded_at as timestamptz) as loaded_at
+from unioned

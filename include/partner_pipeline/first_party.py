@@ -1,0 +1,81 @@
+"""Our own customers: the newest complete first-party snapshot dated on or before the run's date.
+
+Loaded as delivered (text) into `raw.first_party_profiles`, replacing the previous snapshot;
+the dbt staging model types it and the identifier macros normalize and hash it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import shutil
+
+from partner_pipeline.drops import DATA_SUFFIXES, SUCCESS
+from partner_pipeline.storage import download_with_sha256, list_objects, list_prefixes
+
+log = logging.getLogger(__name__)
+PREFIX = "profiles/"
+REQUIRED = ("profile_id", "email", "phone", "country", "consent_marketing")
+
+
+class SnapshotError(RuntimeError):
+    pass
+
+
+def newest_snapshot(client, bucket: str, day: dt.date) -> str | None:
+    """The newest `profiles/<date>/` with `_SUCCESS` and date <= day, as its date string."""
+    dates = sorted((d for d in list_prefixes(client, bucket, PREFIX) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", d)), reverse=True)
+    for snapshot in dates:
+        if dt.date.fromisoformat(snapshot) > day:
+            continue
+        keys = {o.key for o in list_objects(client, bucket, f"{PREFIX}{snapshot}/")}
+        if f"{PREFIX}{snapshot}/{SUCCESS}" in keys:
+            return snapshot
+    return None
+
+
+def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
+    """Replace raw.first_party_profiles with the snapshot in force on `day`; returns what was loaded."""
+    snapshot = newest_snapshot(client, bucket, day)
+    if snapshot is None:
+        raise SnapshotError(f"no complete first-party snapshot s3://{bucket}/{PREFIX}<date>/ dated on or before {day} "
+                            f"(a snapshot is complete once its _SUCCESS exists); deliver one and re-run {day}")
+    prefix = f"{PREFIX}{snapshot}/"
+    files = sorted(o.key for o in list_objects(client, bucket, prefix) if o.key.endswith(DATA_SUFFIXES))
+    if not files:
+        raise SnapshotError(f"s3://{bucket}/{prefix} has _SUCCESS but no .csv, .csv.gz or .parquet file")
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    local = []
+    for key in files:
+        target = work_dir / key.rsplit("/", 1)[1]
+        download_with_sha256(client, bucket, key, target)
+        local.append(str(target))
+    csv = [p for p in local if not p.endswith(".parquet")]
+    parquet = [p for p in local if p.endswith(".parquet")]
+    sources = []
+    if csv:
+        sources.append(f"SELECT * FROM read_csv({csv!r}, header=true, all_varchar=true, union_by_name=true)")
+    if parquet:
+        sources.append(f"SELECT * FROM read_parquet({parquet!r}, union_by_name=true)")
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE raw.first_party_profiles AS SELECT *, DATE '{snapshot}' AS snapshot_date "
+                    f"FROM ({' UNION ALL BY NAME '.join(sources)})")
+        columns = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                              "WHERE table_schema='raw' AND table_name='first_party_profiles'").fetchall()}
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise SnapshotError(f"s3://{bucket}/{prefix}: required column(s) {', '.join(missing)} missing; "
+                                f"the snapshot needs {', '.join(REQUIRED)}")
+        rows = con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    log.info("first-party snapshot %s: %d profiles", snapshot, rows)
+    return {"snapshot_date": snapshot, "profiles": rows, "files": files}

@@ -1,0 +1,77 @@
+"""The dbt project on the warehouse, and the read-only copy of the marts analysts open.
+
+dbt runs as one `dbt build` in a child process: DuckDB takes one writer at a time, so the
+models of a run are built by one process that holds the file and lets go of it when it exits,
+while the warehouse pool keeps every other writer out (see README, "Why one dbt build task").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+from partner_pipeline.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+DBT_PROJECT = PROJECT_ROOT / "dbt_project"
+MARTS_SCHEMA = "marts"
+
+
+class ModelBuildFailed(RuntimeError):
+    pass
+
+
+def build_models(settings: Settings, day: dt.date, select: str | None = None) -> dict:
+    """`dbt build` (models and their tests) for the run's date; raises naming every failed node."""
+    env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(settings.warehouse_path.resolve()),
+           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    target = settings.data_dir / "dbt" / "target"
+    (target / "run_results.json").unlink(missing_ok=True)
+    args = [str(Path(sys.executable).with_name("dbt")), "build", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
+            "--target-path", str(target), "--log-path", str(settings.data_dir / "dbt" / "logs"),
+            "--vars", json.dumps({"run_date": day.isoformat()})]
+    if select:
+        args += ["--select", select]
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    log.info("dbt build:\n%s", result.stdout[-20000:])
+    run_results = json.loads((target / "run_results.json").read_text()) if (target / "run_results.json").exists() else {"results": []}
+    failed = [f"{r['unique_id']}: {r['status']} {r.get('message') or ''}".strip()
+              for r in run_results["results"] if r["status"] in ("error", "fail", "runtime error")]
+    if result.returncode != 0 or failed:
+        detail = "\n  ".join(failed) if failed else (result.stdout + result.stderr)[-5000:]
+        raise ModelBuildFailed(f"dbt build failed (log: {settings.data_dir / 'dbt' / 'logs'}):\n  {detail}")
+    return {r["unique_id"]: round(r["execution_time"], 2) for r in run_results["results"]}
+
+
+def publish_marts(settings: Settings) -> Path:
+    """Copy the marts into a fresh file and swap it in atomically.
+
+    Analysts open the published copy read-only: a run never waits for them, and they never see a
+    half-built state (readers already open keep their snapshot; new readers get the new one).
+    """
+    published = settings.published_path
+    published.parent.mkdir(parents=True, exist_ok=True)
+    building = published.with_name(published.name + ".building")
+    building.unlink(missing_ok=True)
+    with duckdb.connect(str(settings.warehouse_path), config=settings.duckdb_config()) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
+            [MARTS_SCHEMA]).fetchall()]
+        con.execute(f"ATTACH '{building}' AS published")
+        try:
+            for table in tables:
+                con.execute(f'CREATE TABLE published.main."{table}" AS SELECT * FROM {MARTS_SCHEMA}."{table}"')
+        finally:
+            con.execute("DETACH published")
+    with duckdb.connect(str(building)) as con:
+        con.execute("CHECKPOINT")
+    os.replace(building, published)
+    log.info("published %d marts to %s", len(tables), published)
+    return published
