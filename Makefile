@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test expectations bench clean
+.PHONY: help install demo test generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -26,8 +26,8 @@ demo: install ## generate partner drops, run the nightly DAG on embedded default
 test: install ## run the whole test suite (real S3 server, DuckDB files, Airflow in-process)
 	$(BIN)/python -m pytest
 
-expectations: install ## rebuild expectations/*.json from the agreements
-	$(BIN)/python -m partner_pipeline.validation
+generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)
+	$(BIN)/python -m partner_pipeline.codegen
 
 bench: install ## load and validate one large drop; ROWS=10000000 by default
 	$(BIN)/python -m partner_pipeline.bench --rows $(or $(ROWS),10000000)

@@ -224,23 +224,3 @@ def _render_data_docs(result, document: dict) -> str:
     })
     return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(scrubbed))
 
-
-def write_suites(agreements: dict[str, Agreement], directory: Path) -> list[Path]:
-    """Refresh expectations/<partner_id>__records.json from the agreements (`make expectations`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for agreement in agreements.values():
-        path = directory / f"{agreement.partner_id}__records.json"
-        path.write_text(suite_json(agreement))
-        written.append(path)
-    return written
-
-
-if __name__ == "__main__":
-    from partner_pipeline.agreements import load_agreements
-    from partner_pipeline.settings import load_settings
-
-    _quiet_gx()
-    settings = load_settings()
-    for written in write_suites(load_agreements(settings.agreements_dir), settings.expectations_dir):
-        print(f"wrote {written}")

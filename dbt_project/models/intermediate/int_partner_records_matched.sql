@@ -1,7 +1,8 @@
 -- Each valid partner record resolved to at most one profile: by email hash, else by phone hash,
 -- under the partner's hash profile. Resolution rule (documented in _intermediate__models.yml):
--- a record whose hash hits several profiles, or a profile hit by several partner persons of one
--- partner, is `ambiguous` and linked to nobody. The partner_person_id never links profiles.
+-- a record whose hash hits several profiles, a profile hit by several partner persons of one
+-- partner, or a partner person whose records hit several profiles, is `ambiguous` and linked to
+-- nobody. So a partner_person_id maps to at most one profile and never links two profiles.
 with records as (
     select
         records.*,
@@ -63,6 +64,13 @@ persons_per_profile as (
     from classified
     where candidate_profile_id is not null
     group by all
+),
+
+profiles_per_person as (
+    select partner_id, partner_person_id, count(distinct candidate_profile_id) as profile_count_of_person
+    from classified
+    where candidate_profile_id is not null
+    group by all
 )
 
 select
@@ -80,10 +88,13 @@ select
     classified.source_row,
     case
         when classified.hit_via is null then 'unmatched'
-        when classified.profile_count > 1 or persons_per_profile.person_count > 1 then 'ambiguous'
+        when classified.profile_count > 1 or persons_per_profile.person_count > 1
+            or profiles_per_person.profile_count_of_person > 1 then 'ambiguous'
         else classified.hit_via
     end as match_status,
     case when classified.profile_count = 1 and persons_per_profile.person_count = 1
+            and profiles_per_person.profile_count_of_person = 1
         then classified.candidate_profile_id end as profile_id
 from classified
 left join persons_per_profile using (partner_id, candidate_profile_id)
+left join profiles_per_person using (partner_id, partner_person_id)
