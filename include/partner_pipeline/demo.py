@@ -82,8 +82,10 @@ def _report(settings, day: dt.date, truth: dict, log) -> int:
         expected = truth["drops"].get(f"{partner_id}/{day}", {})
         if current == "loaded" and expected.get("rows_valid") != loaded:
             mismatches.append(f"{partner_id}: loaded {loaded} rows, ground truth says {expected.get('rows_valid')}")
+    mismatches += _report_marts(settings, day, truth)
     print("\nWhere the results are:")
-    print(f"  warehouse (DuckDB):      {settings.warehouse_path}  tables raw.<partner>__records, raw.quarantined_rows, audit.drop_events")
+    print(f"  analysts' copy (DuckDB): {settings.published_path}  open with: .venv/bin/duckdb -readonly {settings.published_path}")
+    print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, marts.*, audit.drop_events")
     print(f"  validation results:      {settings.validation_dir}/<run id>/*.json and Data Docs *.html")
     print(f"  quarantined drops:       s3://{settings.quarantine_bucket}/<partner>/<date>/<delivery>/report.json (store: {settings.data_dir / 's3'})")
     print(f"  Airflow log of the run:  {log}")
@@ -94,14 +96,43 @@ def _report(settings, day: dt.date, truth: dict, log) -> int:
     return 0
 
 
+def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
+    """Print the match report and segment sizes from the published marts; return ground-truth mismatches."""
+    import duckdb
+
+    mismatches = []
+    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+        report = con.execute("""SELECT partner_id, rows_valid, rows_consented, matched_by_email, matched_by_phone, ambiguous,
+                                       unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY 1""", [day]).fetchall()
+        segments = con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1 ORDER BY 1").fetchall()
+        enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
+    print(f"\nMatching (published marts, match_report):")
+    print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")
+    for partner_id, valid, consented, email, phone, ambiguous, unmatched, rate in report:
+        print(f"  {partner_id:<16}{valid:>8}{consented:>11}{email:>10}{phone:>10}{ambiguous:>11}{unmatched:>11}{rate:>8.1%}")
+        expected = truth["drops"].get(f"{partner_id}/{day}", {}).get("expected_matches", {})
+        if expected and (email, phone, unmatched) != (expected["by_email"], expected["by_phone"], expected["unmatched"]):
+            mismatches.append(f"{partner_id}: matched {email}/{phone}/{unmatched} (email/phone/none), ground truth {expected}")
+    print(f"  profiles enriched by at least one partner: {enriched}")
+    print("\nSegments (segment_membership):")
+    for name, size in segments:
+        expected = truth.get("segments", {}).get(name)
+        print(f"  {name:<28}{size:>8} members" + ("" if expected is None else f"  (ground truth {expected})"))
+        if expected is not None and expected != size:
+            mismatches.append(f"segment {name}: {size} members, ground truth {expected}")
+    return mismatches
+
+
 def _reasons(reasons_json) -> list[str]:
     import json
 
-    found = []
-    for reason in json.loads(reasons_json or "null") or []:
-        if reason.get("code") == "rows_quarantined":
-            found.append(f"{reason['rule']}: {reason['rows']} rows")
-        else:
+    import textwrap
+
+    reasons = json.loads(reasons_json or "null") or []
+    by_rule = ", ".join(f"{r['rule']} {r['rows']}" for r in reasons if r.get("code") == "rows_quarantined")
+    found = textwrap.wrap(f"rows quarantined by rule: {by_rule}", 100, subsequent_indent="  ") if by_rule else []
+    for reason in reasons:
+        if reason.get("code") != "rows_quarantined":
             found.append(f"{reason['code']}: {reason.get('file', '')} {reason.get('message', '')}".replace("  ", " "))
     return found
 
