@@ -69,6 +69,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, s3_api, tm
     assert len(run_ids) == 1 and next(iter(run_ids)).startswith("manual__")
     report = s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"initech_media/{DAY}/")["Contents"]
     assert any(o["Key"].endswith("report.json") for o in report)
+    assert_marts_equal_ground_truth(settings, truth)
 
     # A re-run of the same date ends in the same state: unchanged drops are recognised and skipped.
     nightly(airflow_home, pipeline_env)
@@ -87,6 +88,20 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, s3_api, tm
     assert after["globex_retail__records"] == first["globex_retail__records"]
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         assert con.execute('SELECT count(DISTINCT delivery_id) FROM raw."acme_bank__records"').fetchone()[0] == 1
+
+
+def assert_marts_equal_ground_truth(settings, truth):
+    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+        report = con.execute("""SELECT partner_id, rows_valid, matched_by_email, matched_by_phone, unmatched, ambiguous
+                                FROM match_report WHERE drop_date = ?""", [DAY]).fetchall()
+        segments = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1").fetchall())
+    assert {r[0] for r in report} == {"acme_bank", "globex_retail"}
+    for partner_id, valid, by_email, by_phone, unmatched, ambiguous in report:
+        expected = truth["drops"][f"{partner_id}/{DAY}"]
+        matches = expected["expected_matches"]
+        assert (valid, by_email, by_phone, unmatched, ambiguous) == (
+            expected["rows_valid"], matches["by_email"], matches["by_phone"], matches["unmatched"], 0)
+    assert segments == truth["segments"] and min(segments.values()) > 0
 
 
 def test_a_date_with_no_drops_ends_green(airflow_home, pipeline_env):

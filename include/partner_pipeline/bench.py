@@ -1,9 +1,10 @@
-"""`make bench`: load and validate one large partner drop, and measure time and peak memory.
+"""`make bench`: one large night, timed stage by stage, with peak memory.
 
-Generates a drop (default 10M rows, csv.gz, 1% bad rows) into a local S3 server, then runs the
-nightly task functions (discover, ingest, publish) in a child process whose peak RSS is read
-from the kernel. Checks the outcome against the generator's ground truth and writes
-bench/results/ingest-<rows>.json and a Markdown line for the README.
+Generates a first-party snapshot (default 10M profiles) and one partner drop (default 10M rows,
+csv.gz, 1% bad rows) into a local S3 server, then runs the nightly task functions (discover,
+ingest, publish, load_first_party, transform = dbt build + published copy) in a child process
+whose peak RSS is read from the kernel. Checks the outcome against the generator's ground truth
+(valid rows, rows per rule, matches by email and phone) and writes bench/results/night-<rows>.json.
 """
 
 from __future__ import annotations
@@ -41,12 +42,19 @@ def _child(run_id: str) -> None:
     started = time.perf_counter()
     nightly.publish(outcomes, DAY, run_id)
     timings["publish"] = time.perf_counter() - started
-    print(json.dumps({"timings": timings, "outcomes": outcomes}))
+    started = time.perf_counter()
+    nightly.load_first_party(DAY)
+    timings["load_first_party"] = time.perf_counter() - started
+    started = time.perf_counter()
+    transformed = nightly.transform(DAY)
+    timings["transform"] = time.perf_counter() - started
+    print(json.dumps({"timings": timings, "outcomes": outcomes, "transform": transformed}))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="partner rows")
+    parser.add_argument("--profiles", type=int, default=None, help="first-party profiles (default: as many as rows)")
     parser.add_argument("--format", default="csv.gz", choices=["csv", "csv.gz", "parquet"])
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--bad-row-share", type=float, default=0.01)
@@ -66,15 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({"PIPELINE_DATA_DIR": str(work / "data")})
     settings = load_settings()
     agreement = load_agreements(settings.agreements_dir)["acme_bank"]
-    with local_s3(work / "s3", [settings.landing_bucket, settings.quarantine_bucket]) as server:
+    profiles = args.profiles or args.rows
+    with local_s3(work / "s3", [settings.landing_bucket, settings.quarantine_bucket, settings.first_party_bucket]) as server:
         os.environ.update(server.env())
         started = time.perf_counter()
+        synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, profiles, 42)
         truth = synth.write_drop(work / "synth", settings.landing_bucket,
                                  synth.DropSpec(agreement, DAY, args.rows, args.format, args.files, args.bad_row_share),
-                                 profiles_seed=42, n_profiles=args.rows, seed=1)
+                                 profiles_seed=42, n_profiles=profiles, seed=1)
         generated = time.perf_counter() - started
         synth.upload_tree(s3_client(server.endpoint_url, server.access_key, server.secret_key), work / "synth")
-        print(f"generated {args.rows:,} rows in {generated:.0f}s; measuring ingestion ...", flush=True)
+        print(f"generated {profiles:,} profiles and {args.rows:,} partner rows in {generated:.0f}s; measuring the night ...", flush=True)
         started = time.perf_counter()
         child = subprocess.run([sys.executable, "-m", "partner_pipeline.bench", "--child", "bench"],
                                env=os.environ, capture_output=True, text=True)
@@ -85,21 +95,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     outcome = measured["outcomes"][0]
-    ok = outcome["status"] == "staged" and outcome["rows_valid"] == truth["rows_valid"] and \
-        outcome["failures_by_rule"] == truth["invalid_by_rule"]
+    [(_, _, valid, by_email, by_phone, ambiguous, unmatched, _)] = measured["transform"]["match_report"]
+    expected = truth["expected_matches"]
+    ok = outcome["status"] == "staged" and outcome["rows_valid"] == truth["rows_valid"] == valid and \
+        outcome["failures_by_rule"] == truth["invalid_by_rule"] and \
+        (by_email, by_phone, unmatched, ambiguous) == (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)
     result = {
-        "rows": args.rows, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
+        "rows": args.rows, "profiles": profiles, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
         "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb), "rows_per_second": round(args.rows / wall),
         "stages": {k: round(v, 1) for k, v in measured["timings"].items()} | {f"ingest.{k}": v for k, v in outcome.get("seconds", {}).items()},
+        "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"],
+        "segment_sizes": measured["transform"]["segment_sizes"],
         "matches_ground_truth": ok, "machine": f"{os.cpu_count()} cores, {platform.python_version()}",
         "measured_on": dt.date.today().isoformat(),
     }
-    out = PROJECT_ROOT / "bench" / "results" / f"ingest-{args.rows}.json"
+    out = PROJECT_ROOT / "bench" / "results" / f"night-{args.rows}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"\n| {args.rows:,} | {args.format} | {result['wall_seconds']} s | {result['peak_rss_mb']} MB | "
-          f"{result['rows_per_second']:,} rows/s | {'yes' if ok else 'NO'} |")
+    stages = result["stages"]
+    print(f"\n| {args.rows:,} x {profiles:,} | {stages['ingest']} s | {stages['publish']} s | {stages['load_first_party']} s | "
+          f"{stages['transform']} s | {result['wall_seconds']} s | {result['peak_rss_mb']:,} MB | {'yes' if ok else 'NO'} |")
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -38,9 +38,16 @@ def newest_snapshot(client, bucket: str, day: dt.date) -> str | None:
 def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
     """Replace raw.first_party_profiles with the snapshot in force on `day`; returns what was loaded."""
     snapshot = newest_snapshot(client, bucket, day)
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     if snapshot is None:
-        raise SnapshotError(f"no complete first-party snapshot s3://{bucket}/{PREFIX}<date>/ dated on or before {day} "
-                            f"(a snapshot is complete once its _SUCCESS exists); deliver one and re-run {day}")
+        # Not a failed night (e.g. a backfill before the first snapshot): the date is built against
+        # no profiles, as the spec's "newest snapshot on or before D" says, and the run says so.
+        con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles ("
+                    + ", ".join(f"{c} VARCHAR" for c in REQUIRED) + ", snapshot_date DATE)")
+        warning = (f"no complete first-party snapshot s3://{bucket}/{PREFIX}<date>/ dated on or before {day} "
+                   f"(complete = has _SUCCESS): nothing is matched for this date. Deliver a snapshot and re-run {day}.")
+        log.warning(warning)
+        return {"snapshot_date": None, "profiles": 0, "files": [], "warning": warning}
     prefix = f"{PREFIX}{snapshot}/"
     files = sorted(o.key for o in list_objects(client, bucket, prefix) if o.key.endswith(DATA_SUFFIXES))
     if not files:
@@ -59,7 +66,6 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
         sources.append(f"SELECT * FROM read_csv({csv!r}, header=true, all_varchar=true, union_by_name=true)")
     if parquet:
         sources.append(f"SELECT * FROM read_parquet({parquet!r}, union_by_name=true)")
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f"CREATE OR REPLACE TABLE raw.first_party_profiles AS SELECT *, DATE '{snapshot}' AS snapshot_date "

@@ -88,6 +88,8 @@ def transform(day: dt.date) -> dict:
         report = con.execute("""SELECT partner_id, drop_date::VARCHAR, rows_valid, matched_by_email, matched_by_phone, ambiguous,
                                        unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY partner_id""", [day]).fetchall()
         segments = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1 ORDER BY 1").fetchall())
-    summary = {"published": str(published), "models_built": len(timings), "match_report": report, "segment_sizes": segments}
+    slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])
+    summary = {"published": str(published), "models_built": len(timings), "match_report": report, "segment_sizes": segments,
+               "slowest_dbt_nodes_seconds": slowest}
     log.info("models built and published: %s", summary)
     return summary

@@ -788,8 +788,9 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
 
     drop_day = (spec.drop_date - dt.date(1970, 1, 1)).days
     wrong_typed_integer = _first_integer_attribute(agreement) if spec.corruption == "parquet_wrong_types" else None
+    typed: dict[str, pa.Array] = {}  # each attribute's value as generated (what a valid row carries), typed
     for name, attr in agreement.attributes.items():
-        arr = _attr_valid(attr, n, rng, drop_day)
+        arr = typed[name] = _attr_valid(attr, n, rng, drop_day)
         if csv or name == wrong_typed_integer:
             arr = pc.cast(arr, pa.string())
         for rule in ("wrong_type", "not_allowed", "out_of_range"):
@@ -798,12 +799,17 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
                 arr = _replace(arr, mask, _attr_bad(attr, rule, int(mask.sum()), rng, csv or name == wrong_typed_integer))
         cols[name] = arr
 
+    person_id_variant = np.zeros(n, dtype=np.int8)  # 0: the plain partner_person_id, k: suffixed with quirk k - 1
     if spec.corruption == "csv_quirks":
         column = _quirks_column(agreement)
         quirky = rng.random(n) < 0.2
-        values = _take(QUIRKY_TEXT, rng.integers(0, len(QUIRKY_TEXT), int(quirky.sum())))
+        which = rng.integers(0, len(QUIRKY_TEXT), int(quirky.sum()))
+        values = _take(QUIRKY_TEXT, which)
         if column == "partner_person_id":  # keep ids unique per person: suffix the quirk
             values = _join(pc.filter(cols[column], pa.array(quirky)), " ", values)
+            person_id_variant[quirky] = which + 1
+        else:
+            typed[column] = _replace(typed[column], quirky, values)
         cols[column] = _replace(cols[column], quirky, values)
     if spec.corruption in EXTRA_COLUMN_VALUES:
         column, choices = EXTRA_COLUMN_VALUES[spec.corruption]
@@ -820,6 +826,10 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
         "by_phone": valid & ~email_match & phone_match,
         "rule_of": rule_of,
         "person": people.idx,
+        "consent_enrichment": consent["consent_enrichment"],
+        "consent_activation": consent["consent_activation"],
+        "person_id_variant": person_id_variant,
+        "attributes": typed,
     }
     return cols, facts
 
@@ -844,7 +854,7 @@ def drop_columns(spec: DropSpec) -> list[str]:
 
 
 def _parquet_schema(spec: DropSpec) -> pa.Schema:
-    types = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "date": pa.date32()}
+    types = _ARROW_TYPES
     fields = [("partner_record_id", pa.string()), ("partner_person_id", pa.string()), ("email_sha256", pa.string()),
               ("phone_sha256", pa.string()), ("consent_enrichment", pa.bool_()), ("consent_activation", pa.bool_()),
               ("consent_ts", pa.timestamp("us", tz="UTC"))]
@@ -928,15 +938,83 @@ class _DropTruth:
         }
 
 
+def string_vocabulary(attr: Attribute) -> tuple[str, ...]:
+    """Every value a valid row can carry for a string attribute (its codes in _MatchedRows)."""
+    return tuple(attr.allowed_values) if attr.allowed_values else FREE_TEXT + QUIRKY_TEXT
+
+
+def _compact_values(attr: Attribute, values: pa.Array) -> np.ndarray:
+    """Attribute values of valid rows as a compact numpy array: bool; float64 for integer and
+    number (the DOUBLE they become; exact, float32 would move values across thresholds); int32
+    days since the epoch for dates; int8/int16 codes into string_vocabulary for strings."""
+    if values.null_count:
+        raise AssertionError("a valid row without an attribute value")
+    if attr.type == "boolean":
+        return values.to_numpy(zero_copy_only=False)
+    if attr.type in ("integer", "number"):
+        return pc.cast(values, pa.float64()).to_numpy()
+    if attr.type == "date":
+        return values.cast(pa.int32()).to_numpy()
+    vocabulary = string_vocabulary(attr)
+    codes = pc.index_in(values, value_set=pa.array(vocabulary, pa.string()))
+    if codes.null_count:
+        raise AssertionError(f"a string value outside the vocabulary of the attribute: {values.filter(pc.is_null(codes))[0]}")
+    return codes.to_numpy().astype(np.int8 if len(vocabulary) <= 127 else np.int16)
+
+
+class _MatchedRows:
+    """The valid rows of a drop's listed files that match a profile, compactly: profile index,
+    consent flags, which spelling of partner_person_id they carry, attribute values. About 30
+    bytes a row, so a 10M-row drop holds a few hundred MB; the enriched_profiles ground truth is
+    built from these facts alone (no hashing, no reading files)."""
+
+    def __init__(self, agreement: Agreement) -> None:
+        self.agreement = agreement
+        self._parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, facts: dict) -> None:
+        rows = np.flatnonzero(facts["by_email"] | facts["by_phone"])  # both imply valid and a customer
+        taken = pa.array(rows, pa.int64())
+        part = {
+            "profile": facts["person"][rows].astype(np.int32),  # < MAX_PROFILES
+            "consent_enrichment": facts["consent_enrichment"][rows],
+            "consent_activation": facts["consent_activation"][rows],
+            "person_id_variant": facts["person_id_variant"][rows],
+        }
+        for name, attr in self.agreement.attributes.items():
+            part["attr:" + name] = _compact_values(attr, facts["attributes"][name].take(taken))
+        self._parts.append(part)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if not self._parts:
+            self.add({"by_email": np.zeros(0, bool), "by_phone": np.zeros(0, bool), "person": np.zeros(0, np.int64),
+                      "consent_enrichment": np.zeros(0, bool), "consent_activation": np.zeros(0, bool),
+                      "person_id_variant": np.zeros(0, np.int8),
+                      "attributes": {name: pa.array([], _ARROW_TYPES[attr.type]) for name, attr in self.agreement.attributes.items()}})
+        out = {key: np.concatenate([part[key] for part in self._parts]) for key in self._parts[0]}
+        self._parts = []
+        return out
+
+
+_ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "date": pa.date32()}
+
+
 def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_profiles: int, seed: int) -> dict:
     """Write one partner drop (data files, manifest.json, _SUCCESS) under <root>/<bucket>/ and
     return its ground truth. profiles_seed and n_profiles must be those of the profile snapshot."""
+    return _write_drop(root, bucket, spec, profiles_seed, n_profiles, seed)[0]
+
+
+def _write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_profiles: int,
+                seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """write_drop, also returning the drop's matched rows (_MatchedRows.arrays)."""
     if not 0 <= n_profiles <= MAX_PROFILES:
         raise ValueError(f"n_profiles must lie in [0, {MAX_PROFILES}]")
     folder = Path(root) / bucket / spec.prefix
     _fresh_dir(folder)
     plan = _DropPlan(spec, n_profiles, seed)
     truth = _DropTruth(plan)
+    matched = _MatchedRows(spec.agreement)
     names = drop_columns(spec)
     schema = _parquet_schema(spec) if spec.file_format == "parquet" else None
     quirks = spec.corruption == "csv_quirks"
@@ -951,6 +1029,7 @@ def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_pr
                 out.write(cols)
                 if listed:
                     truth.add(key, lo - start + 1, cols, facts)
+                    matched.add(facts)
         if listed:
             sha256 = _corrupt_file(path, spec.corruption, number)
             manifest_files.append({"key": outside_key if outside else key, "rows": out.rows, "sha256": sha256})
@@ -993,7 +1072,7 @@ def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_pr
         "expected_status": status,
         "expected_reason": reason,
         **summary,
-    }
+    }, matched.arrays()
 
 
 def _corrupt_file(path: Path, corruption: str | None, number: int) -> str:

@@ -1,0 +1,122 @@
+"""The first-party snapshot, the dbt build and the analysts' published copy, on real files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pytest
+
+from partner_pipeline import nightly, synth
+from partner_pipeline.agreements import load_agreements
+from partner_pipeline.first_party import newest_snapshot
+from partner_pipeline.settings import load_settings
+
+DAY = dt.date(2026, 11, 21)
+
+
+@pytest.fixture
+def env(pipeline_env, s3_api, tmp_path):
+    settings = load_settings()
+    return {"settings": settings, "agreements": load_agreements(settings.agreements_dir), "s3": s3_api, "root": tmp_path / "synth"}
+
+
+def scenario(env, seed=3, rows=400, profiles=600):
+    s = env["settings"]
+    truth = synth.generate_scenario(env["root"], landing_bucket=s.landing_bucket, first_party_bucket=s.first_party_bucket,
+                                    agreements=env["agreements"], drop_date=DAY, n_profiles=profiles,
+                                    rows_per_partner=rows, seed=seed, bad_row_share=0.02)
+    synth.upload_tree(env["s3"], env["root"])
+    return truth
+
+
+def nightly_run(day=DAY, run_id="run"):
+    outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
+    nightly.publish(outcomes, day, run_id)
+    nightly.load_first_party(day)
+    return nightly.transform(day)
+
+
+def test_newest_complete_snapshot_on_or_before_the_date(env):
+    s = env["settings"]
+    for snapshot, complete in (("2026-11-01", True), ("2026-11-15", True), ("2026-11-20", False), ("2026-11-25", True)):
+        env["s3"].put_object(Bucket=s.first_party_bucket, Key=f"profiles/{snapshot}/profiles-000.csv", Body=b"profile_id\n")
+        if complete:
+            env["s3"].put_object(Bucket=s.first_party_bucket, Key=f"profiles/{snapshot}/_SUCCESS", Body=b"")
+    assert newest_snapshot(env["s3"], s.first_party_bucket, DAY) == "2026-11-15"
+    assert newest_snapshot(env["s3"], s.first_party_bucket, dt.date(2026, 10, 31)) is None
+
+
+def test_no_snapshot_on_or_before_the_date_matches_nothing_and_says_so(env):
+    loaded = nightly.load_first_party(DAY)
+    assert (loaded["snapshot_date"], loaded["profiles"]) == (None, 0)
+    assert "no complete first-party snapshot" in loaded["warning"] and "re-run 2026-11-21" in loaded["warning"]
+    scenario(env)
+    assert nightly.load_first_party(DAY)["profiles"] == 600
+    earlier = nightly.load_first_party(dt.date(2026, 11, 1))  # a backfill before the first snapshot
+    assert (earlier["snapshot_date"], earlier["profiles"]) == (None, 0)
+
+
+def test_marts_equal_ground_truth_and_hold_no_raw_identifiers(env):
+    truth = scenario(env)
+    summary = nightly_run()
+    for partner_id, drop_date, valid, by_email, by_phone, ambiguous, unmatched, _ in summary["match_report"]:
+        expected = truth["drops"][f"{partner_id}/{drop_date}"]
+        assert valid == expected["rows_valid"]
+        assert (by_email, by_phone, unmatched, ambiguous) == (
+            expected["expected_matches"]["by_email"], expected["expected_matches"]["by_phone"], expected["expected_matches"]["unmatched"], 0)
+    if "segments" in truth:
+        assert summary["segment_sizes"] == truth["segments"]
+    published = env["settings"].published_path
+    with duckdb.connect(str(published), read_only=True) as con:
+        tables = {t for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert {"enriched_profiles", "match_report", "segment_membership", "partner_person_links",
+                "profile_partner_attributes", "drop_audit"} <= tables
+        text_columns = con.execute("""SELECT table_name, column_name FROM information_schema.columns
+                                      WHERE data_type = 'VARCHAR'""").fetchall()
+        values = set()
+        for table, column in text_columns:
+            values |= {v for (v,) in con.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL').fetchall()}
+        links = con.execute("SELECT count(*), count(DISTINCT partner_id || partner_person_id) FROM partner_person_links").fetchone()
+    assert links[0] == links[1] > 0  # a partner person maps to one profile at most
+    with duckdb.connect(str(env["settings"].warehouse_path), read_only=True) as con:
+        raw = con.execute("SELECT email, phone FROM raw.first_party_profiles").fetchall()
+    identifiers = {v for row in raw for v in row if v} | {v.strip().lower() for row in raw for v in row if v}
+    assert identifiers and not (identifiers & values), "raw email or phone in the published marts"
+
+
+ANALYST = textwrap.dedent("""
+    import sys, duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)
+    query = "SELECT count(*), sum(rows_valid) FROM match_report"
+    print(con.execute(query).fetchone(), flush=True)
+    sys.stdin.readline()          # hold the file open until the run has finished
+    print(con.execute(query).fetchone(), flush=True)
+""")
+
+
+def test_an_analyst_holding_the_published_copy_never_blocks_a_run(env):
+    scenario(env, seed=3)
+    nightly_run(run_id="first")
+    published = str(env["settings"].published_path)
+    analyst = subprocess.Popen([sys.executable, "-c", ANALYST, published], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        before = analyst.stdout.readline().strip()
+        # a correction arrives; the whole run completes while the analyst keeps the file open
+        synth.write_drop(env["root"], env["settings"].landing_bucket,
+                         synth.DropSpec(env["agreements"]["acme_bank"], DAY, rows=150), profiles_seed=3, n_profiles=600, seed=8)
+        synth.upload_tree(env["s3"], env["root"])
+        nightly_run(run_id="second")
+        analyst.stdin.write("\n")
+        analyst.stdin.flush()
+        during = analyst.stdout.readline().strip()
+    finally:
+        analyst.stdin.close()
+        analyst.wait(timeout=30)
+    assert during == before  # the open connection keeps its consistent snapshot
+    with duckdb.connect(published, read_only=True) as con:
+        after = str(con.execute("SELECT count(*), sum(rows_valid) FROM match_report").fetchone())
+    assert after != before  # a new connection sees the new run
