@@ -462,6 +462,13 @@ def _bool_strings(values: np.ndarray) -> pa.Array:
 
 def generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, seed: int) -> dict:
     """Write profiles/<snapshot_date>/profiles-000.csv.gz and _SUCCESS; return the ground truth."""
+    return _generate_profiles(root, bucket, snapshot_date, n_profiles, seed)[0]
+
+
+def _generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """generate_profiles, also returning the first-party attributes as written, compactly (one
+    entry per profile index): country and tier codes, consent_marketing, customer_since (days
+    since the epoch) and lifetime_value (the DOUBLE its written text parses to)."""
     snapshot_date = _as_date(snapshot_date)
     if not 0 <= n_profiles <= MAX_PROFILES:
         raise ValueError(f"n_profiles must lie in [0, {MAX_PROFILES}]")
@@ -473,20 +480,33 @@ def generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, s
     sensitive: list[dict] = []
     snapshot_day = (snapshot_date - dt.date(1970, 1, 1)).days
     since_span = (snapshot_date - CUSTOMERS_SINCE).days
+    first_party = {
+        "country": np.zeros(n_profiles, np.int8), "tier": np.zeros(n_profiles, np.int8),
+        "consent_marketing": np.zeros(n_profiles, bool), "customer_since": np.zeros(n_profiles, np.int32),
+        "lifetime_value": np.zeros(n_profiles, np.float64),
+    }
     with _DataFile(folder / "profiles-000.csv.gz", "csv.gz", list(PROFILE_COLUMNS)) as out:
         for lo in range(0, n_profiles, CHUNK_ROWS):
-            people = People(seed, np.arange(lo, min(lo + CHUNK_ROWS, n_profiles)))
+            hi = min(lo + CHUNK_ROWS, n_profiles)
+            people = People(seed, np.arange(lo, hi))
             ids = profile_ids(people.idx)
+            since = snapshot_day - np.floor(people.u_since * since_span).astype(np.int64)
+            value_text = pc.cast(pa.array(np.round(-np.log1p(-people.u_value) * 400.0, 2)), pa.string())
             out.write({
                 "profile_id": ids,
                 "email": people.raw_emails(),
                 "phone": people.raw_phones(),
                 "country": pa.array(np.array(COUNTRIES)[people.country]),
                 "consent_marketing": _bool_strings(people.consent_marketing),
-                "customer_since": _date_strings(snapshot_day - np.floor(people.u_since * since_span).astype(np.int64)),
-                "lifetime_value": pc.cast(pa.array(np.round(-np.log1p(-people.u_value) * 400.0, 2)), pa.string()),
+                "customer_since": _date_strings(since),
+                "lifetime_value": value_text,
                 "tier": _take(TIERS, people.tier),
             })
+            first_party["country"][lo:hi] = people.country
+            first_party["tier"][lo:hi] = people.tier
+            first_party["consent_marketing"][lo:hi] = people.consent_marketing
+            first_party["customer_since"][lo:hi] = since
+            first_party["lifetime_value"][lo:hi] = pc.cast(value_text, pa.float64()).to_numpy()
             variants += np.bincount(people.variant, minlength=8)
             phone_null += int(people.phone_null.sum())
             if len(sensitive) <= LIST_LIMIT:
@@ -509,7 +529,7 @@ def generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, s
             "not_normalizing_to_base": {hp: int(variants[~email_normalizes_to_base(flags, hp)].sum()) for hp in HASH_PROFILES},
         },
         "sensitive_profiles": sensitive if n_sensitive <= LIST_LIMIT else None,
-    }
+    }, first_party
 
 
 # --- partner drops ----------------------------------------------------------------------------
