@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from partner_pipeline import synth
 from partner_pipeline.agreements import HASH_PROFILES, load_agreements, special_category_term
@@ -455,6 +456,175 @@ def test_delivered_at_bounds_consent_ts(tmp_path):
     assert truth["delivered_at"] == "2026-11-20T06:30:00Z" and future
     assert (stamps[rows["_row"].isin(future)].dt.year == 2099).all()
     assert (stamps[~rows["_row"].isin(future)].dropna() < delivered_at).all()
+
+
+# --- expected enriched profiles and segment sizes --------------------------------------------
+
+# Segment rules (SQL, as in the dbt project's YAML) beside the same rules as Python over one row of
+# the brute-force enriched_profiles (None where SQL has NULL; a NULL condition selects nobody).
+SEGMENT_RULES = {
+    "homeowners": ("acme_bank__household_income >= 150000 and acme_bank__recent_mortgage\n"
+                   "and not acme_bank__has_financial_advisor",
+                   lambda r: r["acme_bank__household_income"] is not None and r["acme_bank__household_income"] >= 150000
+                   and r["acme_bank__recent_mortgage"] is True and r["acme_bank__has_financial_advisor"] is False),
+    "wealthy": ("acme_bank__net_worth_band in ('500k_1m', 'over_1m')",
+                lambda r: r["acme_bank__net_worth_band"] in ("500k_1m", "over_1m")),
+    "upsell": ("tier = 'standard' and globex_retail__loyalty_tier in ('gold', 'platinum')",
+               lambda r: r["tier"] == "standard" and r["globex_retail__loyalty_tier"] in ("gold", "platinum")),
+    "attrition": ("globex_retail__churn_risk_score >= 0.7 and lifetime_value >= 500",
+                  lambda r: r["globex_retail__churn_risk_score"] is not None and r["globex_retail__churn_risk_score"] >= 0.7
+                  and r["lifetime_value"] >= 500),
+    "recent_big_buyers": ("globex_retail__last_purchase_date >= DATE '2026-06-01' and globex_retail__purchases_12m > 100",
+                          lambda r: r["globex_retail__last_purchase_date"] is not None
+                          and r["globex_retail__last_purchase_date"] >= dt.date(2026, 6, 1)
+                          and r["globex_retail__purchases_12m"] > 100),
+    "both_partners": ("acme_bank__recent_mortgage is not null and globex_retail__loyalty_tier is not null",
+                      lambda r: r["acme_bank__recent_mortgage"] is not None and r["globex_retail__loyalty_tier"] is not None),
+    "not_by_acme": ("acme_bank__household_income is null", lambda r: r["acme_bank__household_income"] is None),
+    "gb_marketable_veterans": ("country = 'GB' and has_consent_marketing and customer_since < DATE '2016-01-01'",
+                               lambda r: r["country"] == "GB" and r["has_consent_marketing"]
+                               and r["customer_since"] < dt.date(2016, 1, 1)),
+    "premium": ("tier = 'premium'", lambda r: r["tier"] == "premium"),
+    "by_globex": ("list_contains(enriched_by_partners, 'globex_retail')", lambda r: "globex_retail" in r["enriched_by_partners"]),
+}
+
+
+def write_segments_yml(path: Path, rules: dict[str, str]) -> Path:
+    models = [{"name": "not_a_segment", "description": "ignored: no seg_ prefix"}]
+    models += [{"name": f"seg_{name}", "config": {"meta": {"segment": {"rule": rule, "destinations": ["crm_email"]}}}}
+               for name, rule in rules.items()]
+    path.write_text(yaml.safe_dump({"version": 2, "models": models}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def segment_scenario(root: Path, segments_yml: Path, file_format: str, seed: int = SEED, extra_drops=()) -> dict:
+    # 3% bad rows: under both agreements' max_bad_row_share, so both drops load
+    return synth.generate_scenario(
+        root, landing_bucket=LANDING, first_party_bucket=FIRST_PARTY, agreements=AGREEMENTS, drop_date=DATE,
+        n_profiles=N_PROFILES, rows_per_partner=ROWS, seed=seed, bad_row_share=0.03, file_format=file_format, files=2,
+        extra_drops=extra_drops, segments_yml=segments_yml)
+
+
+@pytest.fixture(scope="module")
+def segments_yml(tmp_path_factory):
+    return write_segments_yml(tmp_path_factory.mktemp("segments") / "_segments__models.yml",
+                              {name: sql for name, (sql, _) in SEGMENT_RULES.items()})
+
+
+@pytest.fixture(scope="module", params=["csv.gz", "parquet"])
+def segment_case(request, tmp_path_factory, segments_yml):
+    root = tmp_path_factory.mktemp("segments-" + request.param.replace(".", "-"))
+    return root, segment_scenario(root, segments_yml, request.param)
+
+
+def typed_value(attr, text: str):
+    if attr.type in ("integer", "number"):
+        return float(text)
+    if attr.type == "boolean":
+        return {"true": True, "false": False}[text]
+    return dt.date.fromisoformat(text) if attr.type == "date" else text
+
+
+def brute_force_enriched_profiles(root: Path, truth: dict) -> list[dict]:
+    """enriched_profiles rebuilt from the written files, the bad_rows list and expected_links."""
+    profiles = read_profiles(root)
+    table = {pid: {"profile_id": pid, "country": country.strip().upper(), "has_consent_marketing": consent == "true",
+                   "customer_since": dt.date.fromisoformat(since), "lifetime_value": float(value), "tier": tier,
+                   **{f"{p}__{a}": None for p in AGREEMENTS for a in AGREEMENTS[p].attributes}, "enriched_by_partners": []}
+             for pid, country, consent, since, value, tier in zip(
+                 profiles["profile_id"], profiles["country"], profiles["consent_marketing"], profiles["customer_since"],
+                 profiles["lifetime_value"], profiles["tier"])}
+    for drop in truth["drops"].values():
+        if drop["expected_status"] not in ("loaded", "loaded_flagged"):
+            continue
+        agreement = AGREEMENTS[drop["partner_id"]]
+        rows = read_drop(root, drop)
+        bad = {(b["file"], b["row"]) for b in drop["bad_rows"]}
+        rows = rows[[(f, r) not in bad for f, r in zip(rows["_file"], rows["_row"])]]
+        assert len(rows) == drop["rows_valid"]
+        links = {link["partner_record_id"]: link for link in drop["expected_links"]}
+        linked = set()
+        for row in rows.to_dict("records"):
+            link = links.get(row["partner_record_id"])
+            if link is None or not link["consented"]:
+                continue
+            if "consent_activation" in agreement.required_consents and row["consent_activation"] != "true":
+                continue
+            assert link["profile_id"] not in linked, "the generator makes no ambiguous links"
+            linked.add(link["profile_id"])
+            profile = table[link["profile_id"]]
+            for name, attr in agreement.attributes.items():
+                profile[f"{agreement.partner_id}__{name}"] = typed_value(attr, row[name])
+            profile["enriched_by_partners"] = sorted([*profile["enriched_by_partners"], agreement.partner_id])
+    return list(table.values())
+
+
+def test_segment_sizes_recounted_from_the_files(segment_case):
+    root, truth = segment_case
+    assert {d["expected_status"] for d in truth["drops"].values()} == {"loaded"}
+    enriched = brute_force_enriched_profiles(root, truth)
+    assert truth["expected_enriched"] == {p: sum(p in r["enriched_by_partners"] for r in enriched) for p in AGREEMENTS}
+    assert all(500 < n < N_PROFILES for n in truth["expected_enriched"].values())
+    expected = {name: sum(1 for r in enriched if rule(r)) for name, (_, rule) in SEGMENT_RULES.items()}
+    assert truth["segments"] == expected
+    assert all(count > 5 for count in expected.values()), expected
+    assert expected["not_by_acme"] == N_PROFILES - truth["expected_enriched"]["acme_bank"]
+    assert expected["by_globex"] == truth["expected_enriched"]["globex_retail"]
+    on_disk = json.loads((root / "ground_truth.json").read_text())
+    assert on_disk["segments"] == truth["segments"] and on_disk["expected_enriched"] == truth["expected_enriched"]
+
+
+def test_first_party_rule_counts_the_profiles_file(segment_case):
+    root, truth = segment_case
+    profiles = read_profiles(root)
+    assert truth["segments"]["premium"] == (profiles["tier"] == "premium").sum() > 100
+
+
+def test_segment_sizes_are_deterministic(tmp_path, segment_case, segments_yml):
+    root, truth = segment_case
+    file_format = truth["drops"]["acme_bank/2026-11-21"]["file_format"]
+    again = segment_scenario(tmp_path / "again", segments_yml, file_format)
+    assert again["segments"] == truth["segments"] and again["expected_enriched"] == truth["expected_enriched"]
+    other = segment_scenario(tmp_path / "other", segments_yml, file_format, seed=SEED + 1)
+    assert other["segments"] != truth["segments"]
+
+
+def test_drops_that_do_not_load_or_have_expired_enrich_nobody(tmp_path, segments_yml):
+    base = segment_scenario(tmp_path / "base", segments_yml, "csv")
+    extra = (
+        synth.DropSpec(ACME, DATE - dt.timedelta(days=1), 300, "csv", corruption="checksum_mismatch"),  # rejected
+        synth.DropSpec(GLOBEX, DATE - dt.timedelta(days=2), 300, "csv", corruption="missing_success"),  # incomplete
+        synth.DropSpec(GLOBEX, DATE - dt.timedelta(days=GLOBEX.retention_days), 300, "csv"),  # loaded, past retention
+        synth.DropSpec(ACME, DATE, 300, "csv", partner_id="initech_media"),  # no agreement: rejected
+        synth.DropSpec(ACME, DATE + dt.timedelta(days=1), 300, "csv"),  # for a later run
+    )
+    truth = segment_scenario(tmp_path / "extra", segments_yml, "csv", extra_drops=extra)
+    assert [d["expected_status"] for d in truth["drops"].values()][2:] == ["rejected", "incomplete", "loaded", "rejected", "loaded"]
+    assert truth["segments"] == base["segments"] and truth["expected_enriched"] == base["expected_enriched"]
+    # an earlier drop within retention does add profiles (those the newer drop does not mention)
+    earlier = (synth.DropSpec(GLOBEX, DATE - dt.timedelta(days=GLOBEX.retention_days - 1), 300, "csv"),)
+    more = segment_scenario(tmp_path / "earlier", segments_yml, "csv", extra_drops=earlier)
+    assert more["expected_enriched"]["globex_retail"] > base["expected_enriched"]["globex_retail"]
+    assert more["expected_enriched"]["acme_bank"] == base["expected_enriched"]["acme_bank"]
+
+
+def test_default_segments_are_the_dbt_projects(csv_scenario):
+    _, truth = csv_scenario
+    assert set(truth["segments"]) == set(synth.load_segment_rules()) and truth["segments"]
+    assert truth["drops"]["acme_bank/2026-11-21"]["expected_status"] == "rejected"  # 10% bad rows: acme enriches nobody
+    assert truth["expected_enriched"]["acme_bank"] == 0 < truth["expected_enriched"]["globex_retail"]
+
+
+def test_bad_segment_rules_are_refused(tmp_path):
+    small = dict(landing_bucket=LANDING, first_party_bucket=FIRST_PARTY, agreements=AGREEMENTS, drop_date=DATE,
+                 n_profiles=50, rows_per_partner=20, seed=SEED)
+    unknown = write_segments_yml(tmp_path / "unknown.yml", {"typo": "acme_bank__household_incme > 1"})
+    with pytest.raises(ValueError, match="segment typo"):
+        synth.generate_scenario(tmp_path / "a", segments_yml=unknown, **small)
+    (tmp_path / "norule.yml").write_text("version: 2\nmodels:\n  - name: seg_empty\n    config: {meta: {segment: {}}}\n")
+    with pytest.raises(ValueError, match="seg_empty needs"):
+        synth.generate_scenario(tmp_path / "b", segments_yml=tmp_path / "norule.yml", **small)
+    assert not (tmp_path / "b").exists()  # refused before anything is written
 
 
 # --- drop-level corruptions -------------------------------------------------------------------

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="csv.gz", choices=["csv", "csv.gz", "parquet"])
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--bad-row-share", type=float, default=0.01)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (S3 store, warehouse) for inspection")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if child.returncode != 0:
         print(child.stderr[-5000:], file=sys.stderr)
+        print(f"work directory kept for inspection: {work}", file=sys.stderr)
         return 1
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     outcome = measured["outcomes"][0]
@@ -116,9 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     stages = result["stages"]
     print(f"\n| {args.rows:,} x {profiles:,} | {stages['ingest']} s | {stages['publish']} s | {stages['load_first_party']} s | "
           f"{stages['transform']} s | {result['wall_seconds']} s | {result['peak_rss_mb']:,} MB | {'yes' if ok else 'NO'} |")
-    import shutil
+    if args.keep:
+        print(f"work directory kept: {work}")
+    else:
+        import shutil
 
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 

@@ -104,7 +104,9 @@ def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
     with duckdb.connect(str(settings.published_path), read_only=True) as con:
         report = con.execute("""SELECT partner_id, rows_valid, rows_consented, matched_by_email, matched_by_phone, ambiguous,
                                        unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY 1""", [day]).fetchall()
-        segments = con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1 ORDER BY 1").fetchall()
+        segment_tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
+        segments = [(t.removeprefix("seg_"), con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in segment_tables]
         enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
     print(f"\nMatching (published marts, match_report):")
     print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")

@@ -87,7 +87,9 @@ def transform(day: dt.date) -> dict:
     with duckdb.connect(str(published), read_only=True) as con:
         report = con.execute("""SELECT partner_id, drop_date::VARCHAR, rows_valid, matched_by_email, matched_by_phone, ambiguous,
                                        unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY partner_id""", [day]).fetchall()
-        segments = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1 ORDER BY 1").fetchall())
+        segment_tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
+        segments = {t.removeprefix("seg_"): con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in segment_tables}
     slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])
     summary = {"published": str(published), "models_built": len(timings), "match_report": report, "segment_sizes": segments,
                "slowest_dbt_nodes_seconds": slowest}

@@ -21,6 +21,15 @@ the agreement's hash profile. Raw profile emails differ from the base only by ca
 surrounding whitespace, which every profile removes, except for a deterministic minority of
 gmail customers whose raw email has dots, a `+tag` and/or googlemail.com ("profile-sensitive").
 Raw phones without `+` carry no country code and take the agreement's `default_country_code`.
+
+Enrichment and segments
+-----------------------
+generate_scenario also states what the pipeline should build from the scenario: per partner the
+profiles its data enriches (`expected_enriched`) and every segment's size (`segments`). They come
+from the generator's own facts, never from re-hashing: while a drop is written, its valid rows
+that match a profile are kept compactly (profile index, consent flags, attribute values), the
+expected enriched_profiles mart is assembled from them and the first-party values written, and
+each segment rule of the dbt project's YAML is evaluated over it with DuckDB.
 """
 
 from __future__ import annotations
@@ -873,6 +882,9 @@ def drop_columns(spec: DropSpec) -> list[str]:
     return columns
 
 
+_ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "date": pa.date32()}
+
+
 def _parquet_schema(spec: DropSpec) -> pa.Schema:
     types = _ARROW_TYPES
     fields = [("partner_record_id", pa.string()), ("partner_person_id", pa.string()), ("email_sha256", pa.string()),
@@ -979,7 +991,13 @@ def _compact_values(attr: Attribute, values: pa.Array) -> np.ndarray:
     codes = pc.index_in(values, value_set=pa.array(vocabulary, pa.string()))
     if codes.null_count:
         raise AssertionError(f"a string value outside the vocabulary of the attribute: {values.filter(pc.is_null(codes))[0]}")
-    return codes.to_numpy().astype(np.int8 if len(vocabulary) <= 127 else np.int16)
+    return codes.to_numpy().astype(_compact_dtype(attr))
+
+
+def _compact_dtype(attr: Attribute) -> type:
+    if attr.type == "string":
+        return np.int8 if len(string_vocabulary(attr)) <= 127 else np.int16
+    return {"boolean": np.bool_, "integer": np.float64, "number": np.float64, "date": np.int32}[attr.type]
 
 
 class _MatchedRows:
@@ -1010,13 +1028,11 @@ class _MatchedRows:
             self.add({"by_email": np.zeros(0, bool), "by_phone": np.zeros(0, bool), "person": np.zeros(0, np.int64),
                       "consent_enrichment": np.zeros(0, bool), "consent_activation": np.zeros(0, bool),
                       "person_id_variant": np.zeros(0, np.int8),
-                      "attributes": {name: pa.array([], _ARROW_TYPES[attr.type]) for name, attr in self.agreement.attributes.items()}})
+                      "attributes": {name: pa.array([], _ARROW_TYPES[attr.type])
+                                     for name, attr in self.agreement.attributes.items()}})
         out = {key: np.concatenate([part[key] for part in self._parts]) for key in self._parts[0]}
         self._parts = []
         return out
-
-
-_ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "date": pa.date32()}
 
 
 def write_drop(root: Path, bucket: str, spec: DropSpec, profiles_seed: int, n_profiles: int, seed: int) -> dict:
@@ -1106,6 +1122,141 @@ def _corrupt_file(path: Path, corruption: str | None, number: int) -> str:
     return _file_sha256(path)
 
 
+# --- expected enriched_profiles and segment sizes --------------------------------------------
+
+SEGMENTS_YML = Path("dbt_project") / "models" / "marts" / "segments" / "_segments__models.yml"  # under PROJECT_ROOT
+LOADED_STATUSES = ("loaded", "loaded_flagged")
+
+
+def load_segment_rules(path: Path | None = None) -> dict[str, str]:
+    """{segment name (the model name without `seg_`): rule} from a dbt segments YAML; default the
+    project's own. A `seg_` model without meta.segment.rule is refused, as dbt would."""
+    import yaml
+
+    if path is None:
+        from partner_pipeline.settings import PROJECT_ROOT
+
+        path = PROJECT_ROOT / SEGMENTS_YML
+    document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    rules: dict[str, str] = {}
+    for model in document.get("models") or []:
+        name = str(model.get("name", ""))
+        if not name.startswith("seg_"):
+            continue
+        meta = {**(model.get("meta") or {}), **((model.get("config") or {}).get("meta") or {})}
+        rule = (meta.get("segment") or {}).get("rule")
+        if not rule:
+            raise ValueError(f"{path}: segment model {name} needs config.meta.segment.rule")
+        if name[4:] in rules:
+            raise ValueError(f"{path}: segment model {name} is declared twice")
+        rules[name[4:]] = str(rule)
+    return rules
+
+
+def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,
+                       first_party: dict[str, np.ndarray],
+                       drops: list[tuple[dict, dict[str, np.ndarray]]]) -> tuple[pa.Table, dict[str, int]]:
+    """The enriched_profiles mart the pipeline should build after the run for run_date, from the
+    generator's own facts (person indices, row validity, consent flags, attribute values written),
+    and {partner_id: profiles enriched}.
+
+    A partner's values reach a profile from a drop whose expected status is loaded or
+    loaded_flagged, dated on or before run_date; the profile's latest matched valid record from
+    that partner decides: it must carry the agreement's required consents (consent_enrichment
+    always) and its drop must be within retention (drop_date + retention_days > run_date). The
+    generator links no ambiguous records (one person per drop, unique base identities; asserted);
+    the one way it can is a csv_quirks drop whose partner_person_id carries a suffix, beside
+    another drop of the partner naming the same person differently: that profile is then hit by
+    two partner persons and, as in the pipeline, linked to nobody."""
+    columns: dict[str, pa.Array] = {
+        "profile_id": profile_ids(np.arange(n_profiles)),
+        "country": pa.DictionaryArray.from_arrays(pa.array(first_party["country"]), pa.array(COUNTRIES)),
+        "has_consent_marketing": pa.array(first_party["consent_marketing"]),
+        "customer_since": pa.array(first_party["customer_since"]).cast(pa.date32()),
+        "lifetime_value": pa.array(first_party["lifetime_value"]),
+        "tier": pa.DictionaryArray.from_arrays(pa.array(first_party["tier"]), pa.array(TIERS)),
+        "snapshot_date": pa.array(np.full(n_profiles, (snapshot_date - dt.date(1970, 1, 1)).days, np.int32)).cast(pa.date32()),
+    }
+    enriched_counts: dict[str, int] = {}
+    partner_masks: list[np.ndarray] = []
+    for partner_id, agreement in sorted(agreements.items()):
+        counted = sorted(((_as_date(truth["drop_date"]), rows) for truth, rows in drops
+                          if truth["partner_id"] == partner_id and truth["expected_status"] in LOADED_STATUSES
+                          and _as_date(truth["drop_date"]) <= run_date), key=lambda item: item[0])
+        latest = np.full(n_profiles, -1, np.int16)  # which counted drop holds the profile's latest record
+        spelling = np.full(n_profiles, -1, np.int8) if len(counted) > 1 else None
+        ambiguous = np.zeros(n_profiles, bool) if len(counted) > 1 else None
+        for d, (_, rows) in enumerate(counted):
+            profile = rows["profile"]
+            hit = np.zeros(n_profiles, bool)
+            hit[profile] = True
+            if int(np.count_nonzero(hit)) != profile.size:
+                raise AssertionError(f"{partner_id}: a drop links several records to one profile")
+            if spelling is not None:
+                before = spelling[profile]
+                ambiguous[profile[(before >= 0) & (before != rows["person_id_variant"])]] = True
+                spelling[profile] = np.where(before >= 0, before, rows["person_id_variant"])
+            latest[profile] = d
+        enriched = np.zeros(n_profiles, bool)
+        values = {name: np.zeros(n_profiles, _compact_dtype(attr)) for name, attr in agreement.attributes.items()}
+        for d, (drop_date, rows) in enumerate(counted):
+            if drop_date + dt.timedelta(days=agreement.retention_days) <= run_date:
+                continue
+            keep = rows["consent_enrichment"] & (latest[rows["profile"]] == d)
+            if "consent_activation" in agreement.required_consents:
+                keep &= rows["consent_activation"]
+            if ambiguous is not None:
+                keep &= ~ambiguous[rows["profile"]]
+            profile = rows["profile"][keep]
+            enriched[profile] = True
+            for name in values:
+                if "attr:" + name in rows:
+                    values[name][profile] = rows["attr:" + name][keep]
+        for name, attr in sorted(agreement.attributes.items()):
+            arr = pa.array(values.pop(name), mask=~enriched)
+            if attr.type == "date":
+                arr = arr.cast(pa.date32())
+            elif attr.type == "string":
+                arr = pa.DictionaryArray.from_arrays(arr, pa.array(string_vocabulary(attr), pa.string()))
+            columns[f"{partner_id}__{name}"] = arr
+        enriched_counts[partner_id] = int(np.count_nonzero(enriched))
+        partner_masks.append(enriched)
+    columns["enriched_by_partners"] = _partner_lists(sorted(agreements), partner_masks, n_profiles)
+    return pa.table(columns), enriched_counts
+
+
+def _partner_lists(partner_ids: list[str], masks: list[np.ndarray], n_profiles: int) -> pa.Array:
+    """enriched_by_partners: per profile the sorted ids of the partners enriching it."""
+    names = pa.array(partner_ids, pa.string())
+    if not masks:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n_profiles + 1, np.int32)), pa.array([], pa.string()))
+    matrix = np.stack(masks, axis=1)  # n_profiles x partners, row-major: partners of a profile in order
+    offsets = np.zeros(n_profiles + 1, np.int64)
+    np.cumsum(matrix.sum(axis=1), out=offsets[1:])
+    codes = np.tile(np.arange(len(partner_ids), dtype=np.int16), n_profiles)[matrix.ravel()]
+    values = pa.DictionaryArray.from_arrays(pa.array(codes), names)
+    if offsets[-1] < 2**31:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+
+
+def _segment_sizes(enriched_profiles: pa.Table, rules: dict[str, str]) -> dict[str, int]:
+    """{segment: members}: each rule evaluated by DuckDB over the expected enriched_profiles."""
+    import duckdb
+
+    from partner_pipeline.settings import load_settings
+
+    sizes = {}
+    with duckdb.connect(config=load_settings().duckdb_config()) as con:
+        con.register("enriched_profiles", enriched_profiles)
+        for name, rule in sorted(rules.items()):
+            try:
+                sizes[name] = int(con.execute(f"SELECT count(*) FROM enriched_profiles WHERE {rule}\n").fetchone()[0])
+            except duckdb.Error as exc:
+                raise ValueError(f"segment {name}: its rule does not run over enriched_profiles ({rule!r}): {exc}") from exc
+    return sizes
+
+
 # --- scenario, upload, CLI --------------------------------------------------------------------
 
 
@@ -1115,20 +1266,32 @@ def _as_date(value) -> dt.date:
 
 def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: str, agreements: dict[str, Agreement],
                       drop_date, n_profiles: int, rows_per_partner: int, seed: int = 42, bad_row_share: float = 0.02,
-                      file_format: str = "csv.gz", files: int = 1, extra_drops: tuple[DropSpec, ...] = ()) -> dict:
+                      file_format: str = "csv.gz", files: int = 1, extra_drops: tuple[DropSpec, ...] = (),
+                      segments_yml: Path | None = None) -> dict:
     """A profile snapshot dated drop_date, one drop per agreement valid on drop_date (plus any
-    extra_drops), and <root>/ground_truth.json describing all of it."""
+    extra_drops), and <root>/ground_truth.json describing all of it.
+
+    Beside profiles and drops the ground truth holds `expected_enriched` ({partner_id: profiles
+    that partner enriches}) and `segments` ({segment: members}, every rule of segments_yml, by
+    default the dbt project's segments YAML, evaluated over the expected enriched_profiles of
+    the run for drop_date; see _expected_enriched)."""
     root = Path(root)
     drop_date = _as_date(drop_date)
-    profiles = generate_profiles(root, first_party_bucket, drop_date, n_profiles, seed)
+    rules = load_segment_rules(segments_yml)  # before writing anything: a bad YAML fails fast
+    profiles, first_party = _generate_profiles(root, first_party_bucket, drop_date, n_profiles, seed)
     specs = [DropSpec(a, drop_date, rows_per_partner, file_format, files, bad_row_share)
              for _, a in sorted(agreements.items()) if a.is_valid_on(drop_date)]
-    drops = {}
+    drops, matched = {}, []
     for spec in [*specs, *extra_drops]:
         name = spec.prefix.rstrip("/")
         if name in drops:
             raise ValueError(f"two drops for {name}; give extra drops another partner_id or drop_date")
-        drops[name] = write_drop(root, landing_bucket, spec, seed, n_profiles, seed)
+        drops[name], rows = _write_drop(root, landing_bucket, spec, seed, n_profiles, seed)
+        matched.append((drops[name], rows))
+    enriched_profiles, enriched = _expected_enriched(agreements, drop_date, n_profiles, drop_date, first_party, matched)
+    del matched, first_party
+    segments = _segment_sizes(enriched_profiles, rules)
+    del enriched_profiles
     truth = {
         "generator": "partner_pipeline.synth",
         "seed": seed,
@@ -1136,6 +1299,8 @@ def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: st
         "buckets": {"landing": landing_bucket, "first_party": first_party_bucket},
         "profiles": profiles,
         "drops": drops,
+        "expected_enriched": enriched,
+        "segments": segments,
     }
     _write_json(root / "ground_truth.json", truth)
     return truth
@@ -1176,6 +1341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="csv.gz", dest="file_format")
     parser.add_argument("--files", type=int, default=1, help="data files per drop")
     parser.add_argument("--agreements-dir", type=Path, default=settings.agreements_dir)
+    parser.add_argument("--segments-yml", type=Path, default=None,
+                        help="dbt segments YAML whose rules the ground truth sizes (default: the project's)")
     parser.add_argument("--upload", action="store_true",
                         help="upload to the S3 endpoint and buckets from the PIPELINE_* / AWS_* environment")
     args = parser.parse_args(argv)
@@ -1185,7 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
         agreements=load_agreements(args.agreements_dir), drop_date=args.date, n_profiles=args.profiles,
         rows_per_partner=args.rows, seed=args.seed, bad_row_share=args.bad_row_share,
-        file_format=args.file_format, files=args.files,
+        file_format=args.file_format, files=args.files, segments_yml=args.segments_yml,
     )
     drops = "; ".join(
         f"{name}: {d['rows_total']} rows, {d['rows_invalid']} invalid, "
@@ -1196,7 +1363,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Wrote {args.profiles} first-party profiles (snapshot {args.date}, "
         f"{truth['profiles']['profile_sensitive_emails']['total']} profile-sensitive emails) and "
         f"{len(truth['drops'])} partner drops as {args.file_format} ({drops}) under {args.out} in "
-        f"{time.monotonic() - started:.1f}s; ground truth in {args.out / 'ground_truth.json'}."
+        f"{time.monotonic() - started:.1f}s; ground truth in {args.out / 'ground_truth.json'} "
+        f"(expected segment sizes: {', '.join(f'{k} {v}' for k, v in truth['segments'].items()) or 'no segments'})."
     )
     if args.upload:
         from partner_pipeline.storage import client_from_settings

@@ -12,89 +12,87 @@ with records as (
     inner join {{ ref('stg_pipeline__agreements') }} as agreements using (partner_id)
 ),
 
-identifiers as (
-    select * from {{ ref('int_profile_identifiers') }}
-),
-
-email_hits as (
-    select records.partner_id, records.drop_date, records.partner_record_id, identifiers.profile_id
-    from records
-    inner join identifiers
-        on identifiers.hash_profile = records.hash_profile
-        and identifiers.default_country_code = records.default_country_code
-        and identifiers.email_sha256 = records.email_sha256
-),
-
-phone_hits as (
-    select records.partner_id, records.drop_date, records.partner_record_id, identifiers.profile_id
-    from records
-    inner join identifiers
-        on identifiers.hash_profile = records.hash_profile
-        and identifiers.default_country_code = records.default_country_code
-        and identifiers.phone_sha256 = records.phone_sha256
-),
-
-candidates as (
-    select partner_id, drop_date, partner_record_id, 'email' as matched_via, count(distinct profile_id) as profile_count,
+{%- for identifier in ['email', 'phone'] %}
+{{ identifier }}_index as (
+    -- one row per hash: the profile it identifies, or how many it would (ambiguity)
+    select
+        hash_profile,
+        default_country_code,
+        {{ identifier }}_sha256,
+        count(*) as profile_count,
         min(profile_id) as profile_id
-    from email_hits group by all
-    union all
-    select partner_id, drop_date, partner_record_id, 'phone', count(distinct profile_id), min(profile_id)
-    from phone_hits group by all
+    from {{ ref('int_profile_identifiers') }}
+    where {{ identifier }}_sha256 is not null
+    group by all
 ),
+{% endfor %}
 
-per_record as (
-    -- email wins over phone
-    select * from candidates
-    qualify row_number() over (partition by partner_id, drop_date, partner_record_id order by matched_via) = 1
-),
-
-classified as (
+resolved as materialized (
     select
         records.*,
-        per_record.matched_via as hit_via,
-        per_record.profile_count,
-        case when per_record.profile_count = 1 then per_record.profile_id end as candidate_profile_id
+        case when email_index.profile_count is not null then 'email'
+             when phone_index.profile_count is not null then 'phone' end as hit_via,
+        case when email_index.profile_count is not null then email_index.profile_count
+             else phone_index.profile_count end as profile_count,
+        case when email_index.profile_count = 1 then email_index.profile_id
+             when email_index.profile_count is null and phone_index.profile_count = 1 then phone_index.profile_id
+        end as candidate_profile_id
     from records
-    left join per_record using (partner_id, drop_date, partner_record_id)
+    left join email_index
+        on email_index.hash_profile = records.hash_profile
+        and email_index.default_country_code = records.default_country_code
+        and email_index.email_sha256 = records.email_sha256
+    left join phone_index
+        on phone_index.hash_profile = records.hash_profile
+        and phone_index.default_country_code = records.default_country_code
+        and phone_index.phone_sha256 = records.phone_sha256
 ),
 
 persons_per_profile as (
-    select partner_id, candidate_profile_id, count(distinct partner_person_id) as person_count
-    from classified
+    -- min <> max: more than one distinct value, as a cheap hash aggregate on narrow columns
+    select partner_id, candidate_profile_id, min(partner_person_id) <> max(partner_person_id) as has_several_persons
+    from resolved
     where candidate_profile_id is not null
     group by all
 ),
 
 profiles_per_person as (
-    select partner_id, partner_person_id, count(distinct candidate_profile_id) as profile_count_of_person
-    from classified
-    where candidate_profile_id is not null
+    select partner_id, partner_person_id, min(candidate_profile_id) <> max(candidate_profile_id) as has_several_profiles
+    from resolved
+    where candidate_profile_id is not null and partner_person_id is not null
     group by all
+),
+
+checked as (
+    select
+        resolved.*,
+        coalesce(persons_per_profile.has_several_persons, false) as profile_has_several_persons,
+        coalesce(profiles_per_person.has_several_profiles, false) as person_has_several_profiles
+    from resolved
+    left join persons_per_profile using (partner_id, candidate_profile_id)
+    left join profiles_per_person using (partner_id, partner_person_id)
 )
 
 select
-    classified.partner_id,
-    classified.drop_date,
-    classified.partner_record_id,
-    classified.partner_person_id,
-    classified.email_sha256,
-    classified.phone_sha256,
-    classified.has_consent_enrichment,
-    classified.has_consent_activation,
-    classified.consent_at,
-    classified.delivery_id,
-    classified.loaded_at,
-    classified.source_row,
+    partner_id,
+    drop_date,
+    partner_record_id,
+    partner_person_id,
+    email_sha256,
+    phone_sha256,
+    has_consent_enrichment,
+    has_consent_activation,
+    consent_at,
+    delivery_id,
+    loaded_at,
+    source_row,
     case
-        when classified.hit_via is null then 'unmatched'
-        when classified.profile_count > 1 or persons_per_profile.person_count > 1
-            or profiles_per_person.profile_count_of_person > 1 then 'ambiguous'
-        else classified.hit_via
+        when hit_via is null then 'unmatched'
+        when profile_count > 1 or profile_has_several_persons or person_has_several_profiles then 'ambiguous'
+        else hit_via
     end as match_status,
-    case when classified.profile_count = 1 and persons_per_profile.person_count = 1
-            and profiles_per_person.profile_count_of_person = 1
-        then classified.candidate_profile_id end as profile_id
-from classified
-left join persons_per_profile using (partner_id, candidate_profile_id)
-left join profiles_per_person using (partner_id, partner_person_id)
+    case
+        when profile_count = 1 and not profile_has_several_persons and not person_has_several_profiles
+            then candidate_profile_id
+    end as profile_id
+from checked

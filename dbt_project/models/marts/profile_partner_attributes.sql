@@ -1,70 +1,54 @@
--- The latest value of each partner attribute for each matched profile, with provenance. A
--- partner's data enriches a profile only while the person's latest record from that partner
--- carries the agreement's required consents, and never past the agreement's retention.
+-- Each partner's attributes for each matched profile, as stated by the partner's latest record
+-- about that person, with provenance. The latest record decides: it must carry the agreement's
+-- required consents (a withdrawal removes the partner's data) and be within retention; a value
+-- it leaves empty is not carried over from older records.
 {%- set run_date = "cast('" ~ var('run_date', run_started_at.strftime('%Y-%m-%d')) ~ "' as date)" %}
 
-with matched as (
-    select * from {{ ref('int_partner_records_matched') }} where profile_id is not null
+with agreements as (
+    select partner_id, retention_days, required_consents from {{ ref('stg_pipeline__agreements') }}
 ),
 
-agreements as (
-    select * from {{ ref('stg_pipeline__agreements') }}
-),
-
-consent_state as (
-    -- the latest word of the partner on this person decides
+latest_records as (
     select
         matched.partner_id,
         matched.profile_id,
-        matched.has_consent_enrichment
-            and (not list_contains(agreements.required_consents, 'consent_activation') or matched.has_consent_activation)
-            as may_enrich
-    from matched
-    inner join agreements using (partner_id)
+        matched.drop_date,
+        matched.partner_record_id,
+        matched.delivery_id,
+        matched.loaded_at,
+        matched.has_consent_enrichment,
+        matched.has_consent_activation
+    from {{ ref('int_partner_records_matched') }} as matched
+    where matched.profile_id is not null
     qualify row_number() over (
         partition by matched.partner_id, matched.profile_id
         order by matched.drop_date desc, matched.consent_at desc, matched.partner_record_id desc) = 1
 ),
 
-values_with_provenance as (
+usable_records as (
     select
-        matched.profile_id,
-        matched.partner_id,
-        attribute_values.attribute,
-        attribute_values.attribute_type,
-        attribute_values.value_text,
-        attribute_values.value_number,
-        attribute_values.value_boolean,
-        attribute_values.value_date,
-        matched.drop_date,
-        matched.delivery_id,
-        matched.loaded_at,
-        matched.consent_at,
-        matched.partner_record_id,
-        matched.drop_date + agreements.retention_days * interval 1 day as expires_at
-    from matched
-    inner join {{ ref('stg_pipeline__partner_attribute_values') }} as attribute_values
-        using (partner_id, drop_date, partner_record_id)
+        latest_records.*,
+        cast(latest_records.drop_date + agreements.retention_days * interval 1 day as date) as expires_at
+    from latest_records
     inner join agreements using (partner_id)
-    inner join consent_state using (partner_id, profile_id)
-    where consent_state.may_enrich and matched.has_consent_enrichment
+    where latest_records.has_consent_enrichment
+        and (latest_records.has_consent_activation or not list_contains(agreements.required_consents, 'consent_activation'))
+        and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ run_date }}
 )
 
 select
-    profile_id,
-    partner_id,
-    attribute,
-    attribute_type,
-    value_text,
-    value_number,
-    value_boolean,
-    value_date,
-    drop_date,
-    delivery_id,
-    loaded_at,
-    cast(expires_at as date) as expires_at
-from values_with_provenance
-where expires_at > {{ run_date }}
-qualify row_number() over (
-    partition by profile_id, partner_id, attribute
-    order by drop_date desc, consent_at desc, partner_record_id desc) = 1
+    usable_records.profile_id,
+    usable_records.partner_id,
+    attribute_values.attribute,
+    attribute_values.attribute_type,
+    attribute_values.value_text,
+    attribute_values.value_number,
+    attribute_values.value_boolean,
+    attribute_values.value_date,
+    usable_records.drop_date,
+    usable_records.delivery_id,
+    usable_records.loaded_at,
+    usable_records.expires_at
+from usable_records
+inner join {{ ref('stg_pipeline__partner_attribute_values') }} as attribute_values
+    using (partner_id, drop_date, partner_record_id)
