@@ -32,7 +32,8 @@ def nightly(airflow_home, pipeline_env, day=DAY):
 
 def tables(settings) -> dict[str, list]:
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='raw'").fetchall()]
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='raw' "
+                                     "AND (table_name LIKE '%\\_\\_records' ESCAPE '\\' OR table_name = 'quarantined_rows')").fetchall()]
         return {n: con.execute(f'SELECT * EXCLUDE (loaded_at, run_id, delivered_at) FROM raw."{n}" ORDER BY ALL').fetchall()
                 if n != "quarantined_rows" else
                 con.execute("SELECT * EXCLUDE (quarantined_at, run_id) FROM raw.quarantined_rows ORDER BY ALL").fetchall()

@@ -11,5 +11,8 @@ select
     {%- for column in source_columns if column not in spec_columns %}
     {% if column in types %}try_cast("{{ column }}" as {{ types[column] }}){% else %}"{{ column }}"{% endif %} as "{{ column }}",
     {%- endfor %}
+    {%- for column, type in types.items() if column not in source_columns %}
+    cast(null as {{ type }}) as "{{ column }}",  -- declared but absent from this snapshot
+    {%- endfor %}
     snapshot_date
 from {{ source('pipeline', 'first_party_profiles') }}
