@@ -64,6 +64,11 @@ def test_happy_path_matches_ground_truth_row_by_row(env):
     expected = {(b["file"], b["row"], b["rule"]) for b in truth["bad_rows"]}
     assert {(f, r, tuple(rules)) for f, r, rules in quarantined} == {(f, r, (rule,)) for f, r, rule in expected}
     assert outcome["failures_by_rule"] == truth["invalid_by_rule"]
+    [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE event = 'loaded'")
+    fixes = {r["rule"]: r["fix"] for r in json.loads(reasons) if r["code"] == "rows_quarantined"}
+    assert set(fixes) == set(truth["invalid_by_rule"])
+    if "net_worth_band_not_allowed" in fixes:
+        assert fixes["net_worth_band_not_allowed"].endswith("under_100k, 100k_500k, 500k_1m, over_1m.")
     events = [e for (e,) in query(env, "SELECT event FROM audit.drop_events ORDER BY event_id")]
     assert events == ["seen", "verified", "loaded"]
     provenance = query(env, 'SELECT DISTINCT partner_id, drop_date, delivery_id, run_id FROM raw."acme_bank__records"')

@@ -14,6 +14,7 @@ from partner_pipeline import nightly, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
+from partner_pipeline.transform import ModelBuildFailed
 
 DAY = dt.date(2026, 11, 21)
 
@@ -120,3 +121,13 @@ def test_an_analyst_holding_the_published_copy_never_blocks_a_run(env):
     with duckdb.connect(published, read_only=True) as con:
         after = str(con.execute("SELECT count(*), sum(rows_valid) FROM match_report").fetchone())
     assert after != before  # a new connection sees the new run
+
+
+def test_segment_reading_a_partner_without_agreement_fails_naming_segment_and_column(env):
+    scenario(env)
+    (env["settings"].agreements_dir / "acme_bank.yaml").unlink()  # the agreement with Acme Bank ends
+    outcomes = [nightly.ingest(d, "run") for d in nightly.discover(DAY, "run")]
+    nightly.publish(outcomes, DAY, "run")
+    nightly.load_first_party(DAY)
+    with pytest.raises(ModelBuildFailed, match="segment seg_high_earning_homeowners reads acme_bank__household_income"):
+        nightly.transform(DAY)

@@ -14,6 +14,12 @@
     {%- if segment is none or not segment.get('rule') -%}
         {{ exceptions.raise_compiler_error("segment model " ~ model.name ~ " needs meta.segment.rule in _segments__models.yml") }}
     {%- endif %}
+    {%- set available = adapter.get_columns_in_relation(ref('enriched_profiles')) | map(attribute='name') | list -%}
+    {%- for column in modules.re.findall('\\b([a-z0-9_]{2,40}__[a-z][a-z0-9_]*)\\b', segment.rule) if column not in available %}
+        {{ exceptions.raise_compiler_error("segment " ~ model.name ~ " reads " ~ column ~ ", which enriched_profiles does not have "
+            ~ "(no agreement for that partner, or the attribute was renamed). Fix meta.segment.rule in _segments__models.yml "
+            ~ "or the agreement in include/agreements.") }}
+    {%- endfor %}
 select
     '{{ model.name | replace("seg_", "", 1) }}' as segment_name,
     profile_id
@@ -21,8 +27,3 @@ from {{ ref('enriched_profiles') }}
 where {{ segment.rule }}
 {% endmacro %}
 
-
-{% macro segment_rule_partners(rule) %}
-    {# partners whose attributes a rule reads: derived from the rule, never listed by hand #}
-    {{ return(modules.re.findall('\\b([a-z0-9_]{2,40}?)__[a-z][a-z0-9_]*', rule) | unique | list) }}
-{% endmacro %}

@@ -85,7 +85,7 @@ def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str
     finally:
         con.close()
     outcome.update(rows_valid=outcome["rows_received"] - bad, rows_quarantined=bad,
-                   failures_by_rule=result.failures_by_rule,
+                   failures_by_rule=result.failures_by_rule, fixes_by_rule=result.fixes,
                    validation_result=str(result.result_path), data_docs=str(result.docs_path))
     received = outcome["rows_received"]
     if received and bad / received > agreement.max_bad_row_share:

@@ -36,58 +36,68 @@ def validation_view_sql(agreement: Agreement, delivered_at: str) -> str:
 
 
 def build_suite(agreement: Agreement):
-    """The expectation suite for this agreement's drops; each expectation names its rule."""
+    """The expectation suite for this agreement's drops; each expectation names its rule and its fix."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    def rows(rule: str, where: str, description: str):
+    def meta(rule: str, fix: str) -> dict:
+        return {"rule": rule, "fix": fix}
+
+    def rows(rule: str, where: str, fix: str):
         return gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=f"SELECT _row FROM {{batch}} WHERE {where}", description=description, meta={"rule": rule})
+            unexpected_rows_query=f"SELECT _row FROM {{batch}} WHERE {where}", description=fix, meta=meta(rule, fix))
 
     e = [
-        gxe.ExpectColumnValuesToNotBeNull(column="partner_record_id", meta={"rule": "partner_record_id_missing"}),
+        gxe.ExpectColumnValuesToNotBeNull(column="partner_record_id", meta=meta(
+            "partner_record_id_missing", "Give every row a partner_record_id.")),
         rows("partner_record_id_duplicate",
              "partner_record_id IN (SELECT partner_record_id FROM {batch} GROUP BY partner_record_id HAVING count(*) > 1)",
-             "partner_record_id occurs exactly once in the drop"),
+             "Make partner_record_id unique within the drop (every copy of a repeated id is quarantined)."),
         rows("identifier_missing", "email_sha256 IS NULL AND phone_sha256 IS NULL",
-             "at least one of email_sha256 / phone_sha256 is present"),
+             "Send email_sha256 or phone_sha256 (or both) on every row."),
     ]
     for col in ("email_sha256", "phone_sha256"):
         e.append(rows(f"{col}_malformed", f"{col} IS NOT NULL AND NOT {_HEX64.format(col=col)}",
-                      f"{col} is 64 lowercase hex characters"))
+                      f"Send {col} as 64 lowercase hex characters: the SHA-256 of the identifier normalized under "
+                      f"the '{agreement.hash_profile}' hash profile."))
     for col in CONSENT_COLUMNS:
-        e.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta={"rule": f"{col}_missing"}))
-        e.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=["true", "false"], meta={"rule": f"{col}_not_boolean"}))
+        e.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(f"{col}_missing", f"Send {col} on every row.")))
+        e.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=["true", "false"], meta=meta(
+            f"{col}_not_boolean", f"Write {col} as true or false.")))
     e += [
-        gxe.ExpectColumnValuesToNotBeNull(column="consent_ts", meta={"rule": "consent_ts_missing"}),
+        gxe.ExpectColumnValuesToNotBeNull(column="consent_ts", meta=meta(
+            "consent_ts_missing", "Send consent_ts, when the consent was captured, on every row.")),
         rows("consent_ts_invalid", "consent_ts IS NOT NULL AND TRY_CAST(consent_ts AS TIMESTAMPTZ) IS NULL",
-             "consent_ts is an ISO 8601 timestamp"),
+             "Write consent_ts as an ISO 8601 UTC timestamp, e.g. 2026-11-20T13:45:00Z."),
         rows("consent_ts_in_future", "TRY_CAST(consent_ts AS TIMESTAMPTZ) > _delivered_at",
-             "consent_ts is not after the delivery's _SUCCESS"),
+             "consent_ts is after the delivery was completed (_SUCCESS); check the clock or time zone of the export."),
     ]
     for name, attr in agreement.attributes.items():
         col = f'"{name}"'
         if attr.type == "string" and attr.allowed_values is not None:
-            e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(attr.allowed_values), meta={"rule": f"{name}_not_allowed"}))
+            e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(attr.allowed_values), meta=meta(
+                f"{name}_not_allowed", f"Use one of the agreed values for {name}: {', '.join(attr.allowed_values)}.")))
         elif attr.type == "boolean":
-            e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=["true", "false"], meta={"rule": f"{name}_wrong_type"}))
+            e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=["true", "false"], meta=meta(
+                f"{name}_wrong_type", f"Write {name} as true or false.")))
         elif attr.type == "date":
             e.append(rows(f"{name}_wrong_type", f"{col} IS NOT NULL AND NOT (regexp_full_match({col}, '\\d{{{{4}}}}-\\d{{{{2}}}}-\\d{{{{2}}}}') "
-                          f"AND TRY_CAST({col} AS DATE) IS NOT NULL)", f"{name} is a date YYYY-MM-DD"))
+                          f"AND TRY_CAST({col} AS DATE) IS NOT NULL)", f"Write {name} as a date, YYYY-MM-DD."))
         elif attr.type in ("integer", "number"):
             valid = (f"regexp_full_match({col}, '-?[0-9]+')" if attr.type == "integer"
                      else f"isfinite(TRY_CAST({col} AS DOUBLE))")
-            e.append(rows(f"{name}_wrong_type", f"{col} IS NOT NULL AND NOT coalesce({valid}, false)", f"{name} is {attr.type}"))
+            e.append(rows(f"{name}_wrong_type", f"{col} IS NOT NULL AND NOT coalesce({valid}, false)",
+                          f"Write {name} as {'a whole number' if attr.type == 'integer' else 'a number'}."))
             if attr.min is not None or attr.max is not None:
-                e.append(gxe.ExpectColumnValuesToBeBetween(column=f"{name}__number", min_value=attr.min, max_value=attr.max,
-                                                           meta={"rule": f"{name}_out_of_range"}))
-    suite = gx.ExpectationSuite(
+                e.append(gxe.ExpectColumnValuesToBeBetween(column=f"{name}__number", min_value=attr.min, max_value=attr.max, meta=meta(
+                    f"{name}_out_of_range", f"Keep {name} within the agreed range "
+                    f"{'-inf' if attr.min is None else f'{attr.min:g}'} to {'inf' if attr.max is None else f'{attr.max:g}'}.")))
+    return gx.ExpectationSuite(
         name=f"{agreement.partner_id}__records",
         expectations=e,
         meta={"agreement_id": agreement.agreement_id, "partner_id": agreement.partner_id,
               "generated_from": f"include/agreements/{agreement.partner_id}.yaml"},
     )
-    return suite
 
 
 def suite_json(agreement: Agreement) -> str:
@@ -103,6 +113,7 @@ def suite_json(agreement: Agreement) -> str:
 class ValidationOutcome:
     rows_checked: int
     failures_by_rule: dict[str, int]
+    fixes: dict[str, str]
     result_path: Path
     docs_path: Path
 
@@ -164,6 +175,7 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
         gc.collect()  # drops GX's remaining sqlalchemy/duckdb handles on the stage file
     failing_rows: list[tuple[str, str]] = []
     failures: dict[str, int] = {}
+    fixes: dict[str, str] = {}
     rows_checked = 0
     for r in result.results:
         rule = r.expectation_config.meta["rule"]
@@ -180,6 +192,7 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
             count = r.result["unexpected_count"]
             rows_checked = max(rows_checked, r.result.get("element_count", 0))
         failures[rule] = count
+        fixes[rule] = r.expectation_config.meta["fix"]
         failing_rows.append((rule, f"SELECT _row FROM ({query})"))
     out_dir.mkdir(parents=True, exist_ok=True)
     document = _without_values(result.to_json_dict())
@@ -187,7 +200,7 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
     result_path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
     docs_path = out_dir / f"{name}.html"
     docs_path.write_text(_render_data_docs(result, document))
-    return ValidationOutcome(rows_checked, failures, result_path, docs_path), failing_rows
+    return ValidationOutcome(rows_checked, failures, fixes, result_path, docs_path), failing_rows
 
 
 def _close(source) -> None:

@@ -178,7 +178,8 @@ def _load_staged(con, outcome: dict, agreement: Agreement) -> None:
                 FROM stage.records r
                 JOIN (SELECT _row, list(DISTINCT rule ORDER BY rule) AS rules FROM stage.row_failures GROUP BY _row) f USING (_row)
             ORDER BY r._row""", [*drop, outcome["run_id"]])
-    reasons = [{"code": "rows_quarantined", "rule": rule, "rows": n} for rule, n in sorted(outcome["failures_by_rule"].items())]
+    reasons = [{"code": "rows_quarantined", "rule": rule, "rows": n, "fix": outcome["fixes_by_rule"][rule]}
+               for rule, n in sorted(outcome["failures_by_rule"].items())]
     if outcome["dropped_columns"]:
         reasons.append({"code": "extra_column", "columns": outcome["dropped_columns"],
                         "message": "columns not in the agreement were dropped on ingest"})
