@@ -97,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     outcome = measured["outcomes"][0]
-    [(_, _, valid, by_email, by_phone, ambiguous, unmatched, _)] = measured["transform"]["match_report"]
+    [report] = measured["transform"]["match_report"]
     expected = truth["expected_matches"]
-    ok = outcome["status"] == "staged" and outcome["rows_valid"] == truth["rows_valid"] == valid and \
+    ok = outcome["status"] == "staged" and outcome["rows_valid"] == truth["rows_valid"] == report["rows_valid"] and \
         outcome["failures_by_rule"] == truth["invalid_by_rule"] and \
-        (by_email, by_phone, unmatched, ambiguous) == (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)
+        (report["matched_by_email"], report["matched_by_phone"], report["unmatched"], report["ambiguous"]) == \
+        (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)
     result = {
         "rows": args.rows, "profiles": profiles, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
         "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb), "rows_per_second": round(args.rows / wall),

@@ -20,6 +20,7 @@ from partner_pipeline.local_airflow import run_nightly
 from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import s3_client
+from partner_pipeline.transform import published_summary
 from partner_pipeline.warehouse import warehouse
 
 
@@ -98,26 +99,20 @@ def _report(settings, day: dt.date, truth: dict, log) -> int:
 
 def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
     """Print the match report and segment sizes from the published marts; return ground-truth mismatches."""
-    import duckdb
-
     mismatches = []
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
-        report = con.execute("""SELECT partner_id, rows_valid, rows_consented, matched_by_email, matched_by_phone, ambiguous,
-                                       unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY 1""", [day]).fetchall()
-        segment_tables = [t for (t,) in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
-        segments = [(t.removeprefix("seg_"), con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in segment_tables]
-        enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
+    summary = published_summary(settings.published_path, day)
     print(f"\nMatching (published marts, match_report):")
     print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")
-    for partner_id, valid, consented, email, phone, ambiguous, unmatched, rate in report:
-        print(f"  {partner_id:<16}{valid:>8}{consented:>11}{email:>10}{phone:>10}{ambiguous:>11}{unmatched:>11}{rate:>8.1%}")
-        expected = truth["drops"].get(f"{partner_id}/{day}", {}).get("expected_matches", {})
-        if expected and (email, phone, unmatched) != (expected["by_email"], expected["by_phone"], expected["unmatched"]):
-            mismatches.append(f"{partner_id}: matched {email}/{phone}/{unmatched} (email/phone/none), ground truth {expected}")
-    print(f"  profiles enriched by at least one partner: {enriched}")
+    for r in summary["match_report"]:
+        print(f"  {r['partner_id']:<16}{r['rows_valid']:>8}{r['rows_consented']:>11}{r['matched_by_email']:>10}"
+              f"{r['matched_by_phone']:>10}{r['ambiguous']:>11}{r['unmatched']:>11}{r['match_rate']:>8.1%}")
+        expected = truth["drops"].get(f"{r['partner_id']}/{day}", {}).get("expected_matches", {})
+        found = (r["matched_by_email"], r["matched_by_phone"], r["unmatched"])
+        if expected and found != (expected["by_email"], expected["by_phone"], expected["unmatched"]):
+            mismatches.append(f"{r['partner_id']}: matched {found} (email, phone, none), ground truth {expected}")
+    print(f"  profiles enriched by at least one partner: {summary['profiles_enriched']}")
     print("\nSegments (segment_membership):")
-    for name, size in segments:
+    for name, size in summary["segment_sizes"].items():
         expected = truth.get("segments", {}).get(name)
         print(f"  {name:<28}{size:>8} members" + ("" if expected is None else f"  (ground truth {expected})"))
         if expected is not None and expected != size:

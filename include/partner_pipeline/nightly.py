@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-
-import duckdb
 
 from partner_pipeline import first_party
 from partner_pipeline.agreements import load_agreements
@@ -13,7 +12,7 @@ from partner_pipeline.drops import DropRef, find_complete_drops
 from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
-from partner_pipeline.transform import build_models, publish_marts
+from partner_pipeline.transform import build_models, publish_marts, published_summary
 from partner_pipeline.warehouse import last_processing_keys, publish_agreements, publish_outcome, warehouse
 
 log = logging.getLogger(__name__)
@@ -84,14 +83,8 @@ def transform(day: dt.date) -> dict:
     settings = load_settings()
     timings = build_models(settings, day)
     published = publish_marts(settings)
-    with duckdb.connect(str(published), read_only=True) as con:
-        report = con.execute("""SELECT partner_id, drop_date::VARCHAR, rows_valid, matched_by_email, matched_by_phone, ambiguous,
-                                       unmatched, match_rate FROM match_report WHERE drop_date = ? ORDER BY partner_id""", [day]).fetchall()
-        segment_tables = [t for (t,) in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
-        segments = {t.removeprefix("seg_"): con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in segment_tables}
     slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])
-    summary = {"published": str(published), "models_built": len(timings), "match_report": report, "segment_sizes": segments,
+    summary = {"published": str(published), "models_built": len(timings), **published_summary(published, day),
                "slowest_dbt_nodes_seconds": slowest}
     log.info("models built and published: %s", summary)
-    return summary
+    return json.loads(json.dumps(summary, default=str))  # XCom-safe: dates and decimals as text

@@ -75,3 +75,16 @@ def publish_marts(settings: Settings) -> Path:
     os.replace(building, published)
     log.info("published %d marts to %s", len(tables), published)
     return published
+
+
+def published_summary(published: Path, day: dt.date) -> dict:
+    """What a run produced, read back from the analysts' copy: the date's match report and segment sizes."""
+    with duckdb.connect(str(published), read_only=True) as con:
+        cursor = con.execute("SELECT * FROM match_report WHERE drop_date = ? ORDER BY partner_id", [day])
+        names = [d[0] for d in cursor.description]
+        report = [dict(zip(names, row)) for row in cursor.fetchall()]
+        segment_tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
+        segments = {t.removeprefix("seg_"): con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in segment_tables}
+        enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
+    return {"match_report": report, "segment_sizes": segments, "profiles_enriched": enriched}
