@@ -230,3 +230,55 @@ def test_validation_results_hold_no_personal_values(env):
     assert leaked == []
     assert "partner_record_id_duplicate" in result and "expect_column_values_to_be_in_set" in result
     assert "<html" in docs.lower() and truth["rows_invalid"] > 0
+
+
+def put_drop(env, files: dict[str, bytes], partner="acme_bank", rows=None) -> None:
+    """A hand-made drop: the given files with a correct manifest (rows as given, else counted lines - 1)."""
+    import hashlib
+
+    s3, bucket, prefix = env["s3"], env["settings"].landing_bucket, f"{partner}/{DAY}/"
+    entries = []
+    for key, body in files.items():
+        s3.put_object(Bucket=bucket, Key=prefix + key, Body=body)
+        count = rows if rows is not None else max(body.count(b"\n") - 1, 0)
+        entries.append({"key": key, "rows": count, "sha256": hashlib.sha256(body).hexdigest()})
+    manifest = {"partner_id": partner, "agreement_id": env["agreements"][partner].agreement_id, "drop_date": str(DAY),
+                "schema_version": 1, "files": entries, "record_count": sum(e["rows"] for e in entries)}
+    s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
+    s3.put_object(Bucket=bucket, Key=prefix + "_SUCCESS", Body=b"")
+
+
+HEADER = "partner_record_id,partner_person_id,email_sha256,phone_sha256,consent_enrichment,consent_activation,consent_ts"
+
+
+@pytest.mark.parametrize(("body", "code", "says"), [
+    (b"", "file_unreadable", "has no header row"),
+    ((HEADER + "\nr1,p1,,,true,true,2026-11-20T10:00:00Z,caf\xe9\n").encode("latin-1"), "file_unreadable", "records.csv"),
+    (HEADER.replace(",", ";").encode() + b"\nr1;p1;;;true;true;2026-11-20T10:00:00Z\n", "column_missing", "partner_person_id"),
+    ((HEADER + "\nr1,p1,,,true\n").encode(), "file_unreadable", "records.csv"),
+])
+def test_unreadable_csv_is_quarantined_with_the_file_named(env, body, code, says):
+    put_drop(env, {"records.csv": body})
+    outcome = run()["acme_bank"]
+    assert outcome["status"] == "quarantined"
+    problem = next(p for p in outcome["problems"] if p["code"] == code)
+    assert problem["file"] == f"acme_bank/{DAY}/records.csv"
+    assert says in problem["message"] + problem["file"] and problem["fix"]
+
+
+def test_mixed_csv_and_parquet_files_in_one_drop(env, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    digest = "a" * 64
+    csv = (HEADER + f"\nr1,p1,{digest},,true,false,2026-11-20T10:00:00Z\n").encode()
+    table = pa.table({"partner_record_id": ["r2"], "partner_person_id": ["p2"], "email_sha256": [None], "phone_sha256": [digest],
+                      "consent_enrichment": [True], "consent_activation": [True],
+                      "consent_ts": pa.array([dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc)], pa.timestamp("us", tz="UTC")),
+                      "household_income": pa.array([120000], pa.int64())})
+    pq.write_table(table, tmp_path / "part.parquet")
+    put_drop(env, {"a/records.csv": csv, "b/records.parquet": (tmp_path / "part.parquet").read_bytes()}, rows=1)
+    outcome = run()["acme_bank"]
+    assert outcome["status"] == "staged", outcome["problems"]
+    assert query(env, 'SELECT partner_record_id, household_income, consent_ts FROM raw."acme_bank__records" ORDER BY 1') == [
+        ("r1", None, "2026-11-20T10:00:00Z"), ("r2", "120000", "2026-11-20 09:00:00+00")]

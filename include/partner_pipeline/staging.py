@@ -101,6 +101,9 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
         return [Problem("file_unreadable", f"cannot be read as {'Parquet' if path.name.endswith('.parquet') else 'CSV (RFC 4180, UTF-8, header row)'}: {_first_line(exc)}.",
                         "Re-export the file in the format its extension names and re-deliver the drop.", file=where)]
     header = {name: col_type for name, col_type, *_ in described}
+    if list(header) == ["column0"]:  # DuckDB's name for a CSV without a header row
+        return [Problem("file_unreadable", "has no header row (the file is empty or has no column names).",
+                        "Export the file with its header row (spec: Record columns) and re-deliver the drop.", file=where)]
     problems = []
     for column in RECORD_COLUMNS:
         if column not in header:
@@ -122,7 +125,7 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
         if column not in header and column not in staged.absent_attributes:
             staged.absent_attributes.append(column)
     if path.name.endswith(".parquet"):
-        problems += _parquet_type_problems(header, agreement, where)
+        problems += _parquet_type_problems(con, path, header, agreement, where)
     if problems:
         return problems
     kept = [c for c in staged.columns if c in header]
@@ -145,7 +148,7 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
     return []
 
 
-def _parquet_type_problems(header: dict[str, str], agreement: Agreement, where: str) -> list[Problem]:
+def _parquet_type_problems(con, path: Path, header: dict[str, str], agreement: Agreement, where: str) -> list[Problem]:
     expected = {
         "partner_record_id": "string", "partner_person_id": "string", "email_sha256": "string", "phone_sha256": "string",
         **{c: "boolean" for c in CONSENT_COLUMNS}, "consent_ts": "timestamp",
@@ -154,11 +157,16 @@ def _parquet_type_problems(header: dict[str, str], agreement: Agreement, where: 
     problems = []
     for column, kind in expected.items():
         found = header.get(column)
-        if found is not None and found.split("(")[0] not in _PARQUET_TYPES[kind]:
+        if found is not None and found.split("(")[0] not in _PARQUET_TYPES[kind] and _has_values(con, path, column):
             problems.append(Problem("parquet_wrong_type", f"column {column} is {found}; the contract needs {kind} "
                                     f"({' or '.join(sorted(_PARQUET_TYPES[kind])[:3])}).",
                                     f"Write {column} with a {kind} Parquet type and re-deliver the drop.", file=where, field=column))
     return problems
+
+
+def _has_values(con, path: Path, column: str) -> bool:
+    """A column with no value at all carries no type (writers store it as NULL type): nothing to reject."""
+    return con.execute(f'SELECT count("{column}") > 0 FROM read_parquet(?)', [str(path)]).fetchone()[0]
 
 
 def _first_line(exc: Exception) -> str:
