@@ -6,10 +6,10 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test generate bench clean
+.PHONY: help install demo run s3 test generate bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,20 @@ install: $(STAMP) ## create .venv with the pinned dependencies (requirements.txt
 demo: install ## generate partner drops, run the nightly DAG on embedded defaults, print what it did
 	$(BIN)/python -m partner_pipeline.demo
 
+run: install ## run the nightly DAG for DATE=YYYY-MM-DD on your drops (UPLOAD=folder laid out <bucket>/<key>)
+	@test -n "$(DATE)" || { echo "usage: make run DATE=YYYY-MM-DD [UPLOAD=folder]"; exit 2; }
+	$(BIN)/python -m partner_pipeline.run --date $(DATE) $(if $(UPLOAD),--upload $(UPLOAD))
+
+s3: install ## serve the embedded S3 store (data/s3) on 127.0.0.1:8333 until Ctrl-C
+	$(BIN)/python -m partner_pipeline.local_s3 --port $(or $(PORT),8333)
+
 test: install ## run the whole test suite (real S3 server, DuckDB files, Airflow in-process)
 	$(BIN)/python -m pytest
 
 generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)
 	$(BIN)/python -m partner_pipeline.codegen
 
-bench: install ## load and validate one large drop; ROWS=10000000 by default
+bench: install ## time one large night (ROWS=10000000 partner rows and profiles by default)
 	$(BIN)/python -m partner_pipeline.bench --rows $(or $(ROWS),10000000)
 
 clean: ## remove generated data (data/), keep .venv

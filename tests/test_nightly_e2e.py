@@ -109,3 +109,20 @@ def test_a_date_with_no_drops_ends_green(airflow_home, pipeline_env):
     nightly(airflow_home, pipeline_env, day=dt.date(2026, 11, 1))
     with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM audit.drop_events").fetchone()[0] == 0
+
+
+def test_make_run_uploads_a_folder_and_reports_the_night(airflow_home, pipeline_env, tmp_path, monkeypatch, capsys):
+    """`make run DATE=... UPLOAD=...` (partner_pipeline.run) on a folder laid out <bucket>/<key>."""
+    from partner_pipeline import run
+
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    folder = tmp_path / "mine"
+    synth.write_drop(folder, settings.landing_bucket, synth.DropSpec(agreements["acme_bank"], DAY, rows=40, corruption="special_category_column"),
+                     profiles_seed=1, n_profiles=100, seed=1)
+    monkeypatch.setattr(run, "run_nightly", lambda day, home, env: run_nightly(day, airflow_home, {**pipeline_env, **env}))
+    assert run.main(["--date", DAY.isoformat(), "--upload", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "uploaded 3 objects" in printed
+    assert "acme_bank       quarantined  quarantined" in printed
+    assert "special_category_column: acme_bank/2026-11-21/records-000.csv.gz column health_condition" in printed

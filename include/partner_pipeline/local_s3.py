@@ -79,7 +79,7 @@ def _port_open(port: int) -> bool:
 
 
 @contextmanager
-def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 60.0) -> Iterator[LocalS3]:
+def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 60.0, s3_port: int | None = None) -> Iterator[LocalS3]:
     """Start `weed mini` under data_dir and yield its endpoint; always stop it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
@@ -90,6 +90,8 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }]}))
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    if s3_port:
+        ports["s3.port"] = s3_port
     args = [
         weed_binary(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'store'}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
@@ -139,3 +141,31 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+
+
+def main() -> None:
+    """`make s3`: serve the embedded S3 store (data/s3) in the foreground until Ctrl-C."""
+    import argparse
+
+    from partner_pipeline.settings import load_settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8333)
+    args = parser.parse_args()
+    settings = load_settings()
+    buckets = [settings.landing_bucket, settings.first_party_bucket, settings.quarantine_bucket, settings.outbox_bucket]
+    with local_s3(settings.data_dir / "s3", buckets, s3_port=args.port) as server:
+        print(f"S3 (SeaweedFS) on {server.endpoint_url}, store {settings.data_dir / 's3'}, buckets {', '.join(buckets)}.")
+        print("To point the pipeline or an S3 client at it:")
+        for key, value in server.env().items():
+            print(f"  export {key}={value}")
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping ...")
+
+
+if __name__ == "__main__":
+    main()
