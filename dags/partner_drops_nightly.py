@@ -11,6 +11,8 @@ import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from partner_pipeline.alerts import DropAlertNotifier  # light: no pipeline work at parse time
+
 WAREHOUSE_POOL = "duckdb_warehouse"  # one slot: DuckDB allows one writing process per file
 
 
@@ -19,7 +21,7 @@ WAREHOUSE_POOL = "duckdb_warehouse"  # one slot: DuckDB allows one writing proce
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_tasks=4,
-    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": DropAlertNotifier()},
     tags=["partner-data", "ingestion"],
     doc_md=__doc__,
 )
@@ -30,7 +32,7 @@ def partner_drops_nightly():
 
         return nightly.discover(logical_date.date(), run_id)
 
-    @task(map_index_template="{{ drop_name }}")
+    @task(map_index_template="{{ drop_name }}", on_success_callback=DropAlertNotifier())
     def ingest(drop: dict, run_id=None) -> dict:
         from airflow.sdk import get_current_context
 

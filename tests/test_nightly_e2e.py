@@ -112,16 +112,23 @@ def test_a_date_with_no_drops_ends_green(airflow_home, pipeline_env):
 
 
 def test_make_run_uploads_a_folder_and_reports_the_night(airflow_home, pipeline_env, tmp_path, monkeypatch, capsys):
-    """`make run DATE=... UPLOAD=...` (partner_pipeline.run) on a folder laid out <bucket>/<key>."""
+    """`make run DATE=... UPLOAD=...` (partner_pipeline.run) on a folder laid out <bucket>/<key>; the
+    quarantined drop is also alerted to a webhook by the DAG's callback."""
     from partner_pipeline import run
+    from test_alerts import Webhook
 
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     folder = tmp_path / "mine"
     synth.write_drop(folder, settings.landing_bucket, synth.DropSpec(agreements["acme_bank"], DAY, rows=40, corruption="special_category_column"),
                      profiles_seed=1, n_profiles=100, seed=1)
-    monkeypatch.setattr(run, "run_nightly", lambda day, home, env: run_nightly(day, airflow_home, {**pipeline_env, **env}))
-    assert run.main(["--date", DAY.isoformat(), "--upload", str(folder)]) == 0
+    with Webhook() as hook:
+        alert_env = {**pipeline_env, "PIPELINE_ALERT_WEBHOOK_URL": hook.url}
+        monkeypatch.setattr(run, "run_nightly", lambda day, home, env: run_nightly(day, airflow_home, {**alert_env, **env}))
+        assert run.main(["--date", DAY.isoformat(), "--upload", str(folder)]) == 0
+    [alert] = [m for m in hook.received if m["kind"] == "drop_quarantined"]
+    assert (alert["partner_id"], alert["drop_date"]) == ("acme_bank", DAY.isoformat())
+    assert "special_category_column" in alert["text"] and "health_condition" in alert["text"]
     printed = capsys.readouterr().out
     assert "uploaded 3 objects" in printed
     assert "acme_bank       quarantined  quarantined" in printed
