@@ -13,7 +13,7 @@ HEAVY = ("great_expectations", "duckdb", "boto3", "pandas", "dbt", "pyarrow")
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
 
