@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run s3 test generate bench clean
+.PHONY: help install demo run airflow s3 test generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ demo: install ## generate partner drops, run the nightly DAG on embedded default
 run: install ## run the nightly DAG for DATE=YYYY-MM-DD on your drops (UPLOAD=folder laid out <bucket>/<key>)
 	@test -n "$(DATE)" || { echo "usage: make run DATE=YYYY-MM-DD [UPLOAD=folder]"; exit 2; }
 	$(BIN)/python -m partner_pipeline.run --date $(DATE) $(if $(UPLOAD),--upload $(UPLOAD))
+
+airflow: install ## Airflow 3 (UI on 127.0.0.1:8080, scheduler, dag-processor, triggerer) and the local S3 until Ctrl-C
+	$(BIN)/python -m partner_pipeline.local_airflow $(or $(PORT),8080)
 
 s3: install ## serve the embedded S3 store (data/s3) on 127.0.0.1:8333 until Ctrl-C
 	$(BIN)/python -m partner_pipeline.local_s3 --port $(or $(PORT),8333)

@@ -1,14 +1,17 @@
 """Airflow on the embedded defaults: SQLite metadata under a project-local AIRFLOW_HOME.
 
-Used by `make demo` and the end-to-end tests to run the nightly DAG in-process
-(`airflow dags test`), exactly as a data engineer would from the command line.
+`run_nightly` runs the nightly DAG in-process (`airflow dags test`) for `make demo`, `make run`
+and the end-to-end tests; `serve` (`make airflow`) runs the whole local Airflow with its UI.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from partner_pipeline.settings import PROJECT_ROOT
@@ -29,6 +32,8 @@ def airflow_env(airflow_home: Path, extra: dict[str, str] | None = None) -> dict
         "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "GX_ANALYTICS_ENABLED": "False",
         "NO_COLOR": "1",
+        # standalone starts its components as `airflow ...`: find this environment's airflow first
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     })
     env.update(extra or {})
     return env
@@ -56,3 +61,77 @@ def run_nightly(day: str, airflow_home: Path, extra_env: dict[str, str] | None =
     env = airflow_env(airflow_home, extra_env)
     prepare(airflow_home, env)
     return _airflow(["dags", "test", DAG_ID, day], env, check=False, capture=capture)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell leaves SIGINT ignored
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """SIGINT to standalone (it stops its components), then the whole group firmly if it lingers."""
+    for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.kill(server.pid, sig) if sig == signal.SIGINT else os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            server.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig != signal.SIGINT or not _group_alive(server.pid):
+            break
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # no orphan component survives
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def serve(port: int = 8080) -> int:
+    """`make airflow`: Airflow 3 standalone (api-server, scheduler, dag-processor, triggerer) and the
+    embedded S3 server, on 127.0.0.1, until Ctrl-C stops them all."""
+    from partner_pipeline.run import object_storage
+    from partner_pipeline.settings import load_settings
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C, and also SIGINT/SIGTERM when started in the background (which leaves SIGINT ignored)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    settings = load_settings()
+    home = settings.data_dir / "airflow"
+    with object_storage(settings) as s3_env:
+        env = airflow_env(home, {**s3_env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+                                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"})
+        prepare(home, env)
+        server = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
+                                  start_new_session=True, preexec_fn=_default_sigint,
+                                  stdout=open(home / "standalone.log", "ab"), stderr=subprocess.STDOUT)
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        print(f"starting Airflow on http://127.0.0.1:{port} (log: {home / 'standalone.log'}) ...", flush=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not passwords.exists() and server.poll() is None and time.monotonic() < deadline:
+                time.sleep(1)
+            if passwords.exists():
+                password = json.loads(passwords.read_text()).get("admin")
+                print(f"Airflow UI: http://127.0.0.1:{port}  user: admin  password: {password}\nCtrl-C stops everything.", flush=True)
+            return server.wait()
+        except KeyboardInterrupt:
+            print("stopping Airflow ...", flush=True)
+            return 0
+        finally:
+            _stop_group(server)
+
+
+if __name__ == "__main__":
+    sys.exit(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 8080))
