@@ -20,6 +20,7 @@ WAREHOUSE_POOL = "duckdb_warehouse"  # one slot: DuckDB allows one writing proce
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
+    max_active_runs=1,  # dates build the marts in order, as sequential nightly runs would
     max_active_tasks=4,
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": DropAlertNotifier()},
     tags=["partner-data", "ingestion"],

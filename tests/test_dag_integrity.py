@@ -35,6 +35,7 @@ def test_warehouse_writers_share_the_single_slot_pool(dagbag):
     dag = dagbag.dags["partner_drops_nightly"]
     assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {"discover", "publish", "load_first_party", "transform"}
     assert dag.get_task("ingest").pool != WAREHOUSE_POOL  # drops stage in parallel, each in its own file
+    assert dag.max_active_runs == 1  # a backfill's dates end as sequential nightly runs would
 
 
 def test_no_heavy_imports_or_io_at_parse_time(tmp_path):
