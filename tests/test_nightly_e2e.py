@@ -4,7 +4,6 @@ and a real DuckDB file, checked against the generator's ground truth."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import duckdb
 import pytest

@@ -333,7 +333,6 @@ def test_manifests_match_the_files(scenario):
 
 def test_ground_truth_recounted_from_the_files(scenario):
     root, truth = scenario
-    profiles = read_profiles(root)
     for drop in truth["drops"].values():
         agreement = AGREEMENTS[drop["partner_id"]]
         rows = read_drop(root, drop)

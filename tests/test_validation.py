@@ -1,5 +1,3 @@
-import pytest
-
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT
 from partner_pipeline.validation import _persist_duckdb_connections, build_suite

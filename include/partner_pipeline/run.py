@@ -112,7 +112,7 @@ def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
     """Print the match report and segment sizes from the published marts; return ground-truth mismatches."""
     mismatches = []
     summary = published_summary(settings.published_path, day)
-    print(f"\nMatching (published marts, match_report):")
+    print("\nMatching (published marts, match_report):")
     print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")
     for r in summary["match_report"]:
         print(f"  {r['partner_id']:<16}{r['rows_valid']:>8}{r['rows_consented']:>11}{r['matched_by_email']:>10}"

@@ -111,7 +111,6 @@ def suite_json(agreement: Agreement) -> str:
 
 @dataclass
 class ValidationOutcome:
-    rows_checked: int
     failures_by_rule: dict[str, int]
     fixes: dict[str, str]
     result_path: Path
@@ -176,7 +175,6 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
     failing_rows: list[tuple[str, str]] = []
     failures: dict[str, int] = {}
     fixes: dict[str, str] = {}
-    rows_checked = 0
     for r in result.results:
         rule = r.expectation_config.meta["rule"]
         if r.exception_info and r.exception_info.get("raised_exception", any(
@@ -190,7 +188,6 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
         else:
             query = r.result["unexpected_index_query"].rstrip().rstrip(";")
             count = r.result["unexpected_count"]
-            rows_checked = max(rows_checked, r.result.get("element_count", 0))
         failures[rule] = count
         fixes[rule] = r.expectation_config.meta["fix"]
         failing_rows.append((rule, f"SELECT _row FROM ({query})"))
@@ -200,7 +197,7 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
     result_path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
     docs_path = out_dir / f"{name}.html"
     docs_path.write_text(_render_data_docs(result, document))
-    return ValidationOutcome(rows_checked, failures, fixes, result_path, docs_path), failing_rows
+    return ValidationOutcome(failures, fixes, result_path, docs_path), failing_rows
 
 
 def _close(source) -> None:

@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS audit.drop_events (
     rows_received BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
     checksums JSON, reasons JSON, details JSON);
 """
-TERMINAL_EVENTS = ("loaded", "quarantined")
 
 
 class WarehouseLocked(RuntimeError):
