@@ -2,7 +2,6 @@
 -- about that person, with provenance. The latest record decides: it must carry the agreement's
 -- required consents (a withdrawal removes the partner's data) and be within retention; a value
 -- it leaves empty is not carried over from older records.
-{%- set run_date = "cast('" ~ var('run_date', run_started_at.strftime('%Y-%m-%d')) ~ "' as date)" %}
 
 with agreements as (
     select partner_id, retention_days, required_consents from {{ ref('stg_pipeline__agreements') }}
@@ -33,7 +32,7 @@ usable_records as (
     inner join agreements using (partner_id)
     where latest_records.has_consent_enrichment
         and (latest_records.has_consent_activation or not list_contains(agreements.required_consents, 'consent_activation'))
-        and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ run_date }}
+        and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ run_date() }}
 )
 
 select

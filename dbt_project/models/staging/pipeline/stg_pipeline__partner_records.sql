@@ -1,4 +1,5 @@
--- Valid partner rows of every partner (ingestion quarantined the rest), typed.
+-- Valid partner rows of every partner (ingestion quarantined the rest), typed, from drops dated
+-- on or before the run's date: re-running or backfilling a date builds it as its night did.
 with unioned as (
     {{ union_partner_records() }}
 )
@@ -19,3 +20,4 @@ select
     cast(source_row as bigint) as source_row,
     cast(loaded_at as timestamptz) as loaded_at
 from unioned
+where cast(drop_date as date) <= {{ run_date() }}
