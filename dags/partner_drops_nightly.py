@@ -11,9 +11,8 @@ import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from partner_pipeline.alerts import DropAlertNotifier  # light: no pipeline work at parse time
-
-WAREHOUSE_POOL = "duckdb_warehouse"  # one slot: DuckDB allows one writing process per file
+from partner_pipeline.alerts import DropAlertNotifier  # light modules: no pipeline work at parse time
+from partner_pipeline.settings import WAREHOUSE_POOL
 
 
 @dag(

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from partner_pipeline.settings import PROJECT_ROOT
-from partner_pipeline.warehouse import WAREHOUSE_POOL
+from partner_pipeline.settings import WAREHOUSE_POOL
 
 HEAVY = ("great_expectations", "duckdb", "boto3", "pandas", "dbt", "pyarrow")
 

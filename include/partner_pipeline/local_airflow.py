@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from partner_pipeline.settings import PROJECT_ROOT
-from partner_pipeline.warehouse import WAREHOUSE_POOL
+from partner_pipeline.settings import PROJECT_ROOT, WAREHOUSE_POOL
 
 DAG_ID = "partner_drops_nightly"
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The Airflow pool every task that writes the warehouse runs in; one slot, because DuckDB allows
+# one writing process per file. Here (a light module) so the DAG file can import it at parse time.
+WAREHOUSE_POOL = "duckdb_warehouse"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.settings import PROJECT_ROOT, Settings
+from partner_pipeline.warehouse import warehouse
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
@@ -60,7 +61,7 @@ def publish_marts(settings: Settings) -> Path:
     published.parent.mkdir(parents=True, exist_ok=True)
     building = published.with_name(published.name + ".building")
     building.unlink(missing_ok=True)
-    with duckdb.connect(str(settings.warehouse_path), config=settings.duckdb_config()) as con:
+    with warehouse(settings) as con:
         tables = [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
             [MARTS_SCHEMA]).fetchall()]

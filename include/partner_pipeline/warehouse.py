@@ -17,8 +17,8 @@ from typing import Iterator
 import duckdb
 
 from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
+from partner_pipeline.settings import WAREHOUSE_POOL
 
-WAREHOUSE_POOL = "duckdb_warehouse"
 PROVENANCE_COLUMNS = (
     ("partner_id", "VARCHAR"), ("drop_date", "DATE"), ("delivery_id", "VARCHAR"), ("delivered_at", "TIMESTAMPTZ"),
     ("source_file", "VARCHAR"), ("source_row", "BIGINT"), ("loaded_at", "TIMESTAMPTZ"), ("run_id", "VARCHAR"),
