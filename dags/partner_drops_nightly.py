@@ -1,5 +1,6 @@
 """Nightly run: discover the date's drops, ingest each (mapped), publish them, load our own
-profiles, then build the dbt models (matching, enrichment, segments) and publish the marts.
+profiles, build the dbt models (matching, enrichment, segments, audiences), send the segments'
+changes to their destinations, and publish the analysts' copy.
 
 Logic lives in partner_pipeline.nightly; this file only wires tasks. The business date D of a
 run is its logical date: the 02:00 UTC run after D closes processes the drops dated D.
@@ -8,7 +9,7 @@ run is its logical date: the 02:00 UTC run after D closes processes the drops da
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from partner_pipeline.alerts import DropAlertNotifier  # light modules: no pipeline work at parse time
@@ -22,7 +23,9 @@ from partner_pipeline.settings import WAREHOUSE_POOL
     max_active_runs=1,  # dates build the marts in order, as sequential nightly runs would
     max_active_tasks=4,
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": DropAlertNotifier()},
-    tags=["partner-data", "ingestion"],
+    params={"full_refresh_activation": Param(False, type="boolean",
+                                             description="Resend every segment in full instead of only the changes.")},
+    tags=["partner-data", "ingestion", "activation"],
     doc_md=__doc__,
 )
 def partner_drops_nightly():
@@ -54,14 +57,34 @@ def partner_drops_nightly():
         return nightly.load_first_party(logical_date.date())
 
     @task(pool=WAREHOUSE_POOL)
-    def transform(logical_date=None) -> dict:
-        """dbt build (staging -> matching -> enrichment -> segments), then the analysts' copy."""
+    def transform(logical_date=None, run_id=None) -> dict:
+        """dbt build: staging -> matching -> enrichment -> segments -> audiences, and the usage-policy check."""
         from partner_pipeline import nightly
 
-        return nightly.transform(logical_date.date())
+        return nightly.transform(logical_date.date(), run_id)
+
+    @task(pool=WAREHOUSE_POOL)
+    def activate(logical_date=None, run_id=None, params=None) -> list[dict]:
+        """Send segment changes to the destinations the usage policies allow."""
+        from partner_pipeline import nightly
+
+        return nightly.activate(logical_date.date(), run_id, full_refresh=bool(params.get("full_refresh_activation")))
+
+    # all_done: analysts get tonight's marts even when a destination is down (it checks the build succeeded)
+    @task(pool=WAREHOUSE_POOL, trigger_rule="all_done")
+    def publish_marts(logical_date=None, run_id=None) -> dict:
+        """The analysts' read-only copy: marts and activation log."""
+        from airflow.exceptions import AirflowSkipException
+
+        from partner_pipeline import nightly
+
+        try:
+            return nightly.publish_marts(logical_date.date(), run_id)
+        except nightly.ModelsNotBuilt as exc:
+            raise AirflowSkipException(str(exc)) from exc
 
     published = publish(ingest.expand(drop=discover()))
-    published >> load_first_party() >> transform()
+    published >> load_first_party() >> transform() >> activate() >> publish_marts()
 
 
 partner_drops_nightly()

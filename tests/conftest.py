@@ -4,6 +4,7 @@ and a fresh data directory per test, so tests never see each other's drops or wa
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow_home_"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 
+from partner_pipeline.local_audience_api import AudienceApi
 from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
 from partner_pipeline.storage import ensure_buckets, s3_client
@@ -48,6 +50,7 @@ def pipeline_env(s3_server, tmp_path, agreements_dir, monkeypatch) -> dict[str, 
         "PIPELINE_FIRST_PARTY_BUCKET": f"first-party-{os.getpid()}-{n}",
         "PIPELINE_QUARANTINE_BUCKET": f"quarantine-{os.getpid()}-{n}",
         "PIPELINE_OUTBOX_BUCKET": f"outbox-{os.getpid()}-{n}",
+        "PIPELINE_ACTIVATION_BUCKET": f"activation-{os.getpid()}-{n}",
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
         "PIPELINE_AGREEMENTS_DIR": str(agreements_dir),
     }
@@ -55,8 +58,27 @@ def pipeline_env(s3_server, tmp_path, agreements_dir, monkeypatch) -> dict[str, 
         monkeypatch.setenv(key, value)
     settings = load_settings()
     ensure_buckets(s3(s3_server), [settings.landing_bucket, settings.first_party_bucket,
-                                   settings.quarantine_bucket, settings.outbox_bucket])
+                                   settings.quarantine_bucket, settings.outbox_bucket, settings.activation_bucket])
     return env
+
+
+@pytest.fixture
+def governance_dir(tmp_path, monkeypatch) -> Path:
+    """A private copy of the governance files (policies, destinations), so a test may edit them."""
+    target = tmp_path / "governance"
+    shutil.copytree(PROJECT_ROOT / "include" / "governance", target)
+    monkeypatch.setenv("PIPELINE_GOVERNANCE_DIR", str(target))
+    return target
+
+
+@pytest.fixture
+def audience_api(monkeypatch):
+    """The loopback audience API as destination personalization_api, reached through the Airflow
+    connection the destination names (AIRFLOW_CONN_PERSONALIZATION_API)."""
+    with AudienceApi(token="test-token", hash_profile="uid2") as api:
+        monkeypatch.setenv("AIRFLOW_CONN_PERSONALIZATION_API",
+                           json.dumps({"conn_type": "http", "host": api.url, "password": api.token}))
+        yield api
 
 
 def s3(server):

@@ -39,7 +39,7 @@ def tables(settings) -> dict[str, list]:
                 for n in names}
 
 
-def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, s3_api, tmp_path):
+def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_api, s3_api, tmp_path):
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     root = tmp_path / "synth"
@@ -70,10 +70,21 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, s3_api, tm
     report = s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"initech_media/{DAY}/")["Contents"]
     assert any(o["Key"].endswith("report.json") for o in report)
     assert_marts_equal_ground_truth(settings, truth)
+    # activation: the API holds exactly the sendable members; the file export's list has as many rows
+    for segment in ("high_earning_homeowners", "upsell_prospects"):
+        assert len(audience_api.members(segment)) == truth["sendable"][segment] > 0
+    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+        exported = dict(con.execute("""SELECT destination_id || '/' || segment_name, sum(adds) FROM activation_log
+                                       WHERE status = 'sent' GROUP BY 1""").fetchall())
+    assert exported["ads_customer_list/attrition_risk"] == truth["sendable"]["attrition_risk"] > 0
+    assert exported["crm_email/upsell_prospects"] == truth["sendable"]["upsell_prospects"]
+    requests = len(audience_api.requests)
 
-    # A re-run of the same date ends in the same state: unchanged drops are recognised and skipped.
+    # A re-run of the same date ends in the same state: unchanged drops are recognised and skipped,
+    # and nothing is sent again.
     nightly(airflow_home, pipeline_env)
     assert tables(settings) == first
+    assert len(audience_api.requests) == requests
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         last = dict(con.execute("""SELECT partner_id, arg_max(event, event_id) FROM audit.drop_events GROUP BY partner_id""").fetchall())
     assert last == {"acme_bank": "skipped", "globex_retail": "skipped", "initech_media": "skipped", "hooli_data": "incomplete"}

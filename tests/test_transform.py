@@ -38,7 +38,8 @@ def nightly_run(day=DAY, run_id="run"):
     outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
     nightly.publish(outcomes, day, run_id)
     nightly.load_first_party(day)
-    return nightly.transform(day)
+    nightly.transform(day, run_id)
+    return nightly.publish_marts(day, run_id)
 
 
 def test_newest_complete_snapshot_on_or_before_the_date(env):
@@ -132,7 +133,7 @@ def test_segment_reading_a_partner_without_agreement_fails_naming_segment_and_co
     nightly.publish(outcomes, DAY, "run")
     nightly.load_first_party(DAY)
     with pytest.raises(ModelBuildFailed, match="segment seg_high_earning_homeowners reads acme_bank__household_income"):
-        nightly.transform(DAY)
+        nightly.transform(DAY, "run")
 
 
 def test_rerunning_a_date_after_a_later_one_builds_it_as_of_its_own_date(env):

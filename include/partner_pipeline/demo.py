@@ -15,7 +15,7 @@ import sys
 
 from partner_pipeline import synth
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.run import object_storage, report, run_night
+from partner_pipeline.run import embedded_services, report, run_night
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
-    with object_storage(settings) as env:
+    with embedded_services(settings) as env:
         truth = _generate(settings, agreements, args)
         uploaded = synth.upload_tree(client_from_settings(load_settings()), settings.data_dir / "synth")
         print(f"uploaded {uploaded} objects")

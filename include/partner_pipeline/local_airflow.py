@@ -96,7 +96,7 @@ def _group_alive(pgid: int) -> bool:
 def serve(port: int = 8080) -> int:
     """`make airflow`: Airflow 3 standalone (api-server, scheduler, dag-processor, triggerer) and the
     embedded S3 server, on 127.0.0.1, until Ctrl-C stops them all."""
-    from partner_pipeline.run import object_storage
+    from partner_pipeline.run import embedded_services
     from partner_pipeline.settings import load_settings
 
     def interrupt(signum, frame):
@@ -107,8 +107,8 @@ def serve(port: int = 8080) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     settings = load_settings()
     home = settings.data_dir / "airflow"
-    with object_storage(settings) as s3_env:
-        env = airflow_env(home, {**s3_env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+    with embedded_services(settings) as services_env:
+        env = airflow_env(home, {**services_env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
                                  "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                                  "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"})
         prepare(home, env)

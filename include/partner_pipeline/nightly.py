@@ -6,14 +6,15 @@ import datetime as dt
 import json
 import logging
 
-from partner_pipeline import first_party
+from partner_pipeline import activation, first_party
 from partner_pipeline.agreements import load_agreements
+from partner_pipeline.governance import load_governance
 from partner_pipeline.drops import DropRef, find_complete_drops
 from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
-from partner_pipeline.transform import build_models, publish_marts, published_summary
-from partner_pipeline.warehouse import last_processing_keys, publish_agreements, publish_outcome, warehouse
+from partner_pipeline.transform import build_models, published_summary, write_published_copy
+from partner_pipeline.warehouse import last_processing_keys, publish_agreements, publish_governance, publish_outcome, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,12 @@ def ingest(drop: dict, run_id: str) -> dict:
 def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
+    governance = load_governance(settings.governance_dir, agreements)
     with warehouse(settings) as con:
         for outcome in outcomes:
             publish_outcome(con, outcome, agreements)
         publish_agreements(con, agreements, settings.outbox_bucket)
+        publish_governance(con, governance, settings.activation_bucket)
     summary = {
         "drop_date": day.isoformat(), "run_id": run_id,
         "drops": {o["partner_id"]: {k: o.get(k) for k in ("status", "delivery_id", "rows_received", "rows_valid",
@@ -78,13 +81,45 @@ def load_first_party(day: dt.date) -> dict:
                                          settings.staging_dir / "first_party")
 
 
-def transform(day: dt.date) -> dict:
-    """Build the dbt models for the date, then publish the analysts' copy of the marts."""
+def transform(day: dt.date, run_id: str) -> dict:
+    """Build the dbt models for the date (matching, enrichment, segments, audiences, policy checks)."""
     settings = load_settings()
     timings = build_models(settings, day)
-    published = publish_marts(settings)
+    with warehouse(settings) as con:
+        con.execute("INSERT INTO audit.model_builds VALUES (?, ?, now())", [day, run_id])
     slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])
-    summary = {"published": str(published), "models_built": len(timings), **published_summary(published, day),
-               "slowest_dbt_nodes_seconds": slowest}
-    log.info("models built and published: %s", summary)
+    summary = {"models_built": len(timings), "slowest_dbt_nodes_seconds": slowest}
+    log.info("models built: %s", summary)
+    return summary
+
+
+def activate(day: dt.date, run_id: str, full_refresh: bool = False) -> list[dict]:
+    """Send each segment's changes to its destinations, re-checking the usage policies against the
+    agreements and governance files as they are now."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    governance = load_governance(settings.governance_dir, agreements)
+    client = client_from_settings(settings)
+    ensure_buckets(client, [settings.activation_bucket])
+    with warehouse(settings) as con:
+        publish_agreements(con, agreements, settings.outbox_bucket)  # what the send-time policy check reads
+        publish_governance(con, governance, settings.activation_bucket)
+        return activation.activate(con, governance, activation.Run(run_id, day, full_refresh), client, settings.activation_bucket)
+
+
+def publish_marts(day: dt.date, run_id: str) -> dict:
+    """Publish the analysts' copy (marts and activation log), if this run's models were built."""
+    settings = load_settings()
+    with warehouse(settings, read_only=True) as con:
+        built = con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0]
+    if not built:
+        raise ModelsNotBuilt(f"run {run_id} did not build the models (see its transform task); the published copy "
+                             f"stays as it was. Re-run transform, then this task.")
+    published = write_published_copy(settings)
+    summary = {"published": str(published), **published_summary(published, day)}
+    log.info("published: %s", summary)
     return json.loads(json.dumps(summary, default=str))  # XCom-safe: dates and decimals as text
+
+
+class ModelsNotBuilt(RuntimeError):
+    pass

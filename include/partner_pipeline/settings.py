@@ -25,10 +25,12 @@ class Settings:
     first_party_bucket: str
     quarantine_bucket: str
     outbox_bucket: str
+    activation_bucket: str
     data_dir: Path
     warehouse_path: Path
     published_path: Path
     agreements_dir: Path
+    governance_dir: Path
     expectations_dir: Path
     duckdb_memory_limit: str
     duckdb_threads: int
@@ -61,10 +63,12 @@ def load_settings() -> Settings:
         first_party_bucket=env.get("PIPELINE_FIRST_PARTY_BUCKET", "first-party"),
         quarantine_bucket=env.get("PIPELINE_QUARANTINE_BUCKET", "partner-quarantine"),
         outbox_bucket=env.get("PIPELINE_OUTBOX_BUCKET", "partner-outbox"),
+        activation_bucket=env.get("PIPELINE_ACTIVATION_BUCKET", "activation-exports"),
         data_dir=data_dir,
         warehouse_path=Path(env.get("PIPELINE_WAREHOUSE_PATH", data_dir / "warehouse.duckdb")),
         published_path=Path(env.get("PIPELINE_PUBLISHED_PATH", data_dir / "published" / "marts.duckdb")),
         agreements_dir=Path(env.get("PIPELINE_AGREEMENTS_DIR", PROJECT_ROOT / "include" / "agreements")),
+        governance_dir=Path(env.get("PIPELINE_GOVERNANCE_DIR", PROJECT_ROOT / "include" / "governance")),
         expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
         duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),
         duckdb_threads=int(env.get("PIPELINE_DUCKDB_THREADS", "2")),

@@ -41,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -1155,10 +1156,11 @@ def load_segment_rules(path: Path | None = None) -> dict[str, str]:
 
 def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,
                        first_party: dict[str, np.ndarray],
-                       drops: list[tuple[dict, dict[str, np.ndarray]]]) -> tuple[pa.Table, dict[str, int]]:
+                       drops: list[tuple[dict, dict[str, np.ndarray]]]) -> tuple[pa.Table, dict[str, int], pa.Table]:
     """The enriched_profiles mart the pipeline should build after the run for run_date, from the
     generator's own facts (person indices, row validity, consent flags, attribute values written),
-    and {partner_id: profiles enriched}.
+    {partner_id: profiles enriched}, and per partner which profiles its deciding record refuses
+    activation for (consent_activation false): activation_refused, a column per partner.
 
     A partner's values reach a profile from a drop whose expected status is loaded or
     loaded_flagged, dated on or before run_date; the profile's latest matched valid record from
@@ -1179,6 +1181,7 @@ def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_pr
     }
     enriched_counts: dict[str, int] = {}
     partner_masks: list[np.ndarray] = []
+    refused_columns: dict[str, np.ndarray] = {}
     for partner_id, agreement in sorted(agreements.items()):
         counted = sorted(((_as_date(truth["drop_date"]), rows) for truth, rows in drops
                           if truth["partner_id"] == partner_id and truth["expected_status"] in LOADED_STATUSES
@@ -1198,6 +1201,7 @@ def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_pr
                 spelling[profile] = np.where(before >= 0, before, rows["person_id_variant"])
             latest[profile] = d
         enriched = np.zeros(n_profiles, bool)
+        refused = np.zeros(n_profiles, bool)
         values = {name: np.zeros(n_profiles, _compact_dtype(attr)) for name, attr in agreement.attributes.items()}
         for d, (drop_date, rows) in enumerate(counted):
             if drop_date + dt.timedelta(days=agreement.retention_days) <= run_date:
@@ -1209,6 +1213,7 @@ def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_pr
                 keep &= ~ambiguous[rows["profile"]]
             profile = rows["profile"][keep]
             enriched[profile] = True
+            refused[profile] = ~rows["consent_activation"][keep]
             for name in values:
                 if "attr:" + name in rows:
                     values[name][profile] = rows["attr:" + name][keep]
@@ -1221,8 +1226,9 @@ def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_pr
             columns[f"{partner_id}__{name}"] = arr
         enriched_counts[partner_id] = int(np.count_nonzero(enriched))
         partner_masks.append(enriched)
+        refused_columns[partner_id] = refused
     columns["enriched_by_partners"] = _partner_lists(sorted(agreements), partner_masks, n_profiles)
-    return pa.table(columns), enriched_counts
+    return pa.table(columns), enriched_counts, pa.table(refused_columns or {"_none": np.zeros(n_profiles, bool)})
 
 
 def _partner_lists(partner_ids: list[str], masks: list[np.ndarray], n_profiles: int) -> pa.Array:
@@ -1240,21 +1246,28 @@ def _partner_lists(partner_ids: list[str], masks: list[np.ndarray], n_profiles: 
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
-def _segment_sizes(enriched_profiles: pa.Table, rules: dict[str, str]) -> dict[str, int]:
-    """{segment: members}: each rule evaluated by DuckDB over the expected enriched_profiles."""
+def _segment_sizes(enriched_profiles: pa.Table, rules: dict[str, str], activation_refused: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
+    """{segment: members} and {segment: members that may be sent}: each rule evaluated by DuckDB over
+    the expected enriched_profiles; a member may be sent with first-party marketing consent, unless a
+    partner the rule names (by its `<partner>__` column prefix) refused activation for them."""
     import duckdb
 
     from partner_pipeline.settings import load_settings
 
-    sizes = {}
+    sizes, sendable = {}, {}
     with duckdb.connect(config=load_settings().duckdb_config()) as con:
         con.register("enriched_profiles", enriched_profiles)
+        con.register("activation_refused", activation_refused)
         for name, rule in sorted(rules.items()):
+            partners = sorted({p for p in re.findall(r"\b([a-z0-9_]{2,40})__[a-z]", rule) if p in activation_refused.column_names})
+            allowed = " AND ".join(["has_consent_marketing", *(f'NOT r."{p}"' for p in partners)])
             try:
-                sizes[name] = int(con.execute(f"SELECT count(*) FROM enriched_profiles WHERE {rule}\n").fetchone()[0])
+                sizes[name], sendable[name] = (int(v) for v in con.execute(
+                    f"""SELECT count(*), count(*) FILTER (WHERE {allowed})
+                        FROM enriched_profiles POSITIONAL JOIN activation_refused AS r WHERE {rule}\n""").fetchone())
             except duckdb.Error as exc:
                 raise ValueError(f"segment {name}: its rule does not run over enriched_profiles ({rule!r}): {exc}") from exc
-    return sizes
+    return sizes, sendable
 
 
 # --- scenario, upload, CLI --------------------------------------------------------------------
@@ -1288,9 +1301,9 @@ def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: st
             raise ValueError(f"two drops for {name}; give extra drops another partner_id or drop_date")
         drops[name], rows = _write_drop(root, landing_bucket, spec, seed, n_profiles, seed)
         matched.append((drops[name], rows))
-    enriched_profiles, enriched = _expected_enriched(agreements, drop_date, n_profiles, drop_date, first_party, matched)
+    enriched_profiles, enriched, refused = _expected_enriched(agreements, drop_date, n_profiles, drop_date, first_party, matched)
     del matched, first_party
-    segments = _segment_sizes(enriched_profiles, rules)
+    segments, sendable = _segment_sizes(enriched_profiles, rules, refused)
     del enriched_profiles
     truth = {
         "generator": "partner_pipeline.synth",
@@ -1301,6 +1314,7 @@ def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: st
         "drops": drops,
         "expected_enriched": enriched,
         "segments": segments,
+        "sendable": sendable,
     }
     _write_json(root / "ground_truth.json", truth)
     return truth

@@ -23,6 +23,8 @@ from partner_pipeline.warehouse import warehouse
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 MARTS_SCHEMA = "marts"
+# what reached which platform and when (the destinations' member lists stay in the warehouse)
+ACTIVATION_TABLES = {"activation_log": "activation.activation_log", "activation_syncs": "activation.syncs"}
 
 
 class ModelBuildFailed(RuntimeError):
@@ -51,8 +53,8 @@ def build_models(settings: Settings, day: dt.date, select: str | None = None) ->
     return {r["unique_id"]: round(r["execution_time"], 2) for r in run_results["results"]}
 
 
-def publish_marts(settings: Settings) -> Path:
-    """Copy the marts into a fresh file and swap it in atomically.
+def write_published_copy(settings: Settings) -> Path:
+    """Copy the marts and the activation log into a fresh file and swap it in atomically.
 
     Analysts open the published copy read-only: a run never waits for them, and they never see a
     half-built state (readers already open keep their snapshot; new readers get the new one).
@@ -69,12 +71,14 @@ def publish_marts(settings: Settings) -> Path:
         try:
             for table in tables:
                 con.execute(f'CREATE TABLE published.main."{table}" AS SELECT * FROM {MARTS_SCHEMA}."{table}"')
+            for table, source in ACTIVATION_TABLES.items():
+                con.execute(f'CREATE TABLE published.main."{table}" AS SELECT * FROM {source}')
         finally:
             con.execute("DETACH published")
     with duckdb.connect(str(building)) as con:
         con.execute("CHECKPOINT")
     os.replace(building, published)
-    log.info("published %d marts to %s", len(tables), published)
+    log.info("published %d marts and the activation log to %s", len(tables), published)
     return published
 
 

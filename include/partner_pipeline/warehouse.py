@@ -1,4 +1,4 @@
-"""The warehouse DuckDB file: raw partner tables, quarantined rows and the audit log.
+"""The warehouse DuckDB file: raw partner tables, quarantined rows, the audit log and activation state.
 
 Only tasks in the single-slot `duckdb_warehouse` pool open it, because DuckDB allows one
 writing process per file. Each drop is applied in one transaction: a failed run leaves either
@@ -17,6 +17,7 @@ from typing import Iterator
 import duckdb
 
 from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
+from partner_pipeline.governance import Governance
 from partner_pipeline.settings import WAREHOUSE_POOL
 
 PROVENANCE_COLUMNS = (
@@ -35,6 +36,19 @@ CREATE TABLE IF NOT EXISTS audit.drop_events (
     partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, processing_key VARCHAR, event VARCHAR,
     rows_received BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
     checksums JSON, reasons JSON, details JSON);
+CREATE TABLE IF NOT EXISTS audit.model_builds (run_date DATE, run_id VARCHAR, built_at TIMESTAMPTZ);
+CREATE SCHEMA IF NOT EXISTS activation;
+CREATE TABLE IF NOT EXISTS activation.destination_members (
+    destination_id VARCHAR, segment_name VARCHAR, profile_id VARCHAR, email_sha256 VARCHAR, phone_sha256 VARCHAR,
+    synced_at TIMESTAMPTZ, run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS activation.syncs (
+    destination_id VARCHAR, segment_name VARCHAR, batches_applied BIGINT, last_synced_at TIMESTAMPTZ,
+    last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, PRIMARY KEY (destination_id, segment_name));
+CREATE SEQUENCE IF NOT EXISTS activation.log_seq;
+CREATE TABLE IF NOT EXISTS activation.activation_log (
+    log_id BIGINT DEFAULT nextval('activation.log_seq'), logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
+    destination_id VARCHAR, segment_name VARCHAR, operation VARCHAR, batch_number INTEGER, adds BIGINT, removes BIGINT,
+    attempt INTEGER, status VARCHAR, response_code INTEGER, idempotency_key VARCHAR, detail VARCHAR);
 """
 
 
@@ -83,6 +97,23 @@ def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str
             con.execute("INSERT INTO raw.agreement_attributes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [a.partner_id, name, attr.type, attr.allowed_values, attr.min, attr.max, list(attr.usage_labels),
                          attr.special_category, attr.description])
+
+
+def publish_governance(con, governance: Governance, activation_bucket: str) -> None:
+    """Mirror destinations and usage policies into raw.destinations / raw.usage_policies for the dbt models."""
+    con.execute("""CREATE OR REPLACE TABLE raw.destinations (destination_id VARCHAR, destination_type VARCHAR,
+        marketing_actions VARCHAR[], hash_profile VARCHAR, default_country_code VARCHAR, identifiers VARCHAR[],
+        export_uri VARCHAR, export_format VARCHAR, connection_id VARCHAR)""")
+    con.execute("""CREATE OR REPLACE TABLE raw.usage_policies (policy_id VARCHAR, description VARCHAR,
+        marketing_actions VARCHAR[], requires_label VARCHAR, denied_label VARCHAR)""")
+    for destination_id, d in governance.destinations.items():
+        con.execute("INSERT INTO raw.destinations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [destination_id, d.type, list(d.marketing_actions), d.hash_profile, d.default_country_code,
+                     list(d.identifiers), d.export_uri(destination_id, activation_bucket) if d.type == "s3_file" else None,
+                     d.format if d.type == "s3_file" else None, d.connection_id])
+    for p in governance.policies:
+        con.execute("INSERT INTO raw.usage_policies VALUES (?, ?, ?, ?, ?)",
+                    [p.id, p.description, list(p.marketing_actions), p.requires_label, p.denied_label])
 
 
 def raw_table(partner_id: str) -> str:

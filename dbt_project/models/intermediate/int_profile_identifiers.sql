@@ -1,11 +1,14 @@
 -- Every profile's email and phone, normalized and hashed under each (hash profile, default
--- country code) an agreement uses: what partner hashes are matched against.
+-- country code) an agreement or an activation destination uses: what partner hashes are matched
+-- against, and what destinations receive.
 with profiles as (
     select profile_id, email, phone from {{ ref('stg_first_party__profiles') }}
 ),
 
 hash_settings as (
-    select distinct hash_profile, default_country_code from {{ ref('stg_pipeline__agreements') }}
+    select hash_profile, default_country_code from {{ ref('stg_pipeline__agreements') }}
+    union
+    select hash_profile, default_country_code from {{ ref('stg_pipeline__destinations') }}
 ),
 
 normalized as (

@@ -44,6 +44,7 @@ select
     attribute_values.value_number,
     attribute_values.value_boolean,
     attribute_values.value_date,
+    usable_records.has_consent_activation,
     usable_records.drop_date,
     usable_records.delivery_id,
     usable_records.loaded_at,

@@ -1,0 +1,57 @@
+-- depends_on: {{ ref('segment_policy_violations') }}
+-- What each destination should hold for each segment tonight: the members we may send, hashed
+-- under the destination's hash profile. A member is sent only if they gave us marketing consent
+-- (first party) and every partner whose attributes the segment's rule reads, and who holds data
+-- about them, says consent_activation = true in its latest record. The activation task sends
+-- the difference between this and what the destination already holds.
+
+with segment_destinations as (
+    select segments.segment_name, listed.destination_id
+    from {{ ref('int_segments') }} as segments
+    cross join unnest(segments.destinations) as listed(destination_id)
+),
+
+partners_read as (
+    select distinct segment_name, partner_id
+    from {{ ref('int_segment_reads') }}
+    where partner_id is not null
+),
+
+partner_consents as (
+    select distinct profile_id, partner_id, has_consent_activation
+    from {{ ref('profile_partner_attributes') }}
+),
+
+-- a partner the rule reads knows this member but was not given consent for activation
+refused as (
+    select distinct members.segment_name, members.profile_id
+    from {{ ref('segment_membership') }} as members
+    inner join partners_read using (segment_name)
+    inner join partner_consents using (profile_id, partner_id)
+    where not partner_consents.has_consent_activation
+),
+
+sendable_members as (
+    select members.segment_name, members.profile_id
+    from {{ ref('segment_membership') }} as members
+    inner join {{ ref('stg_first_party__profiles') }} as profiles using (profile_id)
+    anti join refused using (segment_name, profile_id)
+    where profiles.has_consent_marketing
+)
+
+select
+    sendable_members.segment_name,
+    segment_destinations.destination_id,
+    sendable_members.profile_id,
+    destinations.hash_profile,
+    case when list_contains(destinations.identifiers, 'email') then identifiers.email_sha256 end as email_sha256,
+    case when list_contains(destinations.identifiers, 'phone') then identifiers.phone_sha256 end as phone_sha256
+from sendable_members
+inner join segment_destinations using (segment_name)
+inner join {{ ref('stg_pipeline__destinations') }} as destinations using (destination_id)
+inner join {{ ref('int_profile_identifiers') }} as identifiers
+    on sendable_members.profile_id = identifiers.profile_id
+    and destinations.hash_profile = identifiers.hash_profile
+    and destinations.default_country_code = identifiers.default_country_code
+where (list_contains(destinations.identifiers, 'email') and identifiers.email_sha256 is not null)
+    or (list_contains(destinations.identifiers, 'phone') and identifiers.phone_sha256 is not null)

@@ -1,0 +1,92 @@
+{{ config(materialized='view') }}
+-- Every way a segment breaks a usage policy, one row each, with a message naming segment,
+-- attribute, label, destination and policy. A view over the mirrored agreements and governance
+-- files, so the activation task re-checks it against the current files right before sending.
+-- The test assert_segments_respect_usage_policies fails the build if it has any row.
+
+with segments as (
+    select segment_name, destinations from {{ ref('int_segments') }}
+),
+
+destinations as (
+    select destination_id, marketing_actions from {{ ref('stg_pipeline__destinations') }}
+),
+
+-- building the segment is itself the action `segmentation`; each destination adds its own actions
+segment_actions as (
+    select segment_name, null::varchar as destination_id, 'segmentation' as marketing_action
+    from segments
+    union all
+    select segments.segment_name, destination_id, unnest(destinations.marketing_actions)
+    from segments
+    cross join unnest(segments.destinations) as listed(destination_id)
+    inner join destinations using (destination_id)
+),
+
+policies as (
+    select policy_id, unnest(marketing_actions) as marketing_action, requires_label, denied_label
+    from {{ ref('stg_pipeline__usage_policies') }}
+),
+
+attributes_read as (
+    select segment_name, partner_id, attribute, policy_labels
+    from {{ ref('int_segment_reads') }}
+    where partner_id is not null
+),
+
+policy_violations as (
+    select
+        segment_actions.segment_name,
+        segment_actions.destination_id,
+        segment_actions.marketing_action,
+        attributes_read.partner_id,
+        attributes_read.attribute,
+        coalesce(policies.requires_label, policies.denied_label) as label,
+        policies.policy_id,
+        'segment ' || segment_actions.segment_name
+            || coalesce(' -> destination ' || segment_actions.destination_id, '')
+            || ' (action ' || segment_actions.marketing_action || '): reads ' || attributes_read.partner_id || '__'
+            || attributes_read.attribute
+            || case
+                when policies.requires_label is not null
+                    then ', whose usage labels ' || cast(attributes_read.policy_labels as varchar) || ' lack label '
+                        || policies.requires_label
+                else ', which carries label ' || policies.denied_label
+            end
+            || '; forbidden by policy ' || policies.policy_id
+            || '. Fix: drop the destination from meta.segment.destinations or the attribute from meta.segment.rule '
+            || '(models/marts/segments), or amend the agreement if the partner allows this use.' as message
+    from segment_actions
+    inner join attributes_read using (segment_name)
+    inner join policies using (marketing_action)
+    where (policies.requires_label is not null and not list_contains(attributes_read.policy_labels, policies.requires_label))
+        or (policies.denied_label is not null and list_contains(attributes_read.policy_labels, policies.denied_label))
+),
+
+unknown_destinations as (
+    select
+        segments.segment_name,
+        listed.destination_id,
+        'segment ' || segments.segment_name || ' lists destination ' || listed.destination_id
+            || ', which include/governance/destinations.yaml does not define. Fix the name or define the destination.' as message
+    from segments
+    cross join unnest(segments.destinations) as listed(destination_id)
+    anti join destinations using (destination_id)
+),
+
+unreadable_rules as (
+    select
+        segment_name,
+        'segment ' || segment_name || ': ' || rule_problem || ' (meta.segment.rule in models/marts/segments).' as message
+    from {{ ref('int_segment_reads') }}
+    where rule_problem is not null
+)
+
+select segment_name, destination_id, marketing_action, partner_id, attribute, label, policy_id, message
+from policy_violations
+union all
+select segment_name, destination_id, null, null, null, null, null, message
+from unknown_destinations
+union all
+select segment_name, null, null, null, null, null, null, message
+from unreadable_rules

@@ -1,0 +1,11 @@
+select
+    destination_id,
+    destination_type,
+    marketing_actions,
+    hash_profile,
+    default_country_code,
+    identifiers,
+    export_uri,
+    export_format,
+    connection_id
+from {{ source('pipeline', 'destinations') }}

@@ -1,0 +1,375 @@
+"""Send each segment to its destinations: only the members added and removed since the last
+successful sync, only where the usage policies allow it, every batch in the activation log.
+
+What each destination holds is kept in activation.destination_members. An HTTP batch is applied
+to it in the same transaction that logs its success, so a sync that fails halfway resumes with
+the rest; a batch whose answer was lost is re-sent under the same Idempotency-Key (derived from
+the destination's state and the batch's content), which the destination uses to ignore it. A
+file export is one unit: its files, manifest and `_SUCCESS` are written, then the state moves;
+a re-run rewrites the same keys with the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import httpx
+
+from partner_pipeline.governance import Destination, Governance
+
+log = logging.getLogger(__name__)
+MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256")
+
+
+class ActivationFailed(RuntimeError):
+    """Some segment could not be sent to some destination; the message names each and why."""
+
+
+class DestinationRejected(RuntimeError):
+    """The destination refused a batch with a 4xx other than 429: retrying would not help."""
+
+
+class DestinationUnavailable(RuntimeError):
+    """The destination kept failing (429/5xx/timeouts) through every attempt."""
+
+
+@dataclass
+class Run:
+    run_id: str
+    run_date: dt.date
+    full_refresh: bool = False
+    sleep: Callable[[float], None] = time.sleep
+    results: list[dict] = field(default_factory=list)
+
+
+def airflow_credentials(connection_id: str) -> tuple[str, str]:
+    """(base URL, bearer token) of an Airflow connection: host is the base URL, password the token."""
+    from airflow.sdk import Connection
+
+    conn = Connection.get(connection_id)
+    host = conn.host or ""
+    if "://" not in host:
+        host = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
+    if not conn.password:
+        raise ActivationFailed(f"Airflow connection '{connection_id}' has no password; set the destination's bearer token there")
+    return host.rstrip("/"), conn.password
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - (now if now is not None else time.time()))
+
+
+def backoff_seconds(destination: Destination, attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    ceiling = min(destination.backoff_max_seconds, destination.backoff_seconds * 2 ** (attempt - 1))
+    return max(retry_after or 0.0, random.uniform(0, ceiling))
+
+
+def idempotency_key(destination_id: str, segment: str, batches_applied: int, operation: str, members: list[tuple]) -> str:
+    content = "\n".join("|".join(m or "" for m in member) for member in members)
+    return hashlib.sha256(f"{destination_id}|{segment}|{batches_applied}|{operation}|{content}".encode()).hexdigest()
+
+
+class ActivationLog:
+    def __init__(self, con, run: Run, destination_id: str, segment: str):
+        self.con, self.run, self.destination_id, self.segment = con, run, destination_id, segment
+
+    def write(self, operation: str, batch_number: int | None, adds: int, removes: int, attempt: int | None, status: str,
+              response_code: int | None = None, key: str | None = None, detail: str | None = None) -> None:
+        self.con.execute(
+            """INSERT INTO activation.activation_log (logged_at, run_id, run_date, destination_id, segment_name, operation,
+                   batch_number, adds, removes, attempt, status, response_code, idempotency_key, detail)
+               VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [self.run.run_id, self.run.run_date, self.destination_id, self.segment, operation, batch_number, adds, removes,
+             attempt, status, response_code, key, detail])
+
+
+# --- state ---------------------------------------------------------------------------------
+
+def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None]:
+    row = con.execute("SELECT batches_applied, full_refresh_run_id FROM activation.syncs WHERE destination_id = ? AND segment_name = ?",
+                      [destination_id, segment]).fetchone()
+    if row is None:
+        con.execute("INSERT INTO activation.syncs VALUES (?, ?, 0, NULL, NULL, NULL, NULL)", [destination_id, segment])
+        return 0, None
+    return row
+
+
+def _stage_diff(con, destination_id: str, segment: str) -> tuple[int, int]:
+    """The members to remove and to add, in a stable order, into temp tables pending_removes / pending_adds."""
+    pair = [destination_id, segment]
+    members = ", ".join(MEMBER_COLUMNS)
+    held = f"SELECT {members} FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?"
+    wanted = f"SELECT {members} FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE pending_removes AS ({held} EXCEPT {wanted}) ORDER BY ALL", pair + pair)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE pending_adds AS ({wanted} EXCEPT {held}) ORDER BY ALL", pair + pair)
+    return (con.execute("SELECT count(*) FROM pending_removes").fetchone()[0],
+            con.execute("SELECT count(*) FROM pending_adds").fetchone()[0])
+
+
+def _apply(con, destination_id: str, segment: str, operation: str, members: list[tuple] | str, run: Run) -> None:
+    """Record in the state that the destination now holds (add) or no longer holds (remove) members.
+    `members` is a list of member tuples, or the name of a temp table holding them."""
+    source = members if isinstance(members, str) else "batch_members"
+    if not isinstance(members, str):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE batch_members ({', '.join(c + ' VARCHAR' for c in MEMBER_COLUMNS)})")
+        con.executemany("INSERT INTO batch_members VALUES (?, ?, ?)", members)
+    if operation == "add":
+        con.execute(f"""INSERT INTO activation.destination_members
+                        SELECT ?, ?, {', '.join(MEMBER_COLUMNS)}, now(), ? FROM {source}""", [destination_id, segment, run.run_id])
+    else:
+        con.execute(f"""DELETE FROM activation.destination_members d
+                        WHERE destination_id = ? AND segment_name = ?
+                          AND EXISTS (SELECT 1 FROM {source} b WHERE b.profile_id IS NOT DISTINCT FROM d.profile_id
+                                      AND b.email_sha256 IS NOT DISTINCT FROM d.email_sha256
+                                      AND b.phone_sha256 IS NOT DISTINCT FROM d.phone_sha256)""", [destination_id, segment])
+
+
+def _advance(con, destination_id: str, segment: str, run: Run, **extra) -> None:
+    sets = ", ".join(f"{k} = ?" for k in extra)
+    con.execute(f"""UPDATE activation.syncs SET batches_applied = batches_applied + 1 {', ' + sets if sets else ''}
+                    WHERE destination_id = ? AND segment_name = ?""", [*extra.values(), destination_id, segment])
+
+
+# --- HTTP audience API -----------------------------------------------------------------------
+
+class HttpAudience:
+    def __init__(self, destination_id: str, destination: Destination, credentials: Callable[[str], tuple[str, str]]):
+        self.destination_id, self.destination, self.credentials = destination_id, destination, credentials
+        self._client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """Connected on first use: a night with nothing to send needs no connection."""
+        if self._client is None:
+            self.base_url, token = self.credentials(self.destination.connection_id)
+            self._client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=self.destination.timeout_seconds)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def request(self, method: str, path: str, key: str, body: dict | None, audit: Callable[..., None], run: Run) -> httpx.Response:
+        """One call with retries: 429/5xx/timeouts/dropped connections back off and retry; other 4xx fail at once."""
+        d = self.destination
+        for attempt in range(1, d.max_attempts + 1):
+            retry_after = None
+            client = self.client
+            try:
+                response = client.request(method, self.base_url + path, json=body, headers={"Idempotency-Key": key})
+            except httpx.TransportError as exc:  # timeouts, refused or dropped connections
+                code, detail = None, f"{type(exc).__name__}: {exc}"
+            else:
+                code, detail = response.status_code, response.text[:2000]
+                if code < 300:
+                    return response
+                if code != 429 and code < 500:
+                    audit(attempt=attempt, status="rejected", response_code=code, detail=detail)
+                    raise DestinationRejected(
+                        f"{self.destination_id} answered {code} to {method} {path} (Idempotency-Key {key}): {detail}. "
+                        f"This is not retried: fix the request or the destination's settings in include/governance/destinations.yaml.")
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if attempt == d.max_attempts:
+                audit(attempt=attempt, status="failed", response_code=code, detail=detail)
+                raise DestinationUnavailable(f"{self.destination_id}: {method} {path} failed {attempt} times, last: "
+                                             f"{code or ''} {detail}. The next run (or a task retry) resumes from here.")
+            if retry_after is not None and retry_after > d.backoff_max_seconds:
+                audit(attempt=attempt, status="failed", response_code=code, detail=f"Retry-After {retry_after:.0f}s: {detail}")
+                raise DestinationUnavailable(f"{self.destination_id} asks to retry after {retry_after:.0f}s, more than "
+                                             f"backoff_max_seconds ({d.backoff_max_seconds:.0f}); the next run resumes from here.")
+            delay = backoff_seconds(d, attempt, retry_after)
+            audit(attempt=attempt, status="retrying", response_code=code, detail=f"retry in {delay:.2f}s: {detail}")
+            run.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def sync(self, con, segment: str, run: Run) -> dict:
+        log_ = ActivationLog(con, run, self.destination_id, segment)
+        batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
+        path = f"/audiences/{segment}/members"
+        cleared = False
+        if run.full_refresh and refreshed_by != run.run_id:  # a retry of the same run does not clear again
+            key = idempotency_key(self.destination_id, segment, batches_applied, "clear", [])
+            self.request("DELETE", path, key, None, lambda **a: log_.write("clear", 0, 0, 0, key=key, **a), run)
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DELETE FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?",
+                        [self.destination_id, segment])
+            _advance(con, self.destination_id, segment, run, full_refresh_run_id=run.run_id)
+            log_.write("clear", 0, 0, 0, attempt=None, status="sent", response_code=200, key=key)
+            con.execute("COMMIT")
+            batches_applied += 1
+            cleared = True
+        removes, adds = _stage_diff(con, self.destination_id, segment)
+        size = self.destination.rows_per_batch
+        batch_number = 0
+        for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
+            for offset in range(0, total, size):
+                members = con.execute(f"SELECT * FROM {table} ORDER BY ALL LIMIT ? OFFSET ?", [size, offset]).fetchall()
+                batch_number += 1
+                key = idempotency_key(self.destination_id, segment, batches_applied, operation, members)
+                counts = (len(members), 0) if operation == "add" else (0, len(members))
+                body = {"operation": operation, "hash_profile": self.destination.hash_profile,
+                        "members": [{k: v for k, v in zip(MEMBER_COLUMNS[1:], m[1:]) if v is not None} for m in members]}
+                response = self.request("POST", path, key, body,
+                                        lambda **a: log_.write(operation, batch_number, *counts, key=key, **a), run)
+                con.execute("BEGIN TRANSACTION")
+                _apply(con, self.destination_id, segment, operation, members, run)
+                _advance(con, self.destination_id, segment, run)
+                log_.write(operation, batch_number, *counts, attempt=None, status="sent", response_code=response.status_code, key=key)
+                con.execute("COMMIT")
+                batches_applied += 1
+        return {"adds": adds, "removes": removes, "batches": batch_number, "full_refresh": cleared}
+
+
+# --- file export to S3 -----------------------------------------------------------------------
+
+class S3FileExport:
+    """Customer-list files: `remove-NNNNN.<fmt>` and `add-NNNNN.<fmt>` (or `members-NNNNN` for a full refresh,
+    which replaces the list), with columns email_sha256 / phone_sha256 under the destination's hash profile,
+    a manifest.json and `_SUCCESS` written last, under <uri><segment>/<run_date>/<sync number>/."""
+
+    def __init__(self, destination_id: str, destination: Destination, s3, activation_bucket: str):
+        self.destination_id, self.destination, self.s3 = destination_id, destination, s3
+        uri = destination.export_uri(destination_id, activation_bucket).removeprefix("s3://")
+        self.bucket, _, self.prefix = uri.partition("/")
+
+    def close(self) -> None:
+        pass
+
+    def sync(self, con, segment: str, run: Run) -> dict:
+        log_ = ActivationLog(con, run, self.destination_id, segment)
+        batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
+        full = run.full_refresh and refreshed_by != run.run_id
+        if full:  # the export replaces the whole list: everything the audience should hold is "added"
+            con.execute("CREATE OR REPLACE TEMP TABLE pending_removes AS SELECT * FROM activation.destination_members WHERE false")
+            con.execute("""CREATE OR REPLACE TEMP TABLE pending_adds AS SELECT profile_id, email_sha256, phone_sha256
+                           FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ? ORDER BY ALL""",
+                        [self.destination_id, segment])
+            removes, adds = 0, con.execute("SELECT count(*) FROM pending_adds").fetchone()[0]
+        else:
+            removes, adds = _stage_diff(con, self.destination_id, segment)
+        if not full and removes == adds == 0:
+            return {"adds": 0, "removes": 0, "batches": 0, "full_refresh": False}
+        prefix = f"{self.prefix}{segment}/{run.run_date.isoformat()}/{batches_applied + 1:06d}/"
+        columns = [f"{c}_sha256" for c in self.destination.identifiers]
+        fmt = self.destination.format
+        files = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
+                name = "members" if full else operation
+                for number, offset in enumerate(range(0, total, self.destination.rows_per_batch), start=1):
+                    local = Path(tmp) / f"{name}-{number:05d}.{fmt}"
+                    con.execute(f"""COPY (SELECT {', '.join(columns)} FROM {table} ORDER BY ALL LIMIT {self.destination.rows_per_batch}
+                                    OFFSET {offset}) TO '{local}' ({'FORMAT csv, HEADER true' if fmt == 'csv' else 'FORMAT parquet'})""")
+                    data = local.read_bytes()
+                    rows = min(self.destination.rows_per_batch, total - offset)
+                    self.s3.put_object(Bucket=self.bucket, Key=prefix + local.name, Body=data)
+                    files.append({"key": local.name, "operation": "add" if full else operation, "rows": rows,
+                                  "sha256": hashlib.sha256(data).hexdigest()})
+        manifest = {"destination_id": self.destination_id, "audience": segment, "run_date": run.run_date.isoformat(),
+                    "mode": "replace" if full else "delta", "hash_profile": self.destination.hash_profile,
+                    "columns": columns, "format": fmt, "adds": adds, "removes": removes, "files": files}
+        self.s3.put_object(Bucket=self.bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest, indent=2).encode())
+        self.s3.put_object(Bucket=self.bucket, Key=prefix + "_SUCCESS", Body=b"")
+        con.execute("BEGIN TRANSACTION")
+        if full:
+            con.execute("DELETE FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?",
+                        [self.destination_id, segment])
+        _apply(con, self.destination_id, segment, "remove", "pending_removes", run)
+        _apply(con, self.destination_id, segment, "add", "pending_adds", run)
+        _advance(con, self.destination_id, segment, run, **({"full_refresh_run_id": run.run_id} if full else {}))
+        log_.write("replace" if full else "delta", 1, adds, removes, attempt=1, status="sent",
+                   detail=f"s3://{self.bucket}/{prefix}")
+        con.execute("COMMIT")
+        return {"adds": adds, "removes": removes, "batches": len(files), "full_refresh": full, "export": f"s3://{self.bucket}/{prefix}"}
+
+
+# --- the whole activation ------------------------------------------------------------------
+
+def pairs_to_sync(con, governance: Governance) -> list[tuple[str, str]]:
+    """Every (destination, segment) a segment lists, plus any a destination still holds members for
+    (a segment dropped from a destination is emptied there)."""
+    rows = con.execute("""SELECT listed.destination_id, segment_name
+                          FROM intermediate.int_segments CROSS JOIN unnest(destinations) AS listed(destination_id)
+                          UNION
+                          SELECT DISTINCT destination_id, segment_name FROM activation.destination_members
+                          ORDER BY ALL""").fetchall()
+    return [(d, s) for d, s in rows if d in governance.destinations]
+
+
+def policy_violations(con, destination_id: str, segment: str) -> list[str]:
+    """The send-time re-check: the policy view, over the agreements and governance files as they are now."""
+    return [m for (m,) in con.execute(
+        """SELECT message FROM marts.segment_policy_violations
+           WHERE segment_name = ? AND (destination_id = ? OR destination_id IS NULL) ORDER BY message""",
+        [segment, destination_id]).fetchall()]
+
+
+def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
+             credentials: Callable[[str], tuple[str, str]] = airflow_credentials) -> list[dict]:
+    """Sync every pair; a failing pair does not stop the others. Raises ActivationFailed at the end naming each failure."""
+    failures = []
+    declared = {tuple(r) for r in con.execute("""SELECT listed.destination_id, segment_name FROM intermediate.int_segments
+                                                 CROSS JOIN unnest(destinations) AS listed(destination_id)""").fetchall()}
+    senders = {}
+    try:
+        for destination_id, segment in pairs_to_sync(con, governance):
+            destination = governance.destinations[destination_id]
+            result = {"destination_id": destination_id, "segment": segment}
+            blocked = policy_violations(con, destination_id, segment) if (destination_id, segment) in declared else []
+            profiles = {p for (p,) in con.execute("SELECT DISTINCT hash_profile FROM marts.activation_audiences WHERE destination_id = ?",
+                                                  [destination_id]).fetchall()}
+            if profiles - {destination.hash_profile}:
+                blocked.append(f"destination {destination_id} now expects hash profile {destination.hash_profile} but the "
+                               f"audiences were built under {sorted(profiles)}; re-run the date to rebuild them")
+            if blocked:
+                ActivationLog(con, run, destination_id, segment).write("check", None, 0, 0, None, "blocked", detail="\n".join(blocked))
+                failures.append(f"{segment} -> {destination_id}: blocked, nothing sent:\n    " + "\n    ".join(blocked))
+                run.results.append({**result, "status": "blocked"})
+                continue
+            try:
+                if destination_id not in senders:
+                    senders[destination_id] = (HttpAudience(destination_id, destination, credentials)
+                                               if destination.type == "http_audience"
+                                               else S3FileExport(destination_id, destination, s3, activation_bucket))
+                outcome = senders[destination_id].sync(con, segment, run)
+            except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
+                try:
+                    con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction
+                except duckdb.TransactionException:
+                    pass  # none was open
+                failures.append(f"{segment} -> {destination_id}: {exc}")
+                run.results.append({**result, "status": "failed", "error": str(exc)})
+                log.error("%s -> %s failed: %s", segment, destination_id, exc)
+                continue
+            con.execute("""UPDATE activation.syncs SET last_synced_at = now(), last_run_date = ?, last_run_id = ?
+                           WHERE destination_id = ? AND segment_name = ?""", [run.run_date, run.run_id, destination_id, segment])
+            run.results.append({**result, "status": "synced", **outcome})
+            log.info("%s -> %s: %s", segment, destination_id, outcome)
+    finally:
+        for sender in senders.values():
+            sender.close()
+    if failures:
+        raise ActivationFailed("activation incomplete; what was sent is recorded, a re-run sends only the rest:\n  "
+                               + "\n  ".join(failures))
+    return run.results

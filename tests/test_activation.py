@@ -1,0 +1,296 @@
+"""Activation against real destinations: the loopback audience API (which validates every payload
+and misbehaves on request) and file exports to the real S3 server; usage policies at build time
+and at send time; consent; diffs across consecutive days; resume without duplicates."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import shutil
+
+import duckdb
+import pytest
+import yaml
+
+from partner_pipeline import activation, nightly, synth
+from partner_pipeline.agreements import load_agreements
+from partner_pipeline.governance import load_governance
+from partner_pipeline.local_audience_api import Fault
+from partner_pipeline.settings import load_settings
+from partner_pipeline.transform import ModelBuildFailed
+
+DAY = dt.date(2026, 11, 21)
+HTTP = "personalization_api"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, s3_server):
+    """One scenario ingested and built once for the module; tests get a copy of its warehouse."""
+    root = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as mp:
+        from conftest import s3 as client_for
+
+        env = {**s3_server.env(), "PIPELINE_DATA_DIR": str(root / "data"), "PIPELINE_LANDING_BUCKET": "act-landing",
+               "PIPELINE_FIRST_PARTY_BUCKET": "act-first-party", "PIPELINE_QUARANTINE_BUCKET": "act-quarantine"}
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = load_settings()
+        truth = synth.generate_scenario(root / "synth", landing_bucket=settings.landing_bucket,
+                                        first_party_bucket=settings.first_party_bucket,
+                                        agreements=load_agreements(settings.agreements_dir), drop_date=DAY,
+                                        n_profiles=3000, rows_per_partner=2000, seed=5, bad_row_share=0.01)
+        synth.upload_tree(client_for(s3_server), root / "synth")
+        outcomes = [nightly.ingest(d, "build") for d in nightly.discover(DAY, "build")]
+        nightly.publish(outcomes, DAY, "build")
+        nightly.load_first_party(DAY)
+        nightly.transform(DAY, "build")
+        return {"warehouse": settings.warehouse_path, "truth": truth}
+
+
+@pytest.fixture
+def warehouse_copy(built, pipeline_env, governance_dir):
+    settings = load_settings()
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(built["warehouse"], settings.warehouse_path)
+    return settings
+
+
+def destinations_file(governance_dir, **changes):
+    """Edit include/governance/destinations.yaml's copy: changes = {destination: {field: value}}."""
+    path = governance_dir / "destinations.yaml"
+    document = yaml.safe_load(path.read_text())
+    for destination, fields in changes.items():
+        document["destinations"][destination].update(fields)
+    path.write_text(yaml.safe_dump(document))
+
+
+def run_activation(run_id="night-1", day=DAY, full_refresh=False, credentials=None, delays=None):
+    """activation.activate as the DAG's task runs it, recording backoff delays instead of sleeping."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    governance = load_governance(settings.governance_dir, agreements)
+    run = activation.Run(run_id, day, full_refresh, sleep=(delays.append if delays is not None else lambda s: None))
+    from partner_pipeline.storage import client_from_settings
+    from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
+
+    with warehouse(settings) as con:
+        publish_agreements(con, agreements, settings.outbox_bucket)
+        publish_governance(con, governance, settings.activation_bucket)
+        return activation.activate(con, governance, run, client_from_settings(settings), settings.activation_bucket,
+                                   **({"credentials": credentials} if credentials else {}))
+
+
+def query(sql, params=()):
+    with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def audience(destination, segment):
+    """What the destination should hold, from the mart, as the API stores members."""
+    return set(query("SELECT email_sha256, phone_sha256 FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?",
+                     (destination, segment)))
+
+
+def export_rows(s3_api, bucket, prefix):
+    objects = [o["Key"] for o in s3_api.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    manifest = json.loads(s3_api.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
+    rows = {}
+    for entry in manifest["files"]:
+        body = s3_api.get_object(Bucket=bucket, Key=prefix + entry["key"])["Body"].read().decode()
+        table = list(csv.DictReader(io.StringIO(body)))
+        assert len(table) == entry["rows"]
+        rows.setdefault(entry["operation"], []).extend(table)
+    return objects, manifest, rows
+
+
+def test_every_declared_pair_syncs_with_the_token_from_the_airflow_connection(warehouse_copy, audience_api):
+    results = nightly.activate(DAY, "night-1")  # as the DAG's task: AIRFLOW_CONN_PERSONALIZATION_API
+    assert {(r["destination_id"], r["segment"]): r["status"] for r in results} == {
+        ("ads_customer_list", "attrition_risk"): "synced", ("crm_email", "upsell_prospects"): "synced",
+        (HTTP, "high_earning_homeowners"): "synced", (HTTP, "upsell_prospects"): "synced"}
+    assert all(r.status in (200, None) and r.applied for r in audience_api.requests)
+
+
+@pytest.fixture
+def sendable(built):
+    return built["truth"]["sendable"]
+
+
+def test_sizes_match_ground_truth_and_no_unconsented_member_is_sent(warehouse_copy, audience_api, s3_api, sendable):
+    nightly.activate(DAY, "night-1")
+    settings = load_settings()
+    for segment in ("high_earning_homeowners", "upsell_prospects"):
+        members = audience_api.members(segment)
+        assert len(members) == sendable[segment] > 0
+        assert members == audience(HTTP, segment)
+    # file exports: CSV customer lists under the destination's hash profile, manifest and _SUCCESS
+    for destination, segment, columns in (("crm_email", "upsell_prospects", ["email_sha256"]),
+                                          ("ads_customer_list", "attrition_risk", ["email_sha256", "phone_sha256"])):
+        prefix = f"{destination}/{segment}/{DAY}/000001/"
+        objects, manifest, rows = export_rows(s3_api, settings.activation_bucket, prefix)
+        assert prefix + "_SUCCESS" in objects
+        assert manifest["mode"] == "delta" and manifest["columns"] == columns and manifest["removes"] == 0
+        assert len(rows["add"]) == manifest["adds"] == sendable[segment] > 0
+        assert list(rows["add"][0]) == columns
+    # hashes are those of the destination's profile: google for the ad list, uid2 for the API
+    google = {e for (e,) in query("SELECT email_sha256 FROM intermediate.int_profile_identifiers WHERE hash_profile = 'google'")}
+    _, _, rows = export_rows(s3_api, settings.activation_bucket, f"ads_customer_list/attrition_risk/{DAY}/000001/")
+    assert {r["email_sha256"] for r in rows["add"]} <= google
+    # never sent: profiles without first-party marketing consent, or whose partner record refuses activation
+    refused = {e for (e,) in query("""
+        SELECT i.email_sha256 FROM intermediate.int_profile_identifiers i JOIN staging.stg_first_party__profiles p USING (profile_id)
+        WHERE i.hash_profile = 'uid2' AND NOT p.has_consent_marketing
+        UNION
+        SELECT i.email_sha256 FROM intermediate.int_profile_identifiers i JOIN marts.profile_partner_attributes a USING (profile_id)
+        WHERE i.hash_profile = 'uid2' AND a.partner_id = 'globex_retail' AND NOT a.has_consent_activation""")}
+    members = query("SELECT segment_name, profile_id FROM marts.segment_membership WHERE segment_name = 'upsell_prospects'")
+    assert len(members) > len(audience_api.members("upsell_prospects"))  # consent really removed someone
+    assert not {e for e, _ in audience_api.members("upsell_prospects")} & refused
+
+
+def test_second_sync_with_nothing_changed_sends_nothing(warehouse_copy, audience_api):
+    nightly.activate(DAY, "night-1")
+    requests = len(audience_api.requests)
+    results = nightly.activate(DAY, "night-2")
+    assert len(audience_api.requests) == requests
+    assert all(r["adds"] == r["removes"] == 0 for r in results)
+    log = query("SELECT run_id, count(*) FILTER (WHERE status = 'sent') FROM activation.activation_log GROUP BY 1 ORDER BY 1")
+    assert log[0][1] > 0 and log == [log[0]]  # night-2 logged no batch
+
+
+def test_retries_429_5xx_timeouts_and_dropped_connections_with_backoff(warehouse_copy, governance_dir, audience_api):
+    destinations_file(governance_dir, **{HTTP: {"batch_size": 10, "timeout_seconds": 0.5, "backoff_seconds": 0.2}})
+    audience_api.inject(Fault.status(429, retry_after="3"), Fault.status(500), Fault.timeout(2), Fault.drop(),
+                        Fault.status(503))
+    delays = []
+    results = run_activation(delays=delays, credentials=lambda _: (audience_api.url, audience_api.token))
+    assert all(r["status"] == "synced" for r in results)
+    assert audience_api.members("upsell_prospects") == audience(HTTP, "upsell_prospects")
+    assert audience_api.members("high_earning_homeowners") == audience(HTTP, "high_earning_homeowners")
+    retries = query("""SELECT attempt, response_code, idempotency_key FROM activation.activation_log
+                       WHERE status = 'retrying' ORDER BY log_id""")
+    assert [(a, c) for a, c, _ in retries] == [(1, 429), (2, 500), (3, None), (4, None), (5, 503)]
+    assert len({k for _, _, k in retries}) == 1  # every attempt of a batch carries the same Idempotency-Key
+    assert delays[0] >= 3  # Retry-After honoured
+    assert all(0 <= d <= 0.2 * 2 ** i for i, d in enumerate(delays[1:], start=1))  # full jitter under the exponential cap
+    assert audience_api.applied_count == query("SELECT count(*) FROM activation.activation_log WHERE status = 'sent' AND destination_id = ?", (HTTP,))[0][0]
+
+
+def test_halfway_failure_resumes_without_sending_anything_twice(warehouse_copy, governance_dir, audience_api):
+    destinations_file(governance_dir, **{HTTP: {"batch_size": 5, "max_attempts": 2, "backoff_seconds": 0}})
+    credentials = lambda _: (audience_api.url, audience_api.token)  # noqa: E731
+    # batch 1 is applied but its answer is lost, and its retry fails: the run stops there for this pair
+    audience_api.inject(Fault.drop_after_apply(), Fault.status(500))
+    with pytest.raises(activation.ActivationFailed, match=r"high_earning_homeowners -> personalization_api: .*failed 2 times"):
+        run_activation("night-1", credentials=credentials)
+    held = query("SELECT count(*) FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?",
+                 (HTTP, "high_earning_homeowners"))[0][0]
+    assert (held, len(audience_api.members("high_earning_homeowners"))) == (0, 5)  # we do not know it arrived
+    assert query("SELECT status FROM activation.activation_log WHERE destination_id = 'crm_email'") == [("sent",)]
+    assert audience_api.members("upsell_prospects") == audience(HTTP, "upsell_prospects")  # other pairs went on
+    run_activation("night-1", credentials=credentials)  # the task's retry resumes
+    assert audience_api.replayed == 1  # batch 1 re-sent under the same key: the destination ignored it
+    for segment in ("high_earning_homeowners", "upsell_prospects"):
+        assert audience_api.members(segment) == audience(HTTP, segment)
+    posts = [r for r in audience_api.requests if r.method == "POST" and r.applied]
+    assert sum(r.members for r in posts) == sum(len(audience(HTTP, s)) for s in ("high_earning_homeowners", "upsell_prospects"))
+    keys = [r.idempotency_key for r in posts]
+    assert len(keys) == len(set(keys))
+
+
+def test_other_4xx_fails_at_once_with_the_response_body(warehouse_copy, audience_api):
+    audience_api.inject(Fault.status(400, body={"error": "audience high_earning_homeowners is archived"}))
+    with pytest.raises(activation.ActivationFailed, match=r"answered 400 .*audience high_earning_homeowners is archived"):
+        nightly.activate(DAY, "night-1")
+    rejected = query("SELECT attempt, response_code FROM activation.activation_log WHERE status = 'rejected'")
+    assert rejected == [(1, 400)]
+
+
+def test_full_refresh_clears_and_resends_once_per_run(warehouse_copy, audience_api, s3_api):
+    nightly.activate(DAY, "night-1")
+    audience_api.members("upsell_prospects")
+    nightly.activate(DAY, "night-2", full_refresh=True)
+    deletes = [r for r in audience_api.requests if r.method == "DELETE"]
+    assert len(deletes) == 2 and audience_api.members("upsell_prospects") == audience(HTTP, "upsell_prospects")
+    nightly.activate(DAY, "night-2", full_refresh=True)  # a retry of the same run does not clear again
+    assert len([r for r in audience_api.requests if r.method == "DELETE"]) == 2
+    _, manifest, rows = export_rows(s3_api, load_settings().activation_bucket, f"crm_email/upsell_prospects/{DAY}/000002/")
+    assert manifest["mode"] == "replace" and len(rows["add"]) == len(audience("crm_email", "upsell_prospects"))
+
+
+def test_send_time_recheck_blocks_a_segment_whose_attribute_lost_a_label(warehouse_copy, agreements_dir, audience_api):
+    # after the build, the agreement is amended: Globex no longer allows loyalty_tier for personalization
+    path = agreements_dir / "globex_retail.yaml"
+    path.write_text(path.read_text().replace(
+        "usage_labels: [segmentation, email_targeting, advertising, onsite_personalization]",
+        "usage_labels: [segmentation, email_targeting, advertising]"))
+    with pytest.raises(activation.ActivationFailed) as failure:
+        nightly.activate(DAY, "night-1")
+    message = str(failure.value)
+    for part in ("upsell_prospects -> personalization_api", "globex_retail__loyalty_tier", "onsite_personalization",
+                 "personalization_needs_label", "blocked, nothing sent"):
+        assert part in message
+    assert audience_api.members("upsell_prospects") == set()  # nothing sent there
+    assert audience_api.members("high_earning_homeowners") == audience(HTTP, "high_earning_homeowners")  # others went
+    assert query("SELECT status FROM activation.activation_log WHERE segment_name = 'upsell_prospects' AND destination_id = ?",
+                 (HTTP,)) == [("blocked",)]
+
+
+def test_policy_violation_fails_the_build_naming_segment_attribute_label_destination_and_policy(pipeline_env, s3_api, tmp_path, agreements_dir):
+    settings = load_settings()
+    path = agreements_dir / "globex_retail.yaml"
+    path.write_text(path.read_text().replace(
+        "usage_labels: [segmentation, email_targeting, advertising, onsite_personalization]",
+        "usage_labels: [segmentation, advertising, onsite_personalization]"))
+    synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=load_agreements(agreements_dir), drop_date=DAY, n_profiles=300, rows_per_partner=200, seed=2)
+    synth.upload_tree(s3_api, tmp_path / "synth")
+    nightly.publish([nightly.ingest(d, "r") for d in nightly.discover(DAY, "r")], DAY, "r")
+    nightly.load_first_party(DAY)
+    with pytest.raises(ModelBuildFailed) as failure:
+        nightly.transform(DAY, "r")
+    assert ("segment upsell_prospects -> destination crm_email (action email_targeting): reads globex_retail__loyalty_tier, "
+            "whose usage labels [segmentation, advertising, onsite_personalization] lack label email_targeting; "
+            "forbidden by policy email_targeting_needs_label") in str(failure.value)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'activation_audiences'").fetchone()[0] == 0
+
+
+def test_three_days_of_changing_segments_send_exactly_the_differences(pipeline_env, governance_dir, audience_api, s3_api, tmp_path):
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    root = tmp_path / "synth"
+    synth.generate_scenario(root, landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=agreements, drop_date=DAY, n_profiles=800, rows_per_partner=500, seed=4)
+    held_before: dict = {}
+    totals = {"adds": 0, "removes": 0}
+    for n, day in enumerate((DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2))):
+        if n:  # each later day both partners deliver again: new people, changed attributes and consents
+            for partner_id in ("acme_bank", "globex_retail"):
+                synth.write_drop(root, settings.landing_bucket, synth.DropSpec(agreements[partner_id], day, rows=300),
+                                 profiles_seed=4, n_profiles=800, seed=10 + n)
+        synth.upload_tree(s3_api, root)
+        run_id = f"night-{day}"
+        nightly.publish([nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)], day, run_id)
+        nightly.load_first_party(day)
+        nightly.transform(day, run_id)
+        nightly.activate(day, run_id)
+        for destination, segment in ((HTTP, "upsell_prospects"), (HTTP, "high_earning_homeowners"), ("crm_email", "upsell_prospects")):
+            wanted = audience(destination, segment)
+            before = held_before.get((destination, segment), set())
+            logged = query("""SELECT coalesce(sum(adds), 0), coalesce(sum(removes), 0) FROM activation.activation_log
+                              WHERE run_id = ? AND destination_id = ? AND segment_name = ? AND status = 'sent'""",
+                           (run_id, destination, segment))[0]
+            assert logged == (len(wanted - before), len(before - wanted)), (day, destination, segment)
+            if destination == HTTP:
+                assert audience_api.members(segment) == wanted
+            held_before[(destination, segment)] = wanted
+            totals["adds"] += logged[0]
+            totals["removes"] += logged[1] if n else 0
+    assert totals["adds"] > 0 and totals["removes"] > 0  # the days really changed the segments both ways
+    # the file destination got one delta export per day that changed, each complete with _SUCCESS
+    exports = {o["Key"].rsplit("/", 1)[0] for o in s3_api.list_objects_v2(
+        Bucket=settings.activation_bucket, Prefix="crm_email/upsell_prospects/")["Contents"] if o["Key"].endswith("_SUCCESS")}
+    assert len(exports) == query("SELECT count(*) FROM activation.activation_log WHERE destination_id = 'crm_email' AND status = 'sent'")[0][0]
