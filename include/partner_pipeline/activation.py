@@ -110,7 +110,7 @@ def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None
     row = con.execute("SELECT batches_applied, full_refresh_run_id FROM activation.syncs WHERE destination_id = ? AND segment_name = ?",
                       [destination_id, segment]).fetchone()
     if row is None:
-        con.execute("INSERT INTO activation.syncs VALUES (?, ?, 0, NULL, NULL, NULL, NULL)", [destination_id, segment])
+        con.execute("INSERT INTO activation.syncs VALUES (?, ?, 0, NULL, NULL, NULL, NULL, 0)", [destination_id, segment])
         return 0, None
     return row
 
@@ -149,6 +149,17 @@ def _advance(con, destination_id: str, segment: str, run: Run, **extra) -> None:
     sets = ", ".join(f"{k} = ?" for k in extra)
     con.execute(f"""UPDATE activation.syncs SET batches_applied = batches_applied + 1 {', ' + sets if sets else ''}
                     WHERE destination_id = ? AND segment_name = ?""", [*extra.values(), destination_id, segment])
+
+
+def _record_run(con, destination_id: str, segment: str, run: Run, synced: bool) -> None:
+    """Which run last handled the pair, what the destination holds, and when it was last fully in sync."""
+    _sync_state(con, destination_id, segment)
+    con.execute(f"""UPDATE activation.syncs SET last_run_date = ?, last_run_id = ?,
+                        members_held = (SELECT count(*) FROM activation.destination_members
+                                        WHERE destination_id = ? AND segment_name = ?)
+                        {', last_synced_at = now()' if synced else ''}
+                    WHERE destination_id = ? AND segment_name = ?""",
+                [run.run_date, run.run_id, destination_id, segment, destination_id, segment])
 
 
 # --- HTTP audience API -----------------------------------------------------------------------
@@ -344,6 +355,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                                f"audiences were built under {sorted(profiles)}; re-run the date to rebuild them")
             if blocked:
                 ActivationLog(con, run, destination_id, segment).write("check", None, 0, 0, None, "blocked", detail="\n".join(blocked))
+                _record_run(con, destination_id, segment, run, synced=False)
                 failures.append(f"{segment} -> {destination_id}: blocked, nothing sent:\n    " + "\n    ".join(blocked))
                 run.results.append({**result, "status": "blocked"})
                 continue
@@ -358,12 +370,12 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                     con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction
                 except duckdb.TransactionException:
                     pass  # none was open
+                _record_run(con, destination_id, segment, run, synced=False)
                 failures.append(f"{segment} -> {destination_id}: {exc}")
                 run.results.append({**result, "status": "failed", "error": str(exc)})
                 log.error("%s -> %s failed: %s", segment, destination_id, exc)
                 continue
-            con.execute("""UPDATE activation.syncs SET last_synced_at = now(), last_run_date = ?, last_run_id = ?
-                           WHERE destination_id = ? AND segment_name = ?""", [run.run_date, run.run_id, destination_id, segment])
+            _record_run(con, destination_id, segment, run, synced=True)
             run.results.append({**result, "status": "synced", **outcome})
             log.info("%s -> %s: %s", segment, destination_id, outcome)
     finally:

@@ -3,23 +3,20 @@
 It exists so the activation client is tested against a real server rather than a mock: it checks
 the bearer token and every payload (strictly, so a client bug shows up as a 400 naming the field),
 honours Idempotency-Key, and can be told to misbehave (429/5xx, slow answers, dropped connections,
-responses lost after applying). The local demo runs it as its embedded default destination:
-
-    python -m partner_pipeline.local_audience_api --port 8391 --token TOKEN [--state-file PATH]
+responses lost after applying). The local runs (`make demo`, `make run`, `make airflow`) start one
+as the embedded default for each HTTP destination whose Airflow connection is not set.
 
 Standard library only; it stands in for an external platform, so it imports no pipeline code.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
 import logging
 import os
 import re
-import signal
 import socket
 import tempfile
 import threading
@@ -30,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-logger = logging.getLogger("partner_pipeline.local_audience_api")  # also under `python -m`
+logger = logging.getLogger(__name__)
 
 HASH_PROFILES = ("canonical", "uid2", "basic", "google")  # same names as agreements.HASH_PROFILES
 MEMBER_KEYS = ("email_sha256", "phone_sha256")
@@ -369,27 +366,24 @@ def _count_members(body: bytes) -> int:
     return len(members) if isinstance(members, list) else 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve the audience API on loopback until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--port", type=int, default=8391)
-    parser.add_argument("--token", default=os.environ.get("AUDIENCE_API_TOKEN"),
-                        help="bearer token clients must send (default: $AUDIENCE_API_TOKEN)")
-    parser.add_argument("--state-file", type=Path, help="JSON file the audiences persist to across restarts")
-    parser.add_argument("--hash-profile", choices=HASH_PROFILES, help="accept only batches hashed with this profile")
-    parser.add_argument("--max-batch-size", type=int, default=1000)
-    args = parser.parse_args(argv)
-    if not args.token:
-        parser.error("--token (or AUDIENCE_API_TOKEN) is required")
+def main() -> None:
+    """`python -m partner_pipeline.local_audience_api PORT`: serve until SIGTERM/SIGINT, token from
+    $AUDIENCE_API_TOKEN, audiences kept in $AUDIENCE_API_STATE_FILE (the docker-compose stand-in)."""
+    import signal
+    import sys
+
+    token = os.environ.get("AUDIENCE_API_TOKEN")
+    if not token:
+        sys.exit("set AUDIENCE_API_TOKEN, the bearer token clients must send")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with AudienceApi(args.token, port=args.port, max_batch_size=args.max_batch_size,
-                     hash_profile=args.hash_profile, state_file=args.state_file) as api:
-        print(f"audience API on {api.url} (state: {args.state_file or 'in memory'}); Ctrl-C stops it.", flush=True)
+    state = os.environ.get("AUDIENCE_API_STATE_FILE")
+    with AudienceApi(token, host="0.0.0.0", port=int(sys.argv[1]) if len(sys.argv) > 1 else 8391,
+                     state_file=Path(state) if state else None) as api:
+        logger.info("audience API on port %d (state: %s)", api.port, state or "in memory")
         stop.wait()
-    print("audience API stopped.", flush=True)
 
 
 if __name__ == "__main__":

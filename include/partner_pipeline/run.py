@@ -117,6 +117,7 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, marts.*, audit.drop_events")
     print(f"  validation results:      {settings.validation_dir}/<run id>/*.json and Data Docs *.html")
     print(f"  quarantined drops:       s3://{settings.quarantine_bucket}/<partner>/<date>/<delivery>/report.json")
+    print(f"  file exports:            s3://{settings.activation_bucket}/<destination>/<segment>/<date>/<sync>/")
     print(f"  Airflow log of the run:  {log}")
     if mismatches:
         print("\nGROUND TRUTH MISMATCH:\n  " + "\n  ".join(mismatches), file=sys.stderr)
@@ -146,6 +147,14 @@ def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
         print(f"  {name:<28}{size:>8} members" + ("" if expected is None else f"  (ground truth {expected})"))
         if expected is not None and expected != size:
             mismatches.append(f"segment {name}: {size} members, ground truth {expected}")
+    print("\nActivation (activation_log, activation_syncs):")
+    print(f"  {'segment':<26}{'destination':<22}{'status':<11}{'added':>7}{'removed':>9}{'held':>7}")
+    for r in summary["activation"]:
+        expected = truth.get("sendable", {}).get(r["segment_name"])
+        print(f"  {r['segment_name']:<26}{r['destination_id']:<22}{r['status']:<11}{r['adds']:>7}{r['removes']:>9}"
+              f"{r['members_held'] or 0:>7}" + ("" if expected is None else f"  (ground truth {expected} sendable)"))
+        if expected is not None and r["status"] != "blocked" and (r["members_held"] or 0) != expected:
+            mismatches.append(f"{r['segment_name']} -> {r['destination_id']}: holds {r['members_held']}, ground truth {expected} sendable")
     return mismatches
 
 

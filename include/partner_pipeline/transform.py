@@ -92,4 +92,17 @@ def published_summary(published: Path, day: dt.date) -> dict:
             "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
         segments = {t.removeprefix("seg_"): con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in segment_tables}
         enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
-    return {"match_report": report, "segment_sizes": segments, "profiles_enriched": enriched}
+        cursor = con.execute("""
+            -- per destination and segment, what the last sync for this date sent
+            SELECT s.destination_id, s.segment_name, s.members_held, s.last_synced_at,
+                   coalesce(sum(l.adds) FILTER (WHERE l.status = 'sent'), 0) AS adds,
+                   coalesce(sum(l.removes) FILTER (WHERE l.status = 'sent'), 0) AS removes,
+                   coalesce(arg_max(l.status, l.log_id) FILTER (WHERE l.status IN ('sent', 'blocked', 'failed', 'rejected')), 'unchanged') AS status
+            FROM activation_syncs s
+            LEFT JOIN activation_log l ON l.destination_id = s.destination_id AND l.segment_name = s.segment_name
+                 AND l.run_id = s.last_run_id
+            WHERE s.last_run_date = ?
+            GROUP BY ALL ORDER BY 1, 2""", [day])
+        names = [d[0] for d in cursor.description]
+        activation = [dict(zip(names, row)) for row in cursor.fetchall()]
+    return {"match_report": report, "segment_sizes": segments, "profiles_enriched": enriched, "activation": activation}

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS activation.destination_members (
     synced_at TIMESTAMPTZ, run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS activation.syncs (
     destination_id VARCHAR, segment_name VARCHAR, batches_applied BIGINT, last_synced_at TIMESTAMPTZ,
-    last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, PRIMARY KEY (destination_id, segment_name));
+    last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, members_held BIGINT, PRIMARY KEY (destination_id, segment_name));
 CREATE SEQUENCE IF NOT EXISTS activation.log_seq;
 CREATE TABLE IF NOT EXISTS activation.activation_log (
     log_id BIGINT DEFAULT nextval('activation.log_seq'), logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
