@@ -96,6 +96,8 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
         weed_binary(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'store'}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+        # one volume per bucket: the automatic limit stops at 77 buckets with data (tests make many)
+        "-volume.max=10000",
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
