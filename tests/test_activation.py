@@ -294,3 +294,19 @@ def test_three_days_of_changing_segments_send_exactly_the_differences(pipeline_e
     exports = {o["Key"].rsplit("/", 1)[0] for o in s3_api.list_objects_v2(
         Bucket=settings.activation_bucket, Prefix="crm_email/upsell_prospects/")["Contents"] if o["Key"].endswith("_SUCCESS")}
     assert len(exports) == query("SELECT count(*) FROM activation.activation_log WHERE destination_id = 'crm_email' AND status = 'sent'")[0][0]
+
+
+def test_parquet_export_in_batches_of_batch_size_rows(warehouse_copy, governance_dir, audience_api, s3_api, tmp_path):
+    destinations_file(governance_dir, ads_customer_list={"format": "parquet", "batch_size": 7})
+    nightly.activate(DAY, "night-1")
+    bucket, prefix = load_settings().activation_bucket, f"ads_customer_list/attrition_risk/{DAY}/000001/"
+    manifest = json.loads(s3_api.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
+    wanted = audience("ads_customer_list", "attrition_risk")
+    assert manifest["format"] == "parquet" and manifest["adds"] == len(wanted) > 7
+    assert [f["rows"] for f in manifest["files"]] == [7] * (len(wanted) // 7) + ([len(wanted) % 7] if len(wanted) % 7 else [])
+    rows = set()
+    for entry in manifest["files"]:
+        local = tmp_path / entry["key"]
+        s3_api.download_file(bucket, prefix + entry["key"], str(local))
+        rows |= set(duckdb.sql(f"SELECT email_sha256, phone_sha256 FROM '{local}'").fetchall())
+    assert rows == wanted
