@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import logging
 
-from partner_pipeline import activation, first_party
+from partner_pipeline import activation, first_party, privacy
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
 from partner_pipeline.drops import DropRef, find_complete_drops
@@ -75,22 +75,54 @@ def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
 
 
 def load_first_party(day: dt.date) -> dict:
+    """Our profiles in force on the date, and the data subjects' erasure and access requests up to it."""
     settings = load_settings()
+    client = client_from_settings(settings)
     with warehouse(settings) as con:
-        return first_party.load_snapshot(con, client_from_settings(settings), settings.first_party_bucket, day,
-                                         settings.staging_dir / "first_party")
+        loaded = first_party.load_snapshot(con, client, settings.first_party_bucket, day, settings.staging_dir / "first_party")
+        for kind in privacy.REQUEST_KINDS:
+            loaded[f"{kind}_requests"] = privacy.load_requests(con, client, settings.first_party_bucket, kind, day)
+    return loaded
 
 
 def transform(day: dt.date, run_id: str) -> dict:
     """Build the dbt models for the date (matching, enrichment, segments, audiences, policy checks)."""
     settings = load_settings()
-    timings = build_models(settings, day)
+    with warehouse(settings, read_only=True) as con:
+        retention_date = retention_clock(con, day)
+    timings = build_models(settings, day, variables={"retention_date": retention_date.isoformat(), "run_id": run_id})
     with warehouse(settings) as con:
         con.execute("INSERT INTO audit.model_builds VALUES (?, ?, now())", [day, run_id])
     slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])
     summary = {"models_built": len(timings), "slowest_dbt_nodes_seconds": slowest}
     log.info("models built: %s", summary)
     return summary
+
+
+def retention_clock(con, day: dt.date) -> dt.date:
+    """The date retention counts against: the latest date the pipeline has built, never before `day`,
+    so a backfill of an old date never brings back what a later night let expire."""
+    latest = con.execute("SELECT max(run_date) FROM audit.model_builds").fetchone()[0]
+    return max(day, latest) if latest else day
+
+
+def data_rights(day: dt.date, run_id: str) -> dict:
+    """After the build deleted what retention and erasure require from the tables (dbt): partner
+    notices and receipts for erasures, the quarantined copies, and access requests' exports."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    client = client_from_settings(settings)
+    ensure_buckets(client, [settings.outbox_bucket])
+    with warehouse(settings) as con:
+        retention_date = retention_clock(con, day)
+        summary = {
+            "quarantine_purged": privacy.purge_expired_quarantine(con, client, settings.quarantine_bucket, agreements,
+                                                                  retention_date, run_id),
+            "erasures": privacy.complete_erasures(con, client, settings, agreements, day, run_id),
+            "access_exports": privacy.answer_access_requests(con, client, settings, day, run_id),
+        }
+    log.info("data rights: %s", summary)
+    return json.loads(json.dumps(summary, default=str))
 
 
 def activate(day: dt.date, run_id: str, full_refresh: bool = False) -> list[dict]:

@@ -31,7 +31,7 @@ class ModelBuildFailed(RuntimeError):
     pass
 
 
-def build_models(settings: Settings, day: dt.date, select: str | None = None) -> dict:
+def build_models(settings: Settings, day: dt.date, select: str | None = None, variables: dict | None = None) -> dict:
     """`dbt build` (models and their tests) for the run's date; raises naming every failed node."""
     env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(settings.warehouse_path.resolve()),
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
@@ -39,7 +39,7 @@ def build_models(settings: Settings, day: dt.date, select: str | None = None) ->
     (target / "run_results.json").unlink(missing_ok=True)
     args = [str(Path(sys.executable).with_name("dbt")), "build", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
             "--target-path", str(target), "--log-path", str(settings.data_dir / "dbt" / "logs"),
-            "--vars", json.dumps({"run_date": day.isoformat()})]
+            "--vars", json.dumps({"run_date": day.isoformat(), **(variables or {})})]
     if select:
         args += ["--select", select]
     result = subprocess.run(args, env=env, capture_output=True, text=True)

@@ -37,6 +37,26 @@ CREATE TABLE IF NOT EXISTS audit.drop_events (
     rows_received BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
     checksums JSON, reasons JSON, details JSON);
 CREATE TABLE IF NOT EXISTS audit.model_builds (run_date DATE, run_id VARCHAR, built_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS audit.data_deletions (
+    deleted_at TIMESTAMPTZ, run_id VARCHAR, reason VARCHAR, request_id VARCHAR, location VARCHAR, partner_id VARCHAR,
+    drop_date DATE, rows BIGINT);
+-- data subjects' requests: identifiers in clear only until the request is answered
+CREATE TABLE IF NOT EXISTS raw.erasure_requests (
+    request_id VARCHAR, received_at VARCHAR, request_date DATE, source_file VARCHAR, source_row BIGINT,
+    profile_id VARCHAR, email VARCHAR, email_sha256 VARCHAR);
+CREATE TABLE IF NOT EXISTS raw.access_requests (
+    request_id VARCHAR, received_at VARCHAR, request_date DATE, source_file VARCHAR, source_row BIGINT,
+    profile_id VARCHAR, email VARCHAR);
+-- never an identifier itself: suppression_key = sha256('erasure:' || x), x being a profile id,
+-- partner_id || ':' || partner_person_id, or an email/phone hash (see macros/data_rights.sql)
+CREATE TABLE IF NOT EXISTS audit.erasure_suppressions (
+    request_id VARCHAR, identifier_kind VARCHAR, suppression_key VARCHAR, added_at TIMESTAMPTZ);
+-- what each partner's outbox notice must say; emptied once the notices are written
+CREATE TABLE IF NOT EXISTS audit.pending_erasure_notices (
+    request_id VARCHAR, partner_id VARCHAR, partner_person_id VARCHAR, email_sha256 VARCHAR);
+CREATE TABLE IF NOT EXISTS audit.data_subject_requests (
+    request_id VARCHAR, request_type VARCHAR, request_date DATE, run_id VARCHAR, answered_at TIMESTAMPTZ,
+    status VARCHAR, profiles_found INTEGER, receipt JSON, location VARCHAR);
 CREATE SCHEMA IF NOT EXISTS activation;
 CREATE TABLE IF NOT EXISTS activation.destination_members (
     destination_id VARCHAR, segment_name VARCHAR, profile_id VARCHAR, email_sha256 VARCHAR, phone_sha256 VARCHAR,

@@ -32,7 +32,7 @@ usable_records as (
     inner join agreements using (partner_id)
     where latest_records.has_consent_enrichment
         and (latest_records.has_consent_activation or not list_contains(agreements.required_consents, 'consent_activation'))
-        and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ run_date() }}
+        and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ retention_date() }}
 )
 
 select

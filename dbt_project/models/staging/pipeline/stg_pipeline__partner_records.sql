@@ -1,5 +1,6 @@
--- Valid partner rows of every partner (ingestion quarantined the rest), typed, from drops dated
--- on or before the run's date: re-running or backfilling a date builds it as its night did.
+-- Valid partner rows of every partner with an agreement (ingestion quarantined the rest), typed,
+-- from drops dated on or before the run's date (re-running or backfilling a date builds it as its
+-- night did) and still within the agreement's retention (an expired row is never carried forward).
 with unioned as (
     {{ union_partner_records() }}
 )
@@ -20,4 +21,6 @@ select
     cast(source_row as bigint) as source_row,
     cast(loaded_at as timestamptz) as loaded_at
 from unioned
+inner join {{ ref('stg_pipeline__agreements') }} as agreements using (partner_id)
 where cast(drop_date as date) <= {{ run_date() }}
+    and cast(drop_date as date) + agreements.retention_days * interval 1 day > {{ retention_date() }}

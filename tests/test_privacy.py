@@ -1,0 +1,261 @@
+"""Retention, erasure requests, consent withdrawal and access requests, on real files: every
+night function as the DAG runs it, the real S3 server, the loopback audience API."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+
+import duckdb
+import pytest
+
+from partner_pipeline import ingest, nightly, synth
+from partner_pipeline.agreements import load_agreements
+from partner_pipeline.settings import load_settings
+
+D = dt.date(2026, 11, 21)
+HASH_PROFILES = ("canonical", "uid2", "basic", "google")
+
+
+def night(day: dt.date, run_id: str) -> None:
+    """One nightly run, task by task, as the DAG wires them."""
+    outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
+    nightly.publish(outcomes, day, run_id)
+    nightly.load_first_party(day)
+    nightly.transform(day, run_id)
+    nightly.data_rights(day, run_id)
+    nightly.activate(day, run_id)
+    nightly.publish_marts(day, run_id)
+
+
+def query(sql, params=(), path=None):
+    with duckdb.connect(str(path or load_settings().warehouse_path), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def set_retention(agreements_dir, partner_id, days):
+    path = agreements_dir / f"{partner_id}.yaml"
+    path.write_text(re.sub(r"retention_days: \d+", f"retention_days: {days}", path.read_text()))
+
+
+def test_retention_at_the_boundary_in_tables_quarantine_and_backfills(pipeline_env, agreements_dir, audience_api, s3_api, tmp_path):
+    """Retention 2 days: on D, the drop of D-2 expires (drop_date + 2 days = D) and the drop of D-1
+    (expiring D+1) stays; a backfill of D-1 afterwards does not bring D-2 back."""
+    set_retention(agreements_dir, "acme_bank", 2)
+    set_retention(agreements_dir, "globex_retail", 2)
+    settings = load_settings()
+    agreements = load_agreements(agreements_dir)
+    root = tmp_path / "synth"
+    expiring, staying = D - dt.timedelta(days=2), D - dt.timedelta(days=1)
+    synth.generate_scenario(root, landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=agreements, drop_date=expiring, n_profiles=600,
+                            rows_per_partner=300, seed=7, bad_row_share=0.05)
+    # Globex's drop of that date is replaced by a corrupt one: its copy lands in quarantine
+    synth.write_drop(root, settings.landing_bucket, synth.DropSpec(agreements["globex_retail"], expiring, rows=100,
+                                                                    corruption="checksum_mismatch"), 7, 600, 8)
+    synth.write_drop(root, settings.landing_bucket, synth.DropSpec(agreements["acme_bank"], staying, rows=200, bad_row_share=0.05),
+                     7, 600, 9)
+    synth.upload_tree(s3_api, root)
+    night(expiring, "n1")
+    night(staying, "n2")
+    loaded = dict(query("SELECT drop_date, count(*) FROM raw.acme_bank__records GROUP BY 1"))
+    quarantined = dict(query("SELECT drop_date, count(*) FROM raw.quarantined_rows GROUP BY 1"))
+    assert set(loaded) == set(quarantined) == {expiring, staying}
+    assert s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"globex_retail/{expiring}/")["KeyCount"] > 0
+
+    night(D, "n3")
+    assert dict(query("SELECT drop_date, count(*) FROM raw.acme_bank__records GROUP BY 1")) == {staying: loaded[staying]}
+    assert dict(query("SELECT drop_date, count(*) FROM raw.quarantined_rows GROUP BY 1")) == {staying: quarantined[staying]}
+    assert s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"globex_retail/{expiring}/")["KeyCount"] == 0
+    for table in ("marts.profile_partner_attributes", "intermediate.int_partner_records_matched", "staging.stg_pipeline__partner_records"):
+        assert query(f"SELECT count(*) FROM {table} WHERE drop_date = ?", [expiring]) == [(0,)], table
+    assert query("SELECT count(*) FROM marts.profile_partner_attributes WHERE drop_date = ?", [staying])[0][0] > 0
+    deleted = {(loc, day): n for loc, day, n in query(
+        "SELECT location, drop_date, sum(rows) FROM audit.data_deletions WHERE reason = 'retention' GROUP BY ALL")}
+    assert deleted[("raw.acme_bank__records", expiring)] == loaded[expiring]
+    assert deleted[("raw.quarantined_rows", expiring)] == quarantined[expiring]
+    assert (f"s3://{settings.quarantine_bucket}/globex_retail/{expiring}/", expiring) in deleted
+
+    # a backfill of D-1 counts retention from D, the latest date built: D-2 stays gone, D-1 stays
+    night(staying, "backfill")
+    assert dict(query("SELECT drop_date, count(*) FROM raw.acme_bank__records GROUP BY 1")) == {staying: loaded[staying]}
+    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM profile_partner_attributes WHERE drop_date = ?", [expiring]).fetchone()[0] == 0
+
+
+# --- erasure ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def two_nights(pipeline_env, agreements_dir, audience_api, s3_api, tmp_path):
+    """Drops on D-1 and D from both partners, the first run (D-1) done; returns what the tests need."""
+    settings = load_settings()
+    agreements = load_agreements(agreements_dir)
+    root = tmp_path / "synth"
+    synth.generate_scenario(root, landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=agreements, drop_date=D - dt.timedelta(days=1), n_profiles=800,
+                            rows_per_partner=600, seed=21, bad_row_share=0.02)
+    for partner_id, share in (("acme_bank", 0.5), ("globex_retail", 0.02)):  # acme's D drop is quarantined whole
+        synth.write_drop(root, settings.landing_bucket, synth.DropSpec(agreements[partner_id], D, rows=500, bad_row_share=share),
+                         21, 800, 22)
+    synth.upload_tree(s3_api, root)
+    night(D - dt.timedelta(days=1), "n1")
+    return {"settings": settings, "root": root}
+
+
+def someone_everywhere():
+    """A profile linked by both partners, in a segment the HTTP destination holds."""
+    return query("""
+        SELECT m.profile_id FROM activation.destination_members m
+        JOIN marts.partner_person_links a ON a.profile_id = m.profile_id AND a.partner_id = 'acme_bank'
+        JOIN marts.partner_person_links g ON g.profile_id = m.profile_id AND g.partner_id = 'globex_retail'
+        WHERE m.destination_id = 'personalization_api' ORDER BY 1 LIMIT 1""")[0][0]
+
+
+def identifiers_of(profile_id: str) -> dict[str, set[str]]:
+    """Every form under which the pipeline could hold the person: profile id, raw email, each hash
+    profile's email and phone hashes, partner person ids."""
+    email, phone = query("SELECT email, phone FROM raw.first_party_profiles WHERE profile_id = ?", [profile_id])[0]
+    hashes = {h for row in query("SELECT email_sha256, phone_sha256 FROM intermediate.int_profile_identifiers WHERE profile_id = ?",
+                                 [profile_id]) for h in row if h}
+    persons = {p for (p,) in query("SELECT partner_person_id FROM marts.partner_person_links WHERE profile_id = ?", [profile_id])}
+    persons |= {p for (p,) in query("""SELECT DISTINCT partner_person_id FROM intermediate.int_partner_records_matched
+                                       WHERE profile_id = ?""", [profile_id])}
+    assert email and hashes and persons
+    return {"profile_id": {profile_id}, "email": {email, email.strip().lower()}, "hash": hashes, "partner_person_id": persons,
+            "phone": {phone} if phone else set()}
+
+
+def token(value: str) -> re.Pattern:
+    return re.compile(rf"(?<![A-Za-z0-9_.+-]){re.escape(value)}(?![A-Za-z0-9_])")
+
+
+def scan_duckdb(path, identifiers) -> list[str]:
+    """Every table and column of a DuckDB file, every value as text, searched for every identifier."""
+    patterns = [(kind, token(v)) for kind, values in identifiers.items() for v in values]
+    found = []
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = con.execute("""SELECT table_schema, table_name FROM information_schema.tables
+                                WHERE table_type = 'BASE TABLE' OR table_type = 'VIEW'""").fetchall()
+        for schema, table in tables:
+            columns = [c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                                                 [schema, table]).fetchall()]
+            for column in columns:
+                for (value,) in con.execute(f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM "{schema}"."{table}" WHERE "{column}" IS NOT NULL').fetchall():
+                    for kind, pattern in patterns:
+                        if pattern.search(value):
+                            found.append(f"{path.name}:{schema}.{table}.{column} holds the {kind}")
+    return found
+
+
+def scan_objects(s3_api, buckets, identifiers, skip=()) -> list[str]:
+    import gzip
+
+    patterns = [(kind, token(v)) for kind, values in identifiers.items() for v in values]
+    found = []
+    for bucket in buckets:
+        for page in s3_api.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                if obj["Key"].startswith(skip):
+                    continue
+                body = s3_api.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                if obj["Key"].endswith(".gz"):
+                    body = gzip.decompress(body)
+                if obj["Key"].endswith(".parquet"):
+                    continue  # the drops here are CSV; Parquet quarantine copies are covered in test_ingest
+                text = body.decode("utf-8", "replace")
+                found += [f"s3://{bucket}/{obj['Key']} holds the {kind}" for kind, p in patterns if p.search(text)]
+    return found
+
+
+def request_erasure(s3_api, settings, day, rows, name="requests.csv"):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["request_id", "received_at", "profile_id", "email", "email_sha256"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    s3_api.put_object(Bucket=settings.first_party_bucket, Key=f"erasure_requests/{day}/{name}", Body=out.getvalue().encode())
+
+
+def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nights, audience_api, s3_api, monkeypatch):
+    settings = two_nights["settings"]
+    person = someone_everywhere()
+    identifiers = identifiers_of(person)
+    uid2 = {h for (h,) in query("""SELECT email_sha256 FROM intermediate.int_profile_identifiers
+                                   WHERE profile_id = ? AND hash_profile = 'uid2'""", [person])}
+    held = set().union(*(audience_api.members(s) for s in ("high_earning_homeowners", "upsell_prospects")))
+    assert {e for e, _ in held} & uid2  # the destination holds them before the request
+    notices_expected = {p for (p,) in query("SELECT DISTINCT partner_id FROM marts.partner_person_links WHERE profile_id = ?", [person])}
+    email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
+    request_erasure(s3_api, settings, D, [  # as the person typed it: case and spaces differ, normalization finds them
+        {"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "email": f"  {email.upper()} "},
+        {"request_id": "", "received_at": "2026-11-21T08:00:00Z", "email": "someone@example.com"},  # rejected: no id
+    ])
+    night(D, "n2")
+
+    leaks = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
+    leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
+    leaks += scan_objects(s3_api, [settings.first_party_bucket], identifiers, skip=("profiles/", "erasure_requests/"))
+    assert leaks == []
+    for segment in ("high_earning_homeowners", "upsell_prospects"):  # the destination was sent a remove
+        assert not {e for e, _ in audience_api.members(segment)} & uid2
+    removes = query("""SELECT sum(removes) FROM activation.activation_log WHERE run_id = 'n2' AND destination_id = 'personalization_api'
+                       AND status = 'sent'""")[0][0]
+    assert removes and removes >= 1
+
+    # each partner that sent data about them has a notice in its outbox (spec layout and columns)
+    for partner_id in notices_expected:
+        body = s3_api.get_object(Bucket=settings.outbox_bucket, Key=f"{partner_id}/erasure/{D}.csv")["Body"].read().decode()
+        rows = list(csv.DictReader(io.StringIO(body)))
+        assert list(rows[0]) == ["partner_person_id", "email_sha256", "request_id"]
+        assert {r["request_id"] for r in rows} == {"ER-1"} and {r["partner_person_id"] for r in rows} <= identifiers["partner_person_id"]
+    # a receipt, in the audit and in object storage, with counts and no identifier
+    [(status, receipt, location)] = query("""SELECT status, receipt, location FROM audit.data_subject_requests
+                                             WHERE request_id = 'ER-1'""")
+    receipt = json.loads(receipt)
+    assert status == "done" and location.endswith(f"erasure_receipts/{D}/ER-1.json")
+    tables = {t["table"]: t["rows"] for t in receipt["rows_deleted"]}
+    assert tables["raw.first_party_profiles"] == 1 and tables["raw.acme_bank__records"] >= 1 and tables["raw.globex_retail__records"] >= 1
+    assert sorted(receipt["partners_notified"]) == sorted(notices_expected)
+    assert {d["destination_id"] for d in receipt["destinations_sent_a_remove_tonight"]} == {"personalization_api"}
+    [rejected] = query("SELECT receipt FROM audit.data_subject_requests WHERE status = 'rejected'")
+    assert "row 3 field 'request_id': empty" in rejected[0]
+    assert query("SELECT count(*) FROM raw.erasure_requests") == [(0,)]
+
+    # a re-run of D, a backfill of D-1 and a reprocessing of every drop (new ingestion rules) bring nobody back
+    night(D, "rerun")
+    night(D - dt.timedelta(days=1), "backfill")
+    monkeypatch.setattr(ingest, "INGEST_VERSION", ingest.INGEST_VERSION + "-reprocess")
+    night(D - dt.timedelta(days=1), "reprocessed")
+    assert query("SELECT count(DISTINCT event) FILTER (WHERE event = 'loaded') FROM audit.drop_events WHERE run_id = 'reprocessed'") == [(1,)]
+    leaks = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
+    leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
+    assert leaks == []
+    again = query("SELECT location, sum(rows) FROM audit.data_deletions WHERE run_id = 'reprocessed' AND reason = 'erasure' GROUP BY 1")
+    assert dict(again).get("raw.acme_bank__records", 0) >= 1  # the reloaded rows were suppressed again
+
+
+def test_access_request_exports_everything_held_with_provenance(two_nights, s3_api):
+    settings = two_nights["settings"]
+    person = someone_everywhere()
+    email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
+    out = io.StringIO()
+    csv.writer(out).writerows([["request_id", "received_at", "profile_id", "email"], ["AR-1", "2026-11-21T10:00:00Z", "", email]])
+    s3_api.put_object(Bucket=settings.first_party_bucket, Key=f"access_requests/{D}/requests.csv", Body=out.getvalue().encode())
+    night(D, "n2")
+    document = json.loads(s3_api.get_object(Bucket=settings.first_party_bucket, Key=f"access_exports/{D}/AR-1.json")["Body"].read())
+    [subject] = document["subjects"]
+    assert subject["profile_id"] == person and subject["first_party"][0]["email"] == email
+    assert set(subject["partners"]) == {"acme_bank", "globex_retail"}
+    for partner_id, held in subject["partners"].items():
+        expected = query("SELECT count(*) FROM intermediate.int_partner_records_matched WHERE profile_id = ? AND partner_id = ?",
+                         [person, partner_id])[0][0]
+        assert len(held["records"]) == expected > 0
+        assert all(r["drop_date"] and r["delivery_id"] for r in held["records"])  # provenance
+        assert {a["attribute"] for a in held["attributes"]} <= set(load_agreements(settings.agreements_dir)[partner_id].attributes)
+    assert {s["segment_name"] for s in subject["segments"]} == {
+        s for (s,) in query("SELECT segment_name FROM marts.segment_membership WHERE profile_id = ?", [person])}
+    [(status, counts)] = query("SELECT status, receipt FROM audit.data_subject_requests WHERE request_id = 'AR-1'")
+    assert status == "done" and json.loads(counts)["profiles"] == 1 and email not in counts
+    assert query("SELECT count(*) FROM raw.access_requests") == [(0,)]
