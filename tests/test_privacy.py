@@ -186,6 +186,9 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
                                    WHERE profile_id = ? AND hash_profile = 'uid2'""", [person])}
     held = set().union(*(audience_api.members(s) for s in ("high_earning_homeowners", "upsell_prospects")))
     assert {e for e, _ in held} & uid2  # the destination holds them before the request
+    held_by = {d for (d,) in query("SELECT DISTINCT destination_id FROM activation.destination_members WHERE profile_id = ?", [person])}
+    before = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
+    assert {"profile_id", "email", "hash", "partner_person_id"} <= {leak.rsplit(" ", 1)[-1] for leak in before}  # the scan finds them
     notices_expected = {p for (p,) in query("SELECT DISTINCT partner_id FROM marts.partner_person_links WHERE profile_id = ?", [person])}
     email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
     request_erasure(s3_api, settings, D, [  # as the person typed it: case and spaces differ, normalization finds them
@@ -205,8 +208,10 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     assert removes and removes >= 1
 
     # each partner that sent data about them has a notice in its outbox (spec layout and columns)
+    agreements = load_agreements(settings.agreements_dir)
     for partner_id in notices_expected:
-        body = s3_api.get_object(Bucket=settings.outbox_bucket, Key=f"{partner_id}/erasure/{D}.csv")["Body"].read().decode()
+        bucket, _, prefix = agreements[partner_id].outbox(settings.outbox_bucket).removeprefix("s3://").partition("/")
+        body = s3_api.get_object(Bucket=bucket, Key=f"{prefix}erasure/{D}.csv")["Body"].read().decode()
         rows = list(csv.DictReader(io.StringIO(body)))
         assert list(rows[0]) == ["partner_person_id", "email_sha256", "request_id"]
         assert {r["request_id"] for r in rows} == {"ER-1"} and {r["partner_person_id"] for r in rows} <= identifiers["partner_person_id"]
@@ -218,7 +223,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     tables = {t["table"]: t["rows"] for t in receipt["rows_deleted"]}
     assert tables["raw.first_party_profiles"] == 1 and tables["raw.acme_bank__records"] >= 1 and tables["raw.globex_retail__records"] >= 1
     assert sorted(receipt["partners_notified"]) == sorted(notices_expected)
-    assert {d["destination_id"] for d in receipt["destinations_sent_a_remove_tonight"]} == {"personalization_api"}
+    assert {d["destination_id"] for d in receipt["destinations_sent_a_remove_tonight"]} == held_by
     [rejected] = query("SELECT receipt FROM audit.data_subject_requests WHERE status = 'rejected'")
     assert "row 3 field 'request_id': empty" in rejected[0]
     assert query("SELECT count(*) FROM raw.erasure_requests") == [(0,)]

@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.agreements import Agreement
-from partner_pipeline.storage import list_objects, list_prefixes
+from partner_pipeline.storage import ensure_buckets, list_objects, list_prefixes
 
 log = logging.getLogger(__name__)
 REQUEST_KINDS = {"erasure": ("profile_id", "email", "email_sha256"), "access": ("profile_id", "email")}
@@ -271,6 +271,7 @@ def _write_notices(con, client, settings, agreements: dict[str, Agreement], day:
         agreement = agreements.get(partner_id)
         outbox = agreement.outbox(settings.outbox_bucket) if agreement else f"s3://{settings.outbox_bucket}/{partner_id}/"
         bucket, _, prefix = outbox.removeprefix("s3://").partition("/")
+        ensure_buckets(client, [bucket])
         key = f"{prefix}erasure/{day}.csv"
         try:
             earlier = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
