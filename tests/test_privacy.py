@@ -264,3 +264,65 @@ def test_access_request_exports_everything_held_with_provenance(two_nights, s3_a
     [(status, counts)] = query("SELECT status, receipt FROM audit.data_subject_requests WHERE request_id = 'AR-1'")
     assert status == "done" and json.loads(counts)["profiles"] == 1 and email not in counts
     assert query("SELECT count(*) FROM raw.access_requests") == [(0,)]
+
+
+# --- consent withdrawal -----------------------------------------------------------------------
+
+def deliver_rows(s3_api, settings, partner_id: str, day: dt.date, rows: list[dict]) -> None:
+    """A hand-made drop (spec layout: one CSV, manifest with sha256 and counts, _SUCCESS last)."""
+    import hashlib
+
+    from partner_pipeline.agreements import RECORD_COLUMNS
+
+    agreement = load_agreements(settings.agreements_dir)[partner_id]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, [*RECORD_COLUMNS, *agreement.attributes], lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    data = out.getvalue().encode()
+    prefix = f"{partner_id}/{day}/"
+    for obj in s3_api.list_objects_v2(Bucket=settings.landing_bucket, Prefix=prefix).get("Contents", []):
+        s3_api.delete_object(Bucket=settings.landing_bucket, Key=obj["Key"])  # this delivery replaces the earlier one
+    manifest = {"partner_id": partner_id, "agreement_id": agreement.agreement_id, "drop_date": day.isoformat(), "schema_version": 1,
+                "files": [{"key": "records-000.csv", "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}],
+                "record_count": len(rows)}
+    s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + "records-000.csv", Body=data)
+    s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
+    s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + "_SUCCESS", Body=b"")
+
+
+def latest_record(partner_id: str, profile_id: str) -> dict:
+    with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
+        cursor = con.execute(f"""SELECT r.* FROM raw.{partner_id}__records r JOIN intermediate.int_partner_records_matched m
+                                 USING (partner_id, drop_date, partner_record_id) WHERE m.profile_id = ?
+                                 ORDER BY r.drop_date DESC LIMIT 1""", [profile_id])
+        return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
+
+
+def test_a_later_withdrawal_removes_attributes_and_stops_sending(two_nights, audience_api, s3_api):
+    settings = two_nights["settings"]
+    sent = """SELECT m.profile_id FROM activation.destination_members m
+              JOIN marts.profile_partner_attributes a ON a.profile_id = m.profile_id AND a.partner_id = ?
+              WHERE m.destination_id = 'personalization_api' AND m.segment_name = ? ORDER BY 1 LIMIT 1"""
+    withdrawn = query(sent, ["globex_retail", "upsell_prospects"])[0][0]     # withdraws consent_enrichment at Globex
+    refuses = query(sent, ["acme_bank", "high_earning_homeowners"])[0][0]    # withdraws consent_activation at Acme
+    uid2 = dict(query("""SELECT profile_id, email_sha256 FROM intermediate.int_profile_identifiers
+                         WHERE hash_profile = 'uid2' AND profile_id IN (?, ?)""", [withdrawn, refuses]))
+    globex, acme = latest_record("globex_retail", withdrawn), latest_record("acme_bank", refuses)
+    ts = "2026-11-21T09:00:00Z"
+    deliver_rows(s3_api, settings, "globex_retail", D, [{**globex, "partner_record_id": "G-W1", "consent_enrichment": "false",
+                                                         "consent_ts": ts}])
+    deliver_rows(s3_api, settings, "acme_bank", D, [{**acme, "partner_record_id": "A-W1", "consent_activation": "false",
+                                                     "consent_ts": ts}])
+    night(D, "n2")
+    assert query("SELECT count(*) FROM marts.profile_partner_attributes WHERE profile_id = ? AND partner_id = 'globex_retail'",
+                 [withdrawn]) == [(0,)]
+    assert query("SELECT globex_retail__loyalty_tier FROM marts.enriched_profiles WHERE profile_id = ?", [withdrawn]) == [(None,)]
+    # Acme's data still enriches (consent_enrichment holds), but the person is no longer sent anywhere Acme's data selects
+    assert query("SELECT count(*) FROM marts.profile_partner_attributes WHERE profile_id = ? AND partner_id = 'acme_bank'",
+                 [refuses])[0][0] > 0
+    assert query("SELECT count(*) FROM marts.activation_audiences WHERE profile_id IN (?, ?)", [withdrawn, refuses]) == [(0,)]
+    for segment in ("upsell_prospects", "high_earning_homeowners"):
+        assert not {e for e, _ in audience_api.members(segment)} & set(uid2.values())
+    # the raw records stay: evidence of the partner's consent state
+    assert query("SELECT count(*) FROM raw.globex_retail__records WHERE partner_record_id = 'G-W1' AND consent_enrichment = 'false'") == [(1,)]
