@@ -52,6 +52,7 @@ def partner_drops_nightly():
 
     @task(pool=WAREHOUSE_POOL)
     def load_first_party(logical_date=None) -> dict:
+        """Our profiles in force on the date, and data subjects' erasure and access requests."""
         from partner_pipeline import nightly
 
         return nightly.load_first_party(logical_date.date())
@@ -62,6 +63,20 @@ def partner_drops_nightly():
         from partner_pipeline import nightly
 
         return nightly.transform(logical_date.date(), run_id)
+
+    @task(pool=WAREHOUSE_POOL)
+    def data_rights(logical_date=None, run_id=None) -> dict:
+        """Erasure notices and receipts, quarantined copies past retention or of erased people, access exports."""
+        from partner_pipeline import nightly
+
+        return nightly.data_rights(logical_date.date(), run_id)
+
+    @task(pool=WAREHOUSE_POOL)
+    def share_overlap_reports(logical_date=None, run_id=None) -> dict:
+        """Each partner's overlap report (groups under its minimum size withheld; noised where agreed) to its outbox."""
+        from partner_pipeline import nightly
+
+        return nightly.share_overlap_reports(logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
     def activate(logical_date=None, run_id=None, params=None) -> list[dict]:
@@ -84,7 +99,7 @@ def partner_drops_nightly():
             raise AirflowSkipException(str(exc)) from exc
 
     published = publish(ingest.expand(drop=discover()))
-    published >> load_first_party() >> transform() >> activate() >> publish_marts()
+    published >> load_first_party() >> transform() >> data_rights() >> [activate(), share_overlap_reports()] >> publish_marts()
 
 
 partner_drops_nightly()

@@ -34,7 +34,7 @@ def test_dag_policies(dagbag):
 def test_warehouse_writers_share_the_single_slot_pool(dagbag):
     dag = dagbag.dags["partner_drops_nightly"]
     assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {
-        "discover", "publish", "load_first_party", "transform", "data_rights", "activate", "publish_marts"}
+        "discover", "publish", "load_first_party", "transform", "data_rights", "activate", "share_overlap_reports", "publish_marts"}
     assert dag.get_task("ingest").pool != WAREHOUSE_POOL  # drops stage in parallel, each in its own file
     assert dag.max_active_runs == 1  # a backfill's dates end as sequential nightly runs would
 
@@ -43,7 +43,7 @@ def test_marts_are_published_after_activation_even_when_a_destination_fails(dagb
     dag = dagbag.dags["partner_drops_nightly"]
     assert dag.get_task("activate").upstream_task_ids == {"data_rights"}
     publish = dag.get_task("publish_marts")
-    assert publish.upstream_task_ids == {"activate"} and publish.trigger_rule == "all_done"
+    assert publish.upstream_task_ids == {"activate", "share_overlap_reports"} and publish.trigger_rule == "all_done"
     assert dag.params["full_refresh_activation"] is False
 
 

@@ -170,6 +170,17 @@ def scan_objects(s3_api, buckets, identifiers, skip=()) -> list[str]:
     return found
 
 
+def scan_files(directory, identifiers) -> list[str]:
+    """The pipeline's local files beside the DuckDB files: validation results, Data Docs, dbt logs."""
+    patterns = [(kind, token(v)) for kind, values in identifiers.items() for v in values]
+    found = []
+    for path in directory.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".html", ".log", ".csv", ".sql"):
+            text = path.read_text("utf-8", "replace")
+            found += [f"{path} holds the {kind}" for kind, p in patterns if p.search(text)]
+    return found
+
+
 def request_erasure(s3_api, settings, day, rows, name="requests.csv"):
     out = io.StringIO()
     writer = csv.DictWriter(out, ["request_id", "received_at", "profile_id", "email", "email_sha256"], lineterminator="\n")
@@ -200,6 +211,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     leaks = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
     leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
     leaks += scan_objects(s3_api, [settings.first_party_bucket], identifiers, skip=("profiles/", "erasure_requests/"))
+    leaks += scan_files(settings.data_dir, identifiers)
     assert leaks == []
     for segment in ("high_earning_homeowners", "upsell_prospects"):  # the destination was sent a remove
         assert not {e for e, _ in audience_api.members(segment)} & uid2

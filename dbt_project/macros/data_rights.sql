@@ -59,7 +59,7 @@
 
 
 {% macro suppression_key(identifier) -%}
-    sha256('erasure:' || {{ identifier }})
+    sha256('erasure:' || ({{ identifier }}))
 {%- endmacro %}
 
 

@@ -57,6 +57,26 @@ class Attribute(BaseModel):
         return {"string": "VARCHAR", "integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN", "date": "DATE"}[self.type]
 
 
+class DifferentialPrivacy(BaseModel):
+    """Noised counts in the overlap report shared with the partner, and the budget they spend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon_per_release: Annotated[float, Field(gt=0, le=10)]
+    budget_per_period: Annotated[float, Field(gt=0)]
+    period: Literal["month", "quarter", "year"] = "month"
+
+    @model_validator(mode="after")
+    def _budget_fits_one(self) -> "DifferentialPrivacy":
+        if self.epsilon_per_release > self.budget_per_period:
+            raise ValueError(f"epsilon_per_release ({self.epsilon_per_release}) exceeds budget_per_period "
+                             f"({self.budget_per_period}): not even one release would fit")
+        return self
+
+    def period_of(self, day: dt.date) -> str:
+        return {"month": f"{day:%Y-%m}", "quarter": f"{day.year}-Q{(day.month - 1) // 3 + 1}", "year": f"{day.year}"}[self.period]
+
+
 class Agreement(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +92,9 @@ class Agreement(BaseModel):
     max_bad_row_share: Annotated[float, Field(ge=0, le=1)]
     min_group_size: Annotated[int, Field(ge=1)]
     outbox_uri: str | None = None  # default: s3://<PIPELINE_OUTBOX_BUCKET>/<partner_id>/
+    # overlap report: first-party columns (e.g. country) or this partner's categorical attributes
+    overlap_dimensions: list[str] = ["country"]
+    differential_privacy: DifferentialPrivacy | None = None
 
     @field_validator("partner_id")
     @classmethod
@@ -103,6 +126,17 @@ class Agreement(BaseModel):
         if value is not None and not re.fullmatch(r"s3://[a-z0-9.\-]{3,63}/([^\s]*/)?", value):
             raise ValueError("must look like s3://bucket/prefix/ (ending in '/')")
         return value
+
+    @model_validator(mode="after")
+    def _overlap_dimensions(self) -> "Agreement":
+        for name in self.overlap_dimensions:
+            attribute = self.attributes.get(name)
+            if attribute is not None and not (attribute.type == "boolean" or attribute.allowed_values):
+                raise ValueError(f"overlap_dimensions: attribute {name!r} is not categorical (a boolean, or a string with "
+                                 f"allowed_values); groups must come from a fixed list so that no group reveals itself")
+            if attribute is None and not ATTRIBUTE_NAME.match(name):
+                raise ValueError(f"overlap_dimensions: {name!r} is neither an attribute of this agreement nor a first-party column name")
+        return self
 
     @model_validator(mode="after")
     def _window(self) -> "Agreement":

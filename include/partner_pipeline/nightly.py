@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import logging
 
-from partner_pipeline import activation, first_party, privacy
+from partner_pipeline import activation, first_party, insights, privacy
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
 from partner_pipeline.drops import DropRef, find_complete_drops
@@ -123,6 +123,16 @@ def data_rights(day: dt.date, run_id: str) -> dict:
         }
     log.info("data rights: %s", summary)
     return json.loads(json.dumps(summary, default=str))
+
+
+def share_overlap_reports(day: dt.date, run_id: str) -> dict:
+    """Each partner's overlap report (suppressed, and noised where agreed) into its outbox."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    with warehouse(settings) as con:
+        shared = insights.share_overlap_reports(con, client_from_settings(settings), agreements, settings.outbox_bucket, day, run_id)
+    log.info("overlap reports: %s", shared)
+    return shared
 
 
 def activate(day: dt.date, run_id: str, full_refresh: bool = False) -> list[dict]:

@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS audit.drop_events (
     rows_received BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
     checksums JSON, reasons JSON, details JSON);
 CREATE TABLE IF NOT EXISTS audit.model_builds (run_date DATE, run_id VARCHAR, built_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS audit.privacy_budget_ledger (
+    partner_id VARCHAR, period VARCHAR, release_date DATE, run_id VARCHAR, epsilon DOUBLE, recorded_at TIMESTAMPTZ, status VARCHAR);
+CREATE TABLE IF NOT EXISTS audit.overlap_releases (
+    partner_id VARCHAR, release_date DATE, run_id VARCHAR, released_at TIMESTAMPTZ, release JSON);
 CREATE TABLE IF NOT EXISTS audit.data_deletions (
     deleted_at TIMESTAMPTZ, run_id VARCHAR, reason VARCHAR, request_id VARCHAR, location VARCHAR, partner_id VARCHAR,
     drop_date DATE, rows BIGINT);
@@ -105,14 +109,17 @@ def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str
     """Mirror the agreements into raw.agreements / raw.agreement_attributes for the dbt models."""
     con.execute("""CREATE OR REPLACE TABLE raw.agreements (partner_id VARCHAR, agreement_id VARCHAR, valid_from DATE,
         valid_to DATE, hash_profile VARCHAR, default_country_code VARCHAR, required_consents VARCHAR[],
-        retention_days INTEGER, max_bad_row_share DOUBLE, min_group_size INTEGER, outbox_uri VARCHAR)""")
+        retention_days INTEGER, max_bad_row_share DOUBLE, min_group_size INTEGER, outbox_uri VARCHAR,
+        overlap_dimensions VARCHAR[], dp_epsilon_per_release DOUBLE, dp_budget_per_period DOUBLE, dp_period VARCHAR)""")
     con.execute("""CREATE OR REPLACE TABLE raw.agreement_attributes (partner_id VARCHAR, attribute VARCHAR, type VARCHAR,
         allowed_values VARCHAR[], min_value DOUBLE, max_value DOUBLE, usage_labels VARCHAR[], special_category BOOLEAN,
         description VARCHAR)""")
     for a in agreements.values():
-        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        dp = a.differential_privacy
+        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [a.partner_id, a.agreement_id, a.valid_from, a.valid_to, a.hash_profile, a.default_country_code,
-                     list(a.required_consents), a.retention_days, a.max_bad_row_share, a.min_group_size, a.outbox(outbox_bucket)])
+                     list(a.required_consents), a.retention_days, a.max_bad_row_share, a.min_group_size, a.outbox(outbox_bucket),
+                     list(a.overlap_dimensions), dp and dp.epsilon_per_release, dp and dp.budget_per_period, dp and dp.period])
         for name, attr in a.attributes.items():
             con.execute("INSERT INTO raw.agreement_attributes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [a.partner_id, name, attr.type, attr.allowed_values, attr.min, attr.max, list(attr.usage_labels),

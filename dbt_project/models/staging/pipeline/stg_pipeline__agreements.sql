@@ -9,5 +9,9 @@ select
     retention_days,
     max_bad_row_share,
     min_group_size,
-    outbox_uri
+    outbox_uri,
+    overlap_dimensions,
+    dp_epsilon_per_release,
+    dp_budget_per_period,
+    dp_period
 from {{ source('pipeline', 'agreements') }}

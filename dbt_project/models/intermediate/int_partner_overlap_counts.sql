@@ -1,0 +1,42 @@
+-- depends_on: {{ ref('stg_pipeline__agreements') }}
+-- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
+-- depends_on: {{ ref('enriched_profiles') }}
+-- Exact overlap counts between our profiles and each partner's consented records (the profiles the
+-- partner enriches), over EVERY group of the agreement's overlap_dimensions (zero counts
+-- included): the domain is fixed by our own profiles and the agreement's allowed values, so the
+-- set of groups reveals nothing. Internal only: shared reports are built from it with
+-- suppression (partner_overlap) and, where the agreement asks, noise (the DAG's insights task).
+{%- set agreements = [] %}
+{%- if execute %}
+    {%- set found = run_query("select partner_id, to_json(overlap_dimensions) from " ~ ref('stg_pipeline__agreements') ~ " order by 1") %}
+    {%- for row in found.rows %}{% do agreements.append((row[0], fromjson(row[1]))) %}{% endfor %}
+    {%- set attributes = {} %}
+    {%- for row in run_query("select partner_id, attribute, attribute_type, to_json(allowed_values) from " ~ ref('stg_pipeline__agreement_attributes')).rows %}
+        {%- do attributes.update({row[0] ~ '.' ~ row[1]: (row[2], fromjson(row[3]) if row[3] else [])}) %}
+    {%- endfor %}
+{%- endif %}
+
+{%- if agreements %}
+{%- for partner_id, dimensions in agreements %}
+{{ "union all" if not loop.first }}
+select
+    '{{ partner_id }}' as partner_id,
+    {{ dimensions | list | tojson | replace('"', "'") }}::varchar[] as dimension_names,
+    [{% for d in dimensions %}domain_{{ loop.index }}.value{{ ", " if not loop.last }}{% endfor %}] as dimension_values,
+    count(overlap.profile_id) as profiles
+from ({{ dimension_domain(partner_id, dimensions[0], attributes) }}) as domain_1
+{%- for d in dimensions[1:] %}
+cross join ({{ dimension_domain(partner_id, d, attributes) }}) as domain_{{ loop.index + 1 }}
+{%- endfor %}
+left join (
+    select profile_id{% for d in dimensions %}, {{ dimension_value(partner_id, d, attributes) }} as value_{{ loop.index }}{% endfor %}
+    from {{ ref('enriched_profiles') }}
+    where list_contains(enriched_by_partners, '{{ partner_id }}')
+) as overlap
+    on {% for d in dimensions %}overlap.value_{{ loop.index }} = domain_{{ loop.index }}.value{{ " and " if not loop.last }}{% endfor %}
+group by all
+{%- endfor %}
+{%- else %}
+select null::varchar as partner_id, null::varchar[] as dimension_names, null::varchar[] as dimension_values, null::bigint as profiles
+where false
+{%- endif %}
