@@ -1,10 +1,17 @@
-"""`make bench`: one large night, timed stage by stage, with peak memory.
+"""`make bench`: the whole nightly run against its floor, at several sizes.
 
-Generates a first-party snapshot (default 10M profiles) and one partner drop (default 10M rows,
-csv.gz, 1% bad rows) into a local S3 server, then runs the nightly task functions (discover,
-ingest, publish, load_first_party, transform = dbt build + published copy) in a child process
-whose peak RSS is read from the kernel. Checks the outcome against the generator's ground truth
-(valid rows, rows per rule, matches by email and phone) and writes bench/results/night-<rows>.json.
+For each size (partner rows, as many profiles) it generates a first-party snapshot and one
+partner drop (csv.gz, 1% bad rows) into a local S3 server, then:
+- runs every task of the nightly DAG for the date (discover, ingest, publish, load_first_party,
+  transform = dbt build, data_rights, activate against a local audience API and S3 exports,
+  share_overlap_reports, publish_marts) in a child process, sampling the RSS of its whole
+  process tree (dbt runs as a grandchild);
+- runs the floor (bench_floor: the same work in one DuckDB process) on the same objects;
+- checks both against the generator's ground truth (valid rows, rows per rule, matches by email
+  and phone) and each other (segment sizes), and fails on any mismatch;
+- writes bench/results/night-<rows>.json and prints a Markdown table.
+A tiny calibration night (1,000 rows) gives the fixed cost, so linear growth can be judged on the
+variable part. The DAG file's parse time comes from Airflow's DagBag.
 """
 
 from __future__ import annotations
@@ -14,118 +21,236 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from partner_pipeline.settings import PROJECT_ROOT
 
 DAY = dt.date(2026, 11, 21)
+TASKS = ("discover", "ingest", "publish", "load_first_party", "transform", "data_rights", "activate",
+         "share_overlap_reports", "publish_marts")
 
 
 def _child(run_id: str) -> None:
-    """Runs in the measured process: exactly what the DAG's tasks do for one date."""
+    """Runs in the measured process: exactly what the DAG's tasks do for one date, in order."""
     from partner_pipeline import nightly
 
-    timings = {}
-    started = time.perf_counter()
-    drops = nightly.discover(DAY, run_id)
-    timings["discover"] = time.perf_counter() - started
-    outcomes = []
-    for drop in drops:
+    timings, outcomes = {}, []
+
+    def timed(name, call):
         started = time.perf_counter()
-        outcomes.append(nightly.ingest(drop, run_id))
-        timings["ingest"] = time.perf_counter() - started
-    started = time.perf_counter()
-    nightly.publish(outcomes, DAY, run_id)
-    timings["publish"] = time.perf_counter() - started
-    started = time.perf_counter()
-    nightly.load_first_party(DAY)
-    timings["load_first_party"] = time.perf_counter() - started
-    started = time.perf_counter()
-    transformed = nightly.transform(DAY)
-    timings["transform"] = time.perf_counter() - started
-    print(json.dumps({"timings": timings, "outcomes": outcomes, "transform": transformed}))
+        value = call()
+        timings[name] = timings.get(name, 0) + time.perf_counter() - started
+        return value
+
+    drops = timed("discover", lambda: nightly.discover(DAY, run_id))
+    for drop in drops:
+        outcomes.append(timed("ingest", lambda: nightly.ingest(drop, run_id)))
+    timed("publish", lambda: nightly.publish(outcomes, DAY, run_id))
+    timed("load_first_party", lambda: nightly.load_first_party(DAY))
+    transformed = timed("transform", lambda: nightly.transform(DAY, run_id))
+    timed("data_rights", lambda: nightly.data_rights(DAY, run_id))
+    activated = timed("activate", lambda: nightly.activate(DAY, run_id))
+    timed("share_overlap_reports", lambda: nightly.share_overlap_reports(DAY, run_id))
+    published = timed("publish_marts", lambda: nightly.publish_marts(DAY, run_id))
+    print(json.dumps({"timings": timings, "outcomes": outcomes, "transform": transformed, "published": published,
+                      "activation": activated}, default=str))
+
+
+class TreeMemory:
+    """Peak of the summed RSS of a process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+                total = 0
+                for process in processes:
+                    try:
+                        total += process.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(0.2)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def dag_parse_seconds() -> dict[str, float]:
+    probe = ("import json; from airflow.dag_processing.dagbag import DagBag; "
+             f"b = DagBag(dag_folder={str(PROJECT_ROOT / 'dags')!r}); "
+             "print(json.dumps({s.file: s.duration.total_seconds() for s in b.dagbag_stats}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_HOME": tempfile.mkdtemp()})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_one(rows: int, args) -> dict:
+    from partner_pipeline import synth
+    from partner_pipeline.agreements import load_agreements
+    from partner_pipeline.bench_floor import run_floor
+    from partner_pipeline.local_audience_api import AudienceApi
+    from partner_pipeline.local_s3 import local_s3
+    from partner_pipeline.settings import load_settings
+    from partner_pipeline.storage import s3_client
+
+    base = PROJECT_ROOT / "data" if (PROJECT_ROOT / "data").exists() else None
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{rows}-", dir=base))
+    os.environ.update({"PIPELINE_DATA_DIR": str(work / "data"), "AIRFLOW_HOME": str(work / "airflow")})
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    agreement = agreements["acme_bank"]
+    buckets = [settings.landing_bucket, settings.quarantine_bucket, settings.first_party_bucket, settings.outbox_bucket,
+               settings.activation_bucket]
+    with local_s3(work / "s3", buckets) as server, AudienceApi(token="bench", hash_profile="uid2") as api:
+        os.environ.update(server.env())
+        os.environ["AIRFLOW_CONN_PERSONALIZATION_API"] = json.dumps({"conn_type": "http", "host": api.url, "password": api.token})
+        client = s3_client(server.endpoint_url, server.access_key, server.secret_key)
+        started = time.perf_counter()
+        synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, rows, 42)
+        truth = synth.write_drop(work / "synth", settings.landing_bucket,
+                                 synth.DropSpec(agreement, DAY, rows, args.format, args.files, args.bad_row_share),
+                                 profiles_seed=42, n_profiles=rows, seed=1)
+        synth.upload_tree(client, work / "synth")
+        print(f"{rows:,} rows: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
+
+        started = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "partner_pipeline.bench", "--child", "bench"], env=os.environ,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        memory = TreeMemory(child.pid)
+        stdout, stderr = child.communicate()
+        wall = time.perf_counter() - started
+        peak = memory.stop()
+        if child.returncode != 0:
+            raise RuntimeError(f"the night failed (work directory kept: {work}):\n{stderr[-5000:]}")
+        measured = json.loads(stdout.strip().splitlines()[-1])
+
+        print(f"{rows:,} rows: night {wall:.0f}s; running the floor ...", flush=True)
+        floor_result = {}
+
+        def floor():
+            floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, agreement,
+                                          DAY.isoformat(), synth.load_segment_rules(),
+                                          {p: a.attributes for p, a in agreements.items()}, work / "floor"))
+
+        started = time.perf_counter()
+        floor_thread = threading.Thread(target=floor)
+        memory_floor = TreeMemory(os.getpid())
+        floor_thread.start()
+        floor_thread.join()
+        floor_wall = time.perf_counter() - started
+        floor_peak = memory_floor.stop()
+    if not floor_result:
+        raise RuntimeError(f"the floor failed (work directory kept: {work})")
+
+    outcome = measured["outcomes"][0]
+    [report] = [r for r in measured["published"]["match_report"] if r["partner_id"] == agreement.partner_id]
+    expected = truth["expected_matches"]
+    found = floor_result["found"]
+    checks = {
+        "pipeline valid rows": (outcome["rows_valid"], truth["rows_valid"]),
+        "pipeline rows per rule": (outcome["failures_by_rule"], truth["invalid_by_rule"]),
+        "pipeline matches (email, phone, none, ambiguous)": (
+            (report["matched_by_email"], report["matched_by_phone"], report["unmatched"], report["ambiguous"]),
+            (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)),
+        "floor valid rows": (found["rows_valid"], truth["rows_valid"]),
+        "floor rows per rule": (found["invalid_by_rule"], truth["invalid_by_rule"]),
+        "floor matches (email, phone)": ((found["matches"].get("email", 0), found["matches"].get("phone", 0)),
+                                         (expected["by_email"], expected["by_phone"])),
+        "segment sizes, pipeline vs floor": (measured["published"]["segment_sizes"], found["segments"]),
+    }
+    mismatches = {name: {"found": a, "expected": b} for name, (a, b) in checks.items() if a != b}
+    result = {
+        "rows": rows, "profiles": rows, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
+        "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
+                     "rows_per_second": round(rows / wall),
+                     "stages": {t: round(measured["timings"].get(t, 0), 1) for t in TASKS},
+                     "ingest_steps": outcome.get("seconds", {}),
+                     "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
+        "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"]},
+        "ratio_pipeline_to_floor": round(wall / floor_wall, 2),
+        "segment_sizes": measured["published"]["segment_sizes"],
+        "matches_ground_truth": not mismatches, "mismatches": mismatches,
+        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
+    }
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000, help="partner rows")
-    parser.add_argument("--profiles", type=int, default=None, help="first-party profiles (default: as many as rows)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000],
+                        help="partner rows per night (as many profiles); default 1M and 10M")
     parser.add_argument("--format", default="csv.gz", choices=["csv", "csv.gz", "parquet"])
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--bad-row-share", type=float, default=0.01)
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (S3 store, warehouse) for inspection")
+    parser.add_argument("--keep", action="store_true", help="keep each work directory (S3 store, warehouse)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
 
-    from partner_pipeline import synth
-    from partner_pipeline.agreements import load_agreements
-    from partner_pipeline.local_s3 import local_s3
-    from partner_pipeline.settings import load_settings
-    from partner_pipeline.storage import s3_client
+    parse = dag_parse_seconds()
+    calibration = bench_one(1000, args)
+    fixed = calibration["pipeline"]["wall_seconds"]
+    results = []
+    for rows in args.rows:
+        result = bench_one(rows, args)
+        pipeline, floor = result["pipeline"]["wall_seconds"], result["floor"]["wall_seconds"]
+        result["targets"] = {
+            "fixed_cost_seconds (a 1,000-row night)": fixed,
+            "wall <= 1.5 x floor + 60 s": {"limit": round(1.5 * floor + 60, 1), "measured": pipeline, "met": pipeline <= 1.5 * floor + 60},
+            "peak memory <= 4 GB": {"measured_mb": result["pipeline"]["peak_tree_rss_mb"], "met": result["pipeline"]["peak_tree_rss_mb"] <= 4096},
+            "DAG parse < 1 s per file": {"measured": parse, "met": all(v < 1 for v in parse.values())},
+        }
+        results.append(result)
+        out = PROJECT_ROOT / "bench" / "results" / f"night-{rows}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        growth = (large["pipeline"]["wall_seconds"] - fixed) / max(small["pipeline"]["wall_seconds"] - fixed, 1e-9)
+        size = large["rows"] / small["rows"]
+        large["targets"][f"linear: variable cost x{size:g} rows <= ~x{size:g}"] = {"measured": round(growth, 2),
+                                                                                 "met": growth <= size * 1.1}
+        (PROJECT_ROOT / "bench" / "results" / f"night-{large['rows']}.json").write_text(json.dumps(large, indent=2, default=str) + "\n")
 
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir=PROJECT_ROOT / "data" if (PROJECT_ROOT / "data").exists() else None))
-    os.environ.update({"PIPELINE_DATA_DIR": str(work / "data")})
-    settings = load_settings()
-    agreement = load_agreements(settings.agreements_dir)["acme_bank"]
-    profiles = args.profiles or args.rows
-    with local_s3(work / "s3", [settings.landing_bucket, settings.quarantine_bucket, settings.first_party_bucket]) as server:
-        os.environ.update(server.env())
-        started = time.perf_counter()
-        synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, profiles, 42)
-        truth = synth.write_drop(work / "synth", settings.landing_bucket,
-                                 synth.DropSpec(agreement, DAY, args.rows, args.format, args.files, args.bad_row_share),
-                                 profiles_seed=42, n_profiles=profiles, seed=1)
-        generated = time.perf_counter() - started
-        synth.upload_tree(s3_client(server.endpoint_url, server.access_key, server.secret_key), work / "synth")
-        print(f"generated {profiles:,} profiles and {args.rows:,} partner rows in {generated:.0f}s; measuring the night ...", flush=True)
-        started = time.perf_counter()
-        child = subprocess.run([sys.executable, "-m", "partner_pipeline.bench", "--child", "bench"],
-                               env=os.environ, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    if child.returncode != 0:
-        print(child.stderr[-5000:], file=sys.stderr)
-        print(f"work directory kept for inspection: {work}", file=sys.stderr)
-        return 1
-    measured = json.loads(child.stdout.strip().splitlines()[-1])
-    outcome = measured["outcomes"][0]
-    [report] = measured["transform"]["match_report"]
-    expected = truth["expected_matches"]
-    ok = outcome["status"] == "staged" and outcome["rows_valid"] == truth["rows_valid"] == report["rows_valid"] and \
-        outcome["failures_by_rule"] == truth["invalid_by_rule"] and \
-        (report["matched_by_email"], report["matched_by_phone"], report["unmatched"], report["ambiguous"]) == \
-        (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)
-    result = {
-        "rows": args.rows, "profiles": profiles, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
-        "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb), "rows_per_second": round(args.rows / wall),
-        "stages": {k: round(v, 1) for k, v in measured["timings"].items()} | {f"ingest.{k}": v for k, v in outcome.get("seconds", {}).items()},
-        "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"],
-        "segment_sizes": measured["transform"]["segment_sizes"],
-        "matches_ground_truth": ok, "machine": f"{os.cpu_count()} cores, {platform.python_version()}",
-        "measured_on": dt.date.today().isoformat(),
-    }
-    out = PROJECT_ROOT / "bench" / "results" / f"night-{args.rows}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    stages = result["stages"]
-    print(f"\n| {args.rows:,} x {profiles:,} | {stages['ingest']} s | {stages['publish']} s | {stages['load_first_party']} s | "
-          f"{stages['transform']} s | {result['wall_seconds']} s | {result['peak_rss_mb']:,} MB | {'yes' if ok else 'NO'} |")
-    if args.keep:
-        print(f"work directory kept: {work}")
-    else:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-    return 0 if ok else 1
+    print("\n| rows x profiles | pipeline | floor | ratio | target 1.5 x floor + 60 s | peak tree RSS | ground truth |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        target = r["targets"]["wall <= 1.5 x floor + 60 s"]
+        print(f"| {r['rows']:,} | {r['pipeline']['wall_seconds']} s | {r['floor']['wall_seconds']} s | {r['ratio_pipeline_to_floor']} | "
+              f"{target['limit']} s {'met' if target['met'] else 'MISSED'} | {r['pipeline']['peak_tree_rss_mb']:,} MB | "
+              f"{'matches' if r['matches_ground_truth'] else 'MISMATCH'} |")
+    for r in results:
+        print(f"\n{r['rows']:,} rows, pipeline stages (s): {r['pipeline']['stages']}\n  floor stages (s): {r['floor']['stages']}"
+              f"\n  slowest dbt nodes (s): {r['pipeline']['slowest_dbt_nodes_seconds']}")
+        if r["mismatches"]:
+            print(f"  MISMATCHES: {json.dumps(r['mismatches'], default=str)}")
+    print(f"\nDAG parse (s): {parse}; fixed cost (1,000-row night): {fixed} s")
+    return 0 if all(r["matches_ground_truth"] for r in results) else 1
 
 
 if __name__ == "__main__":

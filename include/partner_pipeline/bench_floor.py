@@ -1,0 +1,163 @@
+"""The floor `make bench` compares the pipeline against: the night's work done directly by one
+DuckDB process, with no Airflow, dbt, Great Expectations or staging files.
+
+On the same objects in S3 it verifies the manifest (bytes hashed while downloaded), reads the
+drop, checks the row rules, hashes our profiles' identifiers, matches by email then phone
+(with the pipeline's ambiguity rule), enriches with the latest consented record, evaluates the
+segments and exports one segment's hashed identifiers. The identifier normalization is the dbt
+macro itself, compiled once before timing starts, so both sides hash exactly the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+from partner_pipeline.agreements import Agreement
+from partner_pipeline.settings import PROJECT_ROOT
+from partner_pipeline.storage import download_with_sha256, list_objects
+
+HEX64 = "regexp_full_match({c}, '[0-9a-f]{{64}}')"
+
+
+def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> tuple[str, str]:
+    """(email expression, phone expression) over columns `email` and `phone`, from the dbt macros."""
+    inline = (f"select {{{{ normalize_email('email', \"'{hash_profile}'\") }}}} as e"
+              f" ||| {{{{ normalize_phone('phone', \"'{hash_profile}'\", \"'{country_code}'\") }}}}")
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dbt")), "compile", "--quiet", "--project-dir", str(PROJECT_ROOT / "dbt_project"),
+         "--profiles-dir", str(PROJECT_ROOT / "dbt_project"), "--target-path", str(work / "target"),
+         "--log-path", str(work / "logs"), "--inline", inline],
+        env={"PIPELINE_WAREHOUSE_PATH": str(work / "compile.duckdb"), "PATH": str(Path(sys.executable).parent)},
+        capture_output=True, text=True, check=True)
+    email, phone = result.stdout.strip().removeprefix("select ").split(" ||| ")
+    return email.removesuffix(" as e"), phone
+
+
+def _rules(agreement: Agreement) -> dict[str, str]:
+    """Rule name -> SQL predicate of a failing row (the spec's row validity)."""
+    rules = {
+        "partner_record_id_missing": "partner_record_id IS NULL",
+        "partner_record_id_duplicate": "partner_record_id IS NOT NULL AND count(*) OVER (PARTITION BY partner_record_id) > 1",
+        "identifier_missing": "email_sha256 IS NULL AND phone_sha256 IS NULL",
+        "email_sha256_malformed": f"email_sha256 IS NOT NULL AND NOT {HEX64.format(c='email_sha256')}",
+        "phone_sha256_malformed": f"phone_sha256 IS NOT NULL AND NOT {HEX64.format(c='phone_sha256')}",
+        "consent_ts_missing": "consent_ts IS NULL",
+        "consent_ts_invalid": "consent_ts IS NOT NULL AND TRY_CAST(consent_ts AS TIMESTAMPTZ) IS NULL",
+        "consent_ts_in_future": "TRY_CAST(consent_ts AS TIMESTAMPTZ) > $delivered_at",
+    }
+    for consent in ("consent_enrichment", "consent_activation"):
+        rules[f"{consent}_missing"] = f"{consent} IS NULL"
+        rules[f"{consent}_not_boolean"] = f"{consent} IS NOT NULL AND {consent} NOT IN ('true', 'false')"
+    for name, attribute in agreement.attributes.items():
+        typed = f"TRY_CAST({name} AS {attribute.duckdb_type})"
+        well_formed = {"boolean": f"{name} IN ('true', 'false')", "integer": f"regexp_full_match({name}, '-?[0-9]+')",
+                       "number": f"isfinite(TRY_CAST({name} AS DOUBLE))",
+                       "date": f"regexp_full_match({name}, '\\d{{4}}-\\d{{2}}-\\d{{2}}') AND {typed} IS NOT NULL"}.get(attribute.type)
+        if well_formed:
+            rules[f"{name}_wrong_type"] = f"{name} IS NOT NULL AND NOT coalesce({well_formed}, false)"
+        if attribute.allowed_values:
+            rules[f"{name}_not_allowed"] = f"{name} IS NOT NULL AND {name} NOT IN ({', '.join(repr(v) for v in attribute.allowed_values)})"
+        if attribute.min is not None or attribute.max is not None:
+            rules[f"{name}_out_of_range"] = (f"{typed} IS NOT NULL AND NOT ({typed} BETWEEN {attribute.min if attribute.min is not None else '-inf'} "
+                                             f"AND {attribute.max if attribute.max is not None else 'inf'})")
+    return rules
+
+
+def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: Agreement, day: str,
+              segment_rules: dict[str, str], all_attributes: dict[str, dict[str, Agreement]], work: Path) -> dict:
+    """The night in one DuckDB process; returns stage timings and what it found."""
+    email_sql, phone_sql = compiled_normalization(agreement.hash_profile, agreement.default_country_code, work)
+    timings, found = {}, {}
+    con = duckdb.connect(str(work / "floor.duckdb"))
+    con.execute("SET preserve_insertion_order = false")
+
+    started = time.perf_counter()
+    prefix = f"{agreement.partner_id}/{day}/"
+    manifest = json.loads(client.get_object(Bucket=landing_bucket, Key=prefix + "manifest.json")["Body"].read())
+    files = []
+    for entry in manifest["files"]:
+        local = work / "drop" / entry["key"]
+        if download_with_sha256(client, landing_bucket, prefix + entry["key"], local) != entry["sha256"]:
+            raise RuntimeError(f"{entry['key']}: checksum mismatch")
+        files.append(str(local))
+    snapshot = []
+    for obj in list_objects(client, first_party_bucket, f"profiles/{day}/"):
+        if obj.key.endswith((".csv", ".csv.gz", ".parquet")):
+            local = work / "profiles" / obj.key.rsplit("/", 1)[1]
+            download_with_sha256(client, first_party_bucket, obj.key, local)
+            snapshot.append(str(local))
+    delivered_at = next(o.last_modified for o in list_objects(client, landing_bucket, prefix) if o.key.endswith("_SUCCESS"))
+    timings["verify (download + sha256)"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    con.execute(f"CREATE TABLE records AS SELECT * FROM read_csv({files!r}, header=true, all_varchar=true)")
+    rows = con.execute("SELECT count(*) FROM records").fetchone()[0]
+    if rows != manifest["record_count"]:
+        raise RuntimeError(f"row count {rows} != manifest {manifest['record_count']}")
+    rules = _rules(agreement)
+    checks = ", ".join(f"({sql.replace('$delivered_at', repr(delivered_at) + '::TIMESTAMPTZ')}) AS \"{name}\""
+                       for name, sql in rules.items())
+    con.execute(f"CREATE TABLE checked AS SELECT *, {checks} FROM records")
+    found["invalid_by_rule"] = {k: v for k, v in zip(rules, con.execute(
+        "SELECT " + ", ".join(f'count(*) FILTER (WHERE "{r}")' for r in rules) + " FROM checked").fetchone()) if v}
+    con.execute("CREATE TABLE valid AS SELECT * EXCLUDE (" + ", ".join(f'"{r}"' for r in rules) + ") FROM checked WHERE NOT ("
+                + " OR ".join(f'coalesce("{r}", false)' for r in rules) + ")")
+    con.execute("DROP TABLE records; DROP TABLE checked")
+    found["rows_valid"] = con.execute("SELECT count(*) FROM valid").fetchone()[0]
+    timings["load + check rows"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    con.execute(f"""CREATE TABLE profile_hashes AS
+        SELECT profile_id, sha256({email_sql}) AS email_sha256, sha256({phone_sql}) AS phone_sha256
+        FROM read_csv({snapshot!r}, header=true, all_varchar=true)""")
+    timings["hash profiles"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    con.execute("""CREATE TABLE matched AS
+        WITH email_index AS (SELECT email_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
+                             WHERE email_sha256 IS NOT NULL GROUP BY 1),
+             phone_index AS (SELECT phone_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
+                             WHERE phone_sha256 IS NOT NULL GROUP BY 1),
+             resolved AS (
+                SELECT v.*, CASE WHEN e.n IS NOT NULL THEN 'email' WHEN p.n IS NOT NULL THEN 'phone' END AS via,
+                       CASE WHEN e.n = 1 THEN e.profile_id WHEN e.n IS NULL AND p.n = 1 THEN p.profile_id END AS candidate
+                FROM valid v LEFT JOIN email_index e USING (email_sha256) LEFT JOIN phone_index p USING (phone_sha256)),
+             checked AS (
+                SELECT *, min(partner_person_id) OVER (PARTITION BY candidate) <> max(partner_person_id) OVER (PARTITION BY candidate)
+                          OR min(candidate) OVER (PARTITION BY partner_person_id) <> max(candidate) OVER (PARTITION BY partner_person_id)
+                          AS ambiguous
+                FROM resolved)
+        SELECT *, CASE WHEN candidate IS NOT NULL AND NOT coalesce(ambiguous, false) THEN candidate END AS profile_id_matched
+        FROM checked""")
+    found["matches"] = dict(con.execute("""SELECT coalesce(via, 'none') || CASE WHEN via IS NOT NULL AND profile_id_matched IS NULL
+                                           THEN '_ambiguous' ELSE '' END, count(*) FROM matched GROUP BY 1""").fetchall())
+    timings["match"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    typed = ", ".join(f'TRY_CAST("{name}" AS {a.duckdb_type}) AS "{agreement.partner_id}__{name}"'
+                      for name, a in agreement.attributes.items())
+    others = ", ".join(f'NULL::{a.duckdb_type} AS "{pid}__{name}"' for pid, attrs in all_attributes.items()
+                       if pid != agreement.partner_id for name, a in attrs.items())
+    con.execute(f"""CREATE TABLE enriched AS
+        WITH latest AS (SELECT * FROM matched WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
+                        QUALIFY row_number() OVER (PARTITION BY profile_id_matched ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
+        SELECT p.profile_id, TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier, {typed}{', ' + others if others else ''}
+        FROM read_csv({snapshot!r}, header=true, all_varchar=true) p LEFT JOIN latest ON latest.profile_id_matched = p.profile_id""")
+    timings["enrich"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    found["segments"] = {name: con.execute(f"SELECT count(*) FROM enriched WHERE {rule}").fetchone()[0]
+                         for name, rule in sorted(segment_rules.items())}
+    first = sorted(segment_rules)[0]
+    con.execute(f"""COPY (SELECT h.email_sha256, h.phone_sha256 FROM enriched e JOIN profile_hashes h USING (profile_id)
+                    WHERE {segment_rules[first]}) TO '{work / 'export.csv'}' (HEADER)""")
+    timings["segments + export"] = time.perf_counter() - started
+    con.close()
+    return {"stages": {k: round(v, 1) for k, v in timings.items()}, "found": found}
+
