@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--bad-row-share", type=float, default=0.01)
     parser.add_argument("--keep", action="store_true", help="keep each work directory (S3 store, warehouse)")
+    parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "results", help="where night-<rows>.json go")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "DAG parse < 1 s per file": {"measured": parse, "met": all(v < 1 for v in parse.values())},
         }
         results.append(result)
-        out = PROJECT_ROOT / "bench" / "results" / f"night-{rows}.json"
+        out = args.results / f"night-{rows}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if len(results) >= 2:
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         size = large["rows"] / small["rows"]
         large["targets"][f"linear: variable cost x{size:g} rows <= ~x{size:g}"] = {"measured": round(growth, 2),
                                                                                  "met": growth <= size * 1.1}
-        (PROJECT_ROOT / "bench" / "results" / f"night-{large['rows']}.json").write_text(json.dumps(large, indent=2, default=str) + "\n")
+        (args.results / f"night-{large['rows']}.json").write_text(json.dumps(large, indent=2, default=str) + "\n")
 
     print("\n| rows x profiles | pipeline | floor | ratio | target 1.5 x floor + 60 s | peak tree RSS | ground truth |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

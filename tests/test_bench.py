@@ -1,0 +1,26 @@
+"""`make bench` itself, at a tiny size: the night and the floor run, agree with the ground truth
+and with each other, and the result file has every figure the README quotes. (Its timings are
+not judged here: speed is checked by running `make bench`, not by tests.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from partner_pipeline import bench
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys):
+    assert bench.main(["--rows", "3000", "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "night-3000.json").read_text())
+    assert result["matches_ground_truth"] is True and result["mismatches"] == {}
+    assert set(result["pipeline"]["stages"]) == set(bench.TASKS)
+    assert all(result["pipeline"]["stages"][t] > 0 for t in ("ingest", "transform", "activate"))
+    assert result["floor"]["stages"] and result["floor"]["wall_seconds"] > 0
+    assert result["pipeline"]["peak_tree_rss_mb"] > 100  # the tree: dbt's process is counted too
+    targets = result["targets"]
+    assert targets["DAG parse < 1 s per file"]["measured"]["partner_drops_nightly.py"] > 0
+    assert "| 3,000 |" in capsys.readouterr().out
