@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run airflow s3 test generate bench clean
+.PHONY: help install chromium demo run airflow s3 test generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,14 +33,24 @@ airflow: install ## Airflow 3 (UI on 127.0.0.1:8080, scheduler, dag-processor, t
 s3: install ## serve the embedded S3 store (data/s3) on 127.0.0.1:8333 until Ctrl-C
 	$(BIN)/python -m partner_pipeline.local_s3 --port $(or $(PORT),8333)
 
-test: install ## run the whole test suite (real S3 server, DuckDB files, Airflow in-process)
+# The run-report test loads the report in a real headless browser: Debian's chromium package.
+chromium: ## install Debian's chromium (the browser the run-report test uses), if missing
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+	    echo "The tests need Debian's chromium (/usr/bin/chromium) and this user cannot install it. Run:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"; \
+	    echo "then make test again."; exit 1; fi; \
+	  echo "installing Debian's chromium for the browser test (apt-get) ..."; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: install chromium ## run the whole test suite (real S3 server, DuckDB files, Airflow, headless Chromium)
 	$(BIN)/python -m pytest
 
 generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)
 	$(BIN)/python -m partner_pipeline.codegen
 
-bench: install ## time one large night (ROWS=10000000 partner rows and profiles by default)
-	$(BIN)/python -m partner_pipeline.bench --rows $(or $(ROWS),10000000)
+bench: install ## the whole night vs its single-DuckDB floor at ROWS (default "1000000 10000000"), checked against ground truth
+	$(BIN)/python -m partner_pipeline.bench --rows $(or $(ROWS),1000000 10000000)
 
 clean: ## remove generated data (data/), keep .venv
 	rm -rf data

@@ -13,6 +13,7 @@ from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from partner_pipeline.alerts import DropAlertNotifier  # light modules: no pipeline work at parse time
+from partner_pipeline.sequencing import PreviousDateDone
 from partner_pipeline.settings import WAREHOUSE_POOL
 
 
@@ -98,8 +99,26 @@ def partner_drops_nightly():
         except nightly.ModelsNotBuilt as exc:
             raise AirflowSkipException(str(exc)) from exc
 
-    published = publish(ingest.expand(drop=discover()))
-    published >> load_first_party() >> transform() >> data_rights() >> [activate(), share_overlap_reports()] >> publish_marts()
+    # after every run, also a failed one; a teardown, so its own outcome never decides the run's state
+    @task(pool=WAREHOUSE_POOL)  # it appends the date's segment sizes to the warehouse
+    def report(logical_date=None, run_id=None) -> dict:
+        """The run report (HTML figures) in data/reports, object storage and the UI (Browse > Run reports)."""
+        from partner_pipeline import run_report
+
+        return run_report.write_report(logical_date.date(), run_id)
+
+    @task
+    def night_succeeded() -> None:
+        """The run's verdict: publish_marts runs even after a failure (all_done), so this leaf fails the
+        run whenever any task of the night did."""
+
+    # a backfill starts its dates together: each waits for the previous date's run (see partner_pipeline.sequencing)
+    published = publish(ingest.expand(drop=PreviousDateDone(task_id="previous_date_done") >> discover()))
+    sends = [activate(), share_overlap_reports()]
+    published >> load_first_party() >> transform() >> data_rights() >> sends
+    marts = publish_marts()
+    sends >> marts >> report().as_teardown()
+    [*sends, marts] >> night_succeeded()
 
 
 partner_drops_nightly()

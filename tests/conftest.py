@@ -51,6 +51,7 @@ def pipeline_env(s3_server, tmp_path, agreements_dir, monkeypatch) -> dict[str, 
         "PIPELINE_QUARANTINE_BUCKET": f"quarantine-{os.getpid()}-{n}",
         "PIPELINE_OUTBOX_BUCKET": f"outbox-{os.getpid()}-{n}",
         "PIPELINE_ACTIVATION_BUCKET": f"activation-{os.getpid()}-{n}",
+        "PIPELINE_REPORTS_BUCKET": f"reports-{os.getpid()}-{n}",
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
         "PIPELINE_AGREEMENTS_DIR": str(agreements_dir),
     }
@@ -58,7 +59,7 @@ def pipeline_env(s3_server, tmp_path, agreements_dir, monkeypatch) -> dict[str, 
         monkeypatch.setenv(key, value)
     settings = load_settings()
     ensure_buckets(s3(s3_server), [settings.landing_bucket, settings.first_party_bucket,
-                                   settings.quarantine_bucket, settings.outbox_bucket, settings.activation_bucket])
+                                   settings.quarantine_bucket, settings.outbox_bucket, settings.activation_bucket, settings.reports_bucket])
     return env
 
 

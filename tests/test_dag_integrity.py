@@ -34,9 +34,46 @@ def test_dag_policies(dagbag):
 def test_warehouse_writers_share_the_single_slot_pool(dagbag):
     dag = dagbag.dags["partner_drops_nightly"]
     assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {
-        "discover", "publish", "load_first_party", "transform", "data_rights", "activate", "share_overlap_reports", "publish_marts"}
+        "discover", "publish", "load_first_party", "transform", "data_rights", "activate", "share_overlap_reports", "publish_marts",
+        "report"}
     assert dag.get_task("ingest").pool != WAREHOUSE_POOL  # drops stage in parallel, each in its own file
-    assert dag.max_active_runs == 1  # a backfill's dates end as sequential nightly runs would
+    assert dag.max_active_runs == 1  # scheduled nights one at a time (a backfill's own max_active_runs overrides it)
+
+
+def test_dates_run_in_order_even_in_a_backfill(dagbag):
+    dag = dagbag.dags["partner_drops_nightly"]
+    gate = dag.get_task("previous_date_done")
+    assert type(gate).__name__ == "PreviousDateDone" and gate.downstream_task_ids == {"discover"} and not gate.upstream_task_ids
+    assert gate.pool != WAREHOUSE_POOL  # it waits: holding the warehouse slot would stop the run it waits for
+
+
+@pytest.mark.parametrize("run_type, previous, waits", [
+    ("backfill", "running", True), ("scheduled", "running", True), ("backfill", "failed", False),
+    ("backfill", "queued", False), ("backfill", None, False), ("manual", "running", False)])
+def test_the_gate_waits_deferred_only_for_a_running_previous_date(run_type, previous, waits):
+    from types import SimpleNamespace
+
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from partner_pipeline.sequencing import PreviousDateDone
+
+    with DAG("partner_drops_nightly", schedule=None):
+        gate = PreviousDateDone(task_id="gate")
+    ti = SimpleNamespace(get_previous_dagrun=lambda: previous and SimpleNamespace(state=previous, run_id="before"))
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type=run_type)}
+    if not waits:
+        assert gate.execute(context) is None
+        return
+    with pytest.raises(TaskDeferred) as deferred:
+        gate.execute(context)
+    assert deferred.value.trigger.run_ids == ["before"] and deferred.value.method_name == "execute"
+
+
+def test_the_run_report_comes_last_after_every_run_without_deciding_its_state(dagbag):
+    report = dagbag.dags["partner_drops_nightly"].get_task("report")
+    assert report.upstream_task_ids == {"publish_marts"} and not report.downstream_task_ids
+    assert report.is_teardown and report.trigger_rule == "all_done_setup_success"  # = all_done: it has no setup task
 
 
 def test_marts_are_published_after_activation_even_when_a_destination_fails(dagbag):
@@ -45,6 +82,11 @@ def test_marts_are_published_after_activation_even_when_a_destination_fails(dagb
     publish = dag.get_task("publish_marts")
     assert publish.upstream_task_ids == {"activate", "share_overlap_reports"} and publish.trigger_rule == "all_done"
     assert dag.params["full_refresh_activation"] is False
+    # publish_marts runs even after a failure, so a leaf that needs every task's success gives the run its state
+    verdict = dag.get_task("night_succeeded")
+    assert verdict.upstream_task_ids == {"activate", "share_overlap_reports", "publish_marts"}
+    assert verdict.trigger_rule == "all_success"
+    assert {t.task_id for t in dag.leaves if not t.is_teardown} == {"night_succeeded"}
 
 
 def test_no_heavy_imports_or_io_at_parse_time(tmp_path):

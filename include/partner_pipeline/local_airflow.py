@@ -108,7 +108,9 @@ def serve(port: int = 8080) -> int:
     settings = load_settings()
     home = settings.data_dir / "airflow"
     with embedded_services(settings) as services_env:
+        # BASE_URL also tells the task runners where the execution API is (default localhost:8080, whatever PORT)
         env = airflow_env(home, {**services_env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+                                 "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
                                  "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                                  "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"})
         prepare(home, env)

@@ -105,10 +105,13 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
     log = open(data_dir / "logs" / "weed.out", "ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", ACCESS_KEY, SECRET_KEY, proc.pid)
+    endpoint = data_dir / "endpoint"  # where clients started later (e.g. the tests of `make airflow`) find it
     try:
         _wait_ready(server, proc, buckets or [], timeout, data_dir)
+        endpoint.write_text(server.endpoint_url)
         yield server
     finally:
+        endpoint.unlink(missing_ok=True)
         _stop(proc)
         log.close()
 

@@ -40,7 +40,7 @@ def embedded_services(settings: Settings) -> Iterator[dict[str, str]]:
     with ExitStack() as stack:
         if not settings.s3_endpoint_url:
             buckets = [settings.landing_bucket, settings.first_party_bucket, settings.quarantine_bucket,
-                       settings.outbox_bucket, settings.activation_bucket]
+                       settings.outbox_bucket, settings.activation_bucket, settings.reports_bucket]
             server = stack.enter_context(local_s3(settings.data_dir / "s3", buckets))
             env.update(server.env())
             print(f"S3 server (SeaweedFS) on {server.endpoint_url}, store in {settings.data_dir / 's3'}")

@@ -26,6 +26,7 @@ class Settings:
     quarantine_bucket: str
     outbox_bucket: str
     activation_bucket: str
+    reports_bucket: str
     data_dir: Path
     warehouse_path: Path
     published_path: Path
@@ -42,6 +43,10 @@ class Settings:
     @property
     def validation_dir(self) -> Path:
         return self.data_dir / "validation"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
 
     def duckdb_config(self, temp_directory: Path | None = None) -> dict[str, str]:
         """Bounds for every DuckDB database the pipeline opens (DuckDB's default is 80% of RAM)."""
@@ -64,6 +69,7 @@ def load_settings() -> Settings:
         quarantine_bucket=env.get("PIPELINE_QUARANTINE_BUCKET", "partner-quarantine"),
         outbox_bucket=env.get("PIPELINE_OUTBOX_BUCKET", "partner-outbox"),
         activation_bucket=env.get("PIPELINE_ACTIVATION_BUCKET", "activation-exports"),
+        reports_bucket=env.get("PIPELINE_REPORTS_BUCKET", "pipeline-reports"),
         data_dir=data_dir,
         warehouse_path=Path(env.get("PIPELINE_WAREHOUSE_PATH", data_dir / "warehouse.duckdb")),
         published_path=Path(env.get("PIPELINE_PUBLISHED_PATH", data_dir / "published" / "marts.duckdb")),
