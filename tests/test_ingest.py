@@ -213,7 +213,8 @@ def test_changed_agreement_reprocesses_an_unchanged_drop(env):
     deliver(env, rows=40, corruption="extra_column")
     run(run_id="first")
     path = env["settings"].agreements_dir / "acme_bank.yaml"
-    path.write_text(path.read_text() + "  favourite_colour:\n    type: string\n    usage_labels: [segmentation]\n")
+    path.write_text(path.read_text().replace(
+        "attributes:\n", "attributes:\n  favourite_colour:\n    type: string\n    usage_labels: [segmentation]\n", 1))
     outcome = run(run_id="second")["acme_bank"]
     assert outcome["status"] == "staged" and outcome["dropped_columns"] == []
     assert query(env, """SELECT count(*) FROM raw."acme_bank__records" WHERE favourite_colour IS NOT NULL""")[0][0] > 0
