@@ -118,6 +118,8 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     print(f"  validation results:      {settings.validation_dir}/<run id>/*.json and Data Docs *.html")
     print(f"  quarantined drops:       s3://{settings.quarantine_bucket}/<partner>/<date>/<delivery>/report.json")
     print(f"  file exports:            s3://{settings.activation_bucket}/<destination>/<segment>/<date>/<sync>/")
+    print(f"  partner outboxes:        s3://{settings.outbox_bucket}/<partner>/overlap/<date>.csv, .../erasure/<date>.csv")
+    print(f"  run report (HTML):       {settings.reports_dir / f'{day}.html'}  and s3://{settings.reports_bucket}/{day}/report.html")
     print(f"  Airflow log of the run:  {log}")
     if mismatches:
         print("\nGROUND TRUTH MISMATCH:\n  " + "\n  ".join(mismatches), file=sys.stderr)
