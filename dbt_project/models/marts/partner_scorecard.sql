@@ -16,23 +16,20 @@ values_delivered as (
     group by all
 ),
 
-matched_values as (
-    select matched.partner_id, matched.drop_date, matched.profile_id, attribute_values.attribute
+-- the first drop of this partner that gave each matched, consented profile each attribute
+first_values as (
+    select matched.partner_id, matched.profile_id, attribute_values.attribute, min(matched.drop_date) as first_drop_date
     from {{ ref('int_partner_records_matched') }} as matched
     inner join {{ ref('stg_pipeline__partner_attribute_values') }} as attribute_values
         using (partner_id, drop_date, partner_record_id)
     where matched.profile_id is not null and matched.has_consent_enrichment
+    group by all
 ),
 
--- a matched profile gets something new: an attribute no earlier drop of this partner gave it
+-- a matched profile gets something new from a drop: an attribute no earlier drop of the partner gave it
 new_information as (
-    select current_drop.partner_id, current_drop.drop_date, count(distinct current_drop.profile_id) as profiles_with_new_attributes
-    from matched_values as current_drop
-    anti join matched_values as earlier
-        on earlier.partner_id = current_drop.partner_id
-        and earlier.profile_id = current_drop.profile_id
-        and earlier.attribute = current_drop.attribute
-        and earlier.drop_date < current_drop.drop_date
+    select partner_id, first_drop_date as drop_date, count(distinct profile_id) as profiles_with_new_attributes
+    from first_values
     group by all
 ),
 
