@@ -89,3 +89,55 @@ def s3(server):
 @pytest.fixture
 def s3_api(s3_server):
     return s3(s3_server)
+
+
+def run_night(day, run_id: str) -> None:
+    """One nightly run, every task function in the DAG's order (as `airflow dags test` runs them)."""
+    from partner_pipeline import nightly
+
+    outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
+    nightly.publish(outcomes, day, run_id)
+    nightly.load_first_party(day)
+    nightly.transform(day, run_id)
+    nightly.data_rights(day, run_id)
+    nightly.activate(day, run_id)
+    nightly.share_overlap_reports(day, run_id)
+    nightly.publish_marts(day, run_id)
+
+
+BUILT_DAY = __import__("datetime").date(2026, 11, 21)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, s3_server):
+    """One scenario ingested and built once (up to the dbt build) for the whole session; tests that
+    only read or sync from it take a copy of its warehouse (warehouse_copy)."""
+    from partner_pipeline import nightly, synth
+    from partner_pipeline.agreements import load_agreements
+
+    root = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as mp:
+        env = {**s3_server.env(), "PIPELINE_DATA_DIR": str(root / "data"), "PIPELINE_LANDING_BUCKET": "built-landing",
+               "PIPELINE_FIRST_PARTY_BUCKET": "built-first-party", "PIPELINE_QUARANTINE_BUCKET": "built-quarantine"}
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = load_settings()
+        truth = synth.generate_scenario(root / "synth", landing_bucket=settings.landing_bucket,
+                                        first_party_bucket=settings.first_party_bucket,
+                                        agreements=load_agreements(settings.agreements_dir), drop_date=BUILT_DAY,
+                                        n_profiles=5000, rows_per_partner=4000, seed=5, bad_row_share=0.01)
+        synth.upload_tree(s3(s3_server), root / "synth")
+        outcomes = [nightly.ingest(d, "build") for d in nightly.discover(BUILT_DAY, "build")]
+        nightly.publish(outcomes, BUILT_DAY, "build")
+        nightly.load_first_party(BUILT_DAY)
+        nightly.transform(BUILT_DAY, "build")
+        return {"warehouse": settings.warehouse_path, "truth": truth}
+
+
+@pytest.fixture
+def warehouse_copy(built, pipeline_env, governance_dir):
+    """A fresh copy of the built warehouse, with the test's own buckets and governance files."""
+    settings = load_settings()
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(built["warehouse"], settings.warehouse_path)
+    return settings

@@ -8,7 +8,6 @@ import csv
 import datetime as dt
 import io
 import json
-import shutil
 
 import duckdb
 import pytest
@@ -23,38 +22,6 @@ from partner_pipeline.transform import ModelBuildFailed
 
 DAY = dt.date(2026, 11, 21)
 HTTP = "personalization_api"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, s3_server):
-    """One scenario ingested and built once for the module; tests get a copy of its warehouse."""
-    root = tmp_path_factory.mktemp("built")
-    with pytest.MonkeyPatch.context() as mp:
-        from conftest import s3 as client_for
-
-        env = {**s3_server.env(), "PIPELINE_DATA_DIR": str(root / "data"), "PIPELINE_LANDING_BUCKET": "act-landing",
-               "PIPELINE_FIRST_PARTY_BUCKET": "act-first-party", "PIPELINE_QUARANTINE_BUCKET": "act-quarantine"}
-        for key, value in env.items():
-            mp.setenv(key, value)
-        settings = load_settings()
-        truth = synth.generate_scenario(root / "synth", landing_bucket=settings.landing_bucket,
-                                        first_party_bucket=settings.first_party_bucket,
-                                        agreements=load_agreements(settings.agreements_dir), drop_date=DAY,
-                                        n_profiles=3000, rows_per_partner=2000, seed=5, bad_row_share=0.01)
-        synth.upload_tree(client_for(s3_server), root / "synth")
-        outcomes = [nightly.ingest(d, "build") for d in nightly.discover(DAY, "build")]
-        nightly.publish(outcomes, DAY, "build")
-        nightly.load_first_party(DAY)
-        nightly.transform(DAY, "build")
-        return {"warehouse": settings.warehouse_path, "truth": truth}
-
-
-@pytest.fixture
-def warehouse_copy(built, pipeline_env, governance_dir):
-    settings = load_settings()
-    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(built["warehouse"], settings.warehouse_path)
-    return settings
 
 
 def destinations_file(governance_dir, **changes):

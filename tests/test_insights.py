@@ -9,48 +9,15 @@ import io
 import json
 import math
 import re
-import shutil
 
 import duckdb
 import pytest
 
-from partner_pipeline import insights, nightly, synth
+from partner_pipeline import insights, nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 
 DAY = dt.date(2026, 11, 21)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, s3_server):
-    """One scenario ingested and built once for the module; tests get a copy of its warehouse."""
-    from conftest import s3 as client_for
-
-    root = tmp_path_factory.mktemp("insights")
-    with pytest.MonkeyPatch.context() as mp:
-        env = {**s3_server.env(), "PIPELINE_DATA_DIR": str(root / "data"), "PIPELINE_LANDING_BUCKET": "ins-landing",
-               "PIPELINE_FIRST_PARTY_BUCKET": "ins-first-party", "PIPELINE_QUARANTINE_BUCKET": "ins-quarantine"}
-        for key, value in env.items():
-            mp.setenv(key, value)
-        settings = load_settings()
-        truth = synth.generate_scenario(root / "synth", landing_bucket=settings.landing_bucket,
-                                        first_party_bucket=settings.first_party_bucket,
-                                        agreements=load_agreements(settings.agreements_dir), drop_date=DAY,
-                                        n_profiles=6000, rows_per_partner=5000, seed=31, bad_row_share=0.02)
-        synth.upload_tree(client_for(s3_server), root / "synth")
-        outcomes = [nightly.ingest(d, "build") for d in nightly.discover(DAY, "build")]
-        nightly.publish(outcomes, DAY, "build")
-        nightly.load_first_party(DAY)
-        nightly.transform(DAY, "build")
-        return {"warehouse": settings.warehouse_path, "truth": truth}
-
-
-@pytest.fixture
-def warehouse_copy(built, pipeline_env):
-    settings = load_settings()
-    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(built["warehouse"], settings.warehouse_path)
-    return settings
 
 
 def query(sql, params=()):

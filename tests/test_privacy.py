@@ -12,23 +12,15 @@ import re
 import duckdb
 import pytest
 
-from partner_pipeline import ingest, nightly, synth
+from partner_pipeline import ingest, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from conftest import run_night as night
 
 D = dt.date(2026, 11, 21)
 HASH_PROFILES = ("canonical", "uid2", "basic", "google")
 
 
-def night(day: dt.date, run_id: str) -> None:
-    """One nightly run, task by task, as the DAG wires them."""
-    outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
-    nightly.publish(outcomes, day, run_id)
-    nightly.load_first_party(day)
-    nightly.transform(day, run_id)
-    nightly.data_rights(day, run_id)
-    nightly.activate(day, run_id)
-    nightly.publish_marts(day, run_id)
 
 
 def query(sql, params=(), path=None):

@@ -14,22 +14,16 @@ import sys
 import duckdb
 import pytest
 
-from partner_pipeline import nightly, run_report, synth
+from partner_pipeline import run_report, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
+from conftest import run_night as night
 
 DAYS = (dt.date(2026, 11, 20), dt.date(2026, 11, 21))
 _buckets = itertools.count()
 FIGURES = {"match-rate", "rows-acme_bank", "rows-globex_retail", "segment-sizes", "activation"}
 
 
-def night(day: dt.date, run_id: str) -> None:
-    outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
-    nightly.publish(outcomes, day, run_id)
-    nightly.load_first_party(day)
-    nightly.transform(day, run_id)
-    nightly.activate(day, run_id)
-    nightly.publish_marts(day, run_id)
 
 
 @pytest.fixture
