@@ -317,15 +317,17 @@ class S3FileExport:
 
 # --- the whole activation ------------------------------------------------------------------
 
-def pairs_to_sync(con, governance: Governance) -> list[tuple[str, str]]:
-    """Every (destination, segment) a segment lists, plus any a destination still holds members for
-    (a segment dropped from a destination is emptied there)."""
-    rows = con.execute("""SELECT listed.destination_id, segment_name
-                          FROM intermediate.int_segments CROSS JOIN unnest(destinations) AS listed(destination_id)
-                          UNION
-                          SELECT DISTINCT destination_id, segment_name FROM activation.destination_members
-                          ORDER BY ALL""").fetchall()
-    return [(d, s) for d, s in rows if d in governance.destinations]
+def declared_pairs(con) -> set[tuple[str, str]]:
+    """Every (destination, segment) a segment lists in its meta.segment.destinations."""
+    return {tuple(r) for r in con.execute("""SELECT listed.destination_id, segment_name FROM intermediate.int_segments
+                                             CROSS JOIN unnest(destinations) AS listed(destination_id)""").fetchall()}
+
+
+def pairs_to_sync(con, governance: Governance, declared: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The declared pairs, plus any a destination still holds members for (a segment dropped from a
+    destination is emptied there); only destinations still configured."""
+    held = {tuple(r) for r in con.execute("SELECT DISTINCT destination_id, segment_name FROM activation.destination_members").fetchall()}
+    return sorted(pair for pair in declared | held if pair[0] in governance.destinations)
 
 
 def policy_violations(con, destination_id: str, segment: str) -> list[str]:
@@ -340,11 +342,10 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
              credentials: Callable[[str], tuple[str, str]] = airflow_credentials) -> list[dict]:
     """Sync every pair; a failing pair does not stop the others. Raises ActivationFailed at the end naming each failure."""
     failures = []
-    declared = {tuple(r) for r in con.execute("""SELECT listed.destination_id, segment_name FROM intermediate.int_segments
-                                                 CROSS JOIN unnest(destinations) AS listed(destination_id)""").fetchall()}
+    declared = declared_pairs(con)
     senders = {}
     try:
-        for destination_id, segment in pairs_to_sync(con, governance):
+        for destination_id, segment in pairs_to_sync(con, governance, declared):
             destination = governance.destinations[destination_id]
             result = {"destination_id": destination_id, "segment": segment}
             blocked = policy_violations(con, destination_id, segment) if (destination_id, segment) in declared else []
