@@ -85,7 +85,20 @@ def sendable(built):
     return built["truth"]["sendable"]
 
 
-def test_sizes_match_ground_truth_and_no_unconsented_member_is_sent(warehouse_copy, audience_api, s3_api, sendable):
+def audience_members(destination, segment):
+    return [p for (p,) in query("SELECT profile_id FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?",
+                                [destination, segment])]
+
+
+def base_email_hashes(built, profile_ids, hash_profile):
+    """sha256 of the persons' base emails: (those hash_profile folds their address back to, those it does not)."""
+    people = synth.People(built["truth"]["seed"], [int(p.removeprefix("p")) - 1 for p in profile_ids])
+    folds = synth.email_normalizes_to_base(people.variant, hash_profile)
+    hashes = [synth.sha256_hex(e) for e in people.base_emails().to_pylist()]
+    return {h for h, f in zip(hashes, folds) if f}, {h for h, f in zip(hashes, folds) if not f}
+
+
+def test_sizes_match_ground_truth_and_no_unconsented_member_is_sent(built, warehouse_copy, audience_api, s3_api, sendable):
     nightly.activate(DAY, "night-1")
     settings = load_settings()
     for segment in ("high_earning_homeowners", "upsell_prospects"):
@@ -101,17 +114,19 @@ def test_sizes_match_ground_truth_and_no_unconsented_member_is_sent(warehouse_co
         assert manifest["mode"] == "delta" and manifest["columns"] == columns and manifest["removes"] == 0
         assert len(rows["add"]) == manifest["adds"] == sendable[segment] > 0
         assert list(rows["add"][0]) == columns
-    # hashes are those of the destination's profile: google for the ad list, uid2 for the API
-    google = {e for (e,) in query("SELECT email_sha256 FROM intermediate.int_profile_identifiers WHERE hash_profile = 'google'")}
+    # hashes are those of the destination's profile, checked against the generator's own identities:
+    # google for the ad list keeps a +tag that canonical would fold away, so those persons' base
+    # hashes must not arrive, and everyone else's must
     _, _, rows = export_rows(s3_api, settings.activation_bucket, f"ads_customer_list/attrition_risk/{DAY}/000001/")
-    assert {r["email_sha256"] for r in rows["add"]} <= google
+    folded, kept = base_email_hashes(built, audience_members("ads_customer_list", "attrition_risk"), "google")
+    sent = {r["email_sha256"] for r in rows["add"]}
+    assert kept and folded <= sent and not kept & sent
     # never sent: profiles without first-party marketing consent, or whose partner record refuses activation
-    refused = {e for (e,) in query("""
-        SELECT i.email_sha256 FROM intermediate.int_profile_identifiers i JOIN staging.stg_first_party__profiles p USING (profile_id)
-        WHERE i.hash_profile = 'uid2' AND NOT p.has_consent_marketing
+    refused_ids = [p for (p,) in query("""
+        SELECT profile_id FROM staging.stg_first_party__profiles WHERE NOT has_consent_marketing
         UNION
-        SELECT i.email_sha256 FROM intermediate.int_profile_identifiers i JOIN marts.profile_partner_attributes a USING (profile_id)
-        WHERE i.hash_profile = 'uid2' AND a.partner_id = 'globex_retail' AND NOT a.has_consent_activation""")}
+        SELECT profile_id FROM marts.profile_partner_attributes WHERE partner_id = 'globex_retail' AND NOT has_consent_activation""")]
+    refused, _ = base_email_hashes(built, refused_ids, "uid2")
     members = query("SELECT segment_name, profile_id FROM marts.segment_membership WHERE segment_name = 'upsell_prospects'")
     assert len(members) > len(audience_api.members("upsell_prospects"))  # consent really removed someone
     assert not {e for e, _ in audience_api.members("upsell_prospects")} & refused

@@ -116,33 +116,48 @@ def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None
 
 
 def _stage_diff(con, destination_id: str, segment: str) -> tuple[int, int]:
-    """The members to remove and to add, in a stable order, into temp tables pending_removes / pending_adds."""
+    """The members to remove and to add into temp tables pending_removes / pending_adds, numbered
+    1..n in a stable order (`position`), so a batch is a range of positions and is sent and applied
+    straight from the table."""
     pair = [destination_id, segment]
     members = ", ".join(MEMBER_COLUMNS)
     held = f"SELECT {members} FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?"
     wanted = f"SELECT {members} FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE pending_removes AS ({held} EXCEPT {wanted}) ORDER BY ALL", pair + pair)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE pending_adds AS ({wanted} EXCEPT {held}) ORDER BY ALL", pair + pair)
+    _number(con, "pending_removes", f"{held} EXCEPT {wanted}", pair + pair)
+    _number(con, "pending_adds", f"{wanted} EXCEPT {held}", pair + pair)
     return (con.execute("SELECT count(*) FROM pending_removes").fetchone()[0],
             con.execute("SELECT count(*) FROM pending_adds").fetchone()[0])
 
 
-def _apply(con, destination_id: str, segment: str, operation: str, members: list[tuple] | str, run: Run) -> None:
-    """Record in the state that the destination now holds (add) or no longer holds (remove) members.
-    `members` is a list of member tuples, or the name of a temp table holding them."""
-    source = members if isinstance(members, str) else "batch_members"
-    if not isinstance(members, str):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE batch_members ({', '.join(c + ' VARCHAR' for c in MEMBER_COLUMNS)})")
-        con.executemany("INSERT INTO batch_members VALUES (?, ?, ?)", members)
+def _number(con, table: str, query: str, parameters: list) -> None:
+    members = ", ".join(MEMBER_COLUMNS)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {table} AS
+                    SELECT row_number() OVER (ORDER BY {members}) AS position, {members} FROM ({query})
+                    ORDER BY position""", parameters)
+
+
+def _batch(con, table: str, first: int, size: int) -> list[tuple]:
+    return con.execute(f"SELECT {', '.join(MEMBER_COLUMNS)} FROM {table} WHERE position BETWEEN ? AND ? ORDER BY position",
+                       [first, first + size - 1]).fetchall()
+
+
+def _apply(con, destination_id: str, segment: str, operation: str, table: str, run: Run,
+           positions: tuple[int, int] | None = None) -> None:
+    """Record in the state that the destination now holds (add) or no longer holds (remove) the
+    members of `table`, or of its `positions` range (first, last)."""
+    source = f"(SELECT * FROM {table}{' WHERE position BETWEEN ? AND ?' if positions else ''})"
+    where = list(positions or ())
     if operation == "add":
         con.execute(f"""INSERT INTO activation.destination_members
-                        SELECT ?, ?, {', '.join(MEMBER_COLUMNS)}, now(), ? FROM {source}""", [destination_id, segment, run.run_id])
+                        SELECT ?, ?, {', '.join(MEMBER_COLUMNS)}, now(), ? FROM {source}""",
+                    [destination_id, segment, run.run_id, *where])
     else:
         con.execute(f"""DELETE FROM activation.destination_members d
                         WHERE destination_id = ? AND segment_name = ?
                           AND EXISTS (SELECT 1 FROM {source} b WHERE b.profile_id IS NOT DISTINCT FROM d.profile_id
                                       AND b.email_sha256 IS NOT DISTINCT FROM d.email_sha256
-                                      AND b.phone_sha256 IS NOT DISTINCT FROM d.phone_sha256)""", [destination_id, segment])
+                                      AND b.phone_sha256 IS NOT DISTINCT FROM d.phone_sha256)""",
+                    [destination_id, segment, *where])
 
 
 def _advance(con, destination_id: str, segment: str, run: Run, **extra) -> None:
@@ -234,8 +249,8 @@ class HttpAudience:
         size = self.destination.rows_per_batch
         batch_number = 0
         for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
-            for offset in range(0, total, size):
-                members = con.execute(f"SELECT * FROM {table} ORDER BY ALL LIMIT ? OFFSET ?", [size, offset]).fetchall()
+            for first in range(1, total + 1, size):
+                members = _batch(con, table, first, size)
                 batch_number += 1
                 key = idempotency_key(self.destination_id, segment, batches_applied, operation, members)
                 counts = (len(members), 0) if operation == "add" else (0, len(members))
@@ -244,7 +259,7 @@ class HttpAudience:
                 response = self.request("POST", path, key, body,
                                         lambda **a: log_.write(operation, batch_number, *counts, key=key, **a), run)
                 con.execute("BEGIN TRANSACTION")
-                _apply(con, self.destination_id, segment, operation, members, run)
+                _apply(con, self.destination_id, segment, operation, table, run, (first, first + len(members) - 1))
                 _advance(con, self.destination_id, segment, run)
                 log_.write(operation, batch_number, *counts, attempt=None, status="sent", response_code=response.status_code, key=key)
                 con.execute("COMMIT")
@@ -272,10 +287,10 @@ class S3FileExport:
         batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
         full = run.full_refresh and refreshed_by != run.run_id
         if full:  # the export replaces the whole list: everything the audience should hold is "added"
-            con.execute("CREATE OR REPLACE TEMP TABLE pending_removes AS SELECT * FROM activation.destination_members WHERE false")
-            con.execute("""CREATE OR REPLACE TEMP TABLE pending_adds AS SELECT profile_id, email_sha256, phone_sha256
-                           FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ? ORDER BY ALL""",
-                        [self.destination_id, segment])
+            members = ", ".join(MEMBER_COLUMNS)
+            _number(con, "pending_removes", f"SELECT {members} FROM activation.destination_members WHERE false", [])
+            _number(con, "pending_adds", f"""SELECT {members} FROM marts.activation_audiences
+                                             WHERE destination_id = ? AND segment_name = ?""", [self.destination_id, segment])
             removes, adds = 0, con.execute("SELECT count(*) FROM pending_adds").fetchone()[0]
         else:
             removes, adds = _stage_diff(con, self.destination_id, segment)
@@ -288,12 +303,13 @@ class S3FileExport:
         with tempfile.TemporaryDirectory() as tmp:
             for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
                 name = "members" if full else operation
-                for number, offset in enumerate(range(0, total, self.destination.rows_per_batch), start=1):
+                size = self.destination.rows_per_batch
+                for number, first in enumerate(range(1, total + 1, size), start=1):
                     local = Path(tmp) / f"{name}-{number:05d}.{fmt}"
-                    con.execute(f"""COPY (SELECT {', '.join(columns)} FROM {table} ORDER BY ALL LIMIT {self.destination.rows_per_batch}
-                                    OFFSET {offset}) TO '{local}' ({'FORMAT csv, HEADER true' if fmt == 'csv' else 'FORMAT parquet'})""")
+                    con.execute(f"""COPY (SELECT {', '.join(columns)} FROM {table} WHERE position BETWEEN {first} AND {first + size - 1}
+                                    ORDER BY position) TO '{local}' ({'FORMAT csv, HEADER true' if fmt == 'csv' else 'FORMAT parquet'})""")
                     data = local.read_bytes()
-                    rows = min(self.destination.rows_per_batch, total - offset)
+                    rows = min(size, total - first + 1)
                     self.s3.put_object(Bucket=self.bucket, Key=prefix + local.name, Body=data)
                     files.append({"key": local.name, "operation": "add" if full else operation, "rows": rows,
                                   "sha256": hashlib.sha256(data).hexdigest()})

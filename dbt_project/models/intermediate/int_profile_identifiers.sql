@@ -1,14 +1,12 @@
 -- Every profile's email and phone, normalized and hashed under each (hash profile, default
--- country code) an agreement or an activation destination uses: what partner hashes are matched
--- against, and what destinations receive.
+-- country code) an agreement uses: what partner hashes are matched against. Destinations' hashes
+-- are made in activation_audiences, for the members sent only.
 with profiles as (
     select profile_id, email, phone from {{ ref('stg_first_party__profiles') }}
 ),
 
 hash_settings as (
-    select hash_profile, default_country_code from {{ ref('stg_pipeline__agreements') }}
-    union
-    select hash_profile, default_country_code from {{ ref('stg_pipeline__destinations') }}
+    select distinct hash_profile, default_country_code from {{ ref('stg_pipeline__agreements') }}
 ),
 
 normalized as (

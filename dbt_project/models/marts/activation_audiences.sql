@@ -32,26 +32,30 @@ refused as (
 ),
 
 sendable_members as (
-    select members.segment_name, members.profile_id
+    select members.segment_name, members.profile_id, profiles.email, profiles.phone
     from {{ ref('segment_membership') }} as members
     inner join {{ ref('stg_first_party__profiles') }} as profiles using (profile_id)
     anti join refused using (segment_name, profile_id)
     where profiles.has_consent_marketing
+),
+
+-- hashed here, for the members only and only the identifiers the destination takes
+member_identifiers as (
+    select
+        sendable_members.segment_name,
+        segment_destinations.destination_id,
+        sendable_members.profile_id,
+        destinations.hash_profile,
+        case when list_contains(destinations.identifiers, 'email')
+            then sha256({{ normalize_email('sendable_members.email', 'destinations.hash_profile') }}) end as email_sha256,
+        case when list_contains(destinations.identifiers, 'phone')
+            then sha256({{ normalize_phone('sendable_members.phone', 'destinations.hash_profile', 'destinations.default_country_code') }}) end
+            as phone_sha256
+    from sendable_members
+    inner join segment_destinations using (segment_name)
+    inner join {{ ref('stg_pipeline__destinations') }} as destinations using (destination_id)
 )
 
-select
-    sendable_members.segment_name,
-    segment_destinations.destination_id,
-    sendable_members.profile_id,
-    destinations.hash_profile,
-    case when list_contains(destinations.identifiers, 'email') then identifiers.email_sha256 end as email_sha256,
-    case when list_contains(destinations.identifiers, 'phone') then identifiers.phone_sha256 end as phone_sha256
-from sendable_members
-inner join segment_destinations using (segment_name)
-inner join {{ ref('stg_pipeline__destinations') }} as destinations using (destination_id)
-inner join {{ ref('int_profile_identifiers') }} as identifiers
-    on sendable_members.profile_id = identifiers.profile_id
-    and destinations.hash_profile = identifiers.hash_profile
-    and destinations.default_country_code = identifiers.default_country_code
-where (list_contains(destinations.identifiers, 'email') and identifiers.email_sha256 is not null)
-    or (list_contains(destinations.identifiers, 'phone') and identifiers.phone_sha256 is not null)
+select segment_name, destination_id, profile_id, hash_profile, email_sha256, phone_sha256
+from member_identifiers
+where email_sha256 is not null or phone_sha256 is not null
