@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from partner_pipeline import nightly, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
-from partner_pipeline.transform import ModelBuildFailed
+from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed
 
 DAY = dt.date(2026, 11, 21)
 
@@ -149,3 +153,20 @@ def test_rerunning_a_date_after_a_later_one_builds_it_as_of_its_own_date(env):
         assert con.execute("SELECT max(drop_date) FROM match_report").fetchone()[0] == DAY
         enriched = dict(con.execute("SELECT partner_id, count(DISTINCT profile_id) FROM profile_partner_attributes GROUP BY 1").fetchall())
     assert enriched == truth["expected_enriched"]
+
+
+def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, warehouse_copy, tmp_path):
+    """The nightly build skips dbt's unit tests (fixed inputs, the same answer every night); here they run."""
+    target = tmp_path / "target"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dbt")), "test", "--select", "test_type:unit", "--project-dir", str(DBT_PROJECT),
+         "--profiles-dir", str(DBT_PROJECT), "--target-path", str(target), "--log-path", str(tmp_path / "logs")],
+        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:]
+    ran = json.loads((target / "run_results.json").read_text())["results"]
+    unit_tests = {r["unique_id"]: r["status"] for r in ran if r["unique_id"].startswith("unit_test.")}
+    declared = sum(len(yaml.safe_load(path.read_text())["unit_tests"]) for path in DBT_PROJECT.rglob("*unit_tests.yml"))
+    assert len(unit_tests) == declared > 10 and set(unit_tests.values()) == {"pass"}
+    nightly_build = json.loads((built["warehouse"].parent / "dbt" / "target" / "run_results.json").read_text())["results"]
+    assert nightly_build and not [r for r in nightly_build if r["unique_id"].startswith("unit_test.")]

@@ -22,7 +22,7 @@
     {#- The date retention is counted against: the latest business date the pipeline has built
         (the DAG passes it), never before the run's own date, so a backfill of an old date does
         not bring back what a later night let expire. -#}
-    cast('{{ var("retention_date", var("run_date", run_started_at.strftime("%Y-%m-%d"))) }}' as date)
+    cast('{{ env_var("PIPELINE_RETENTION_DATE", env_var("PIPELINE_RUN_DATE", run_started_at.strftime("%Y-%m-%d"))) }}' as date)
 {%- endmacro %}
 
 
@@ -41,7 +41,7 @@
 
 {% macro _audit_deletions(reason, location, select_counts) %}
     {% do run_query("insert into audit.data_deletions " ~ select_counts.replace('{meta}',
-        "now(), '" ~ var('run_id', '') ~ "', '" ~ reason ~ "'") ) %}
+        "now(), '" ~ env_var('PIPELINE_RUN_ID', '') ~ "', '" ~ reason ~ "'") ) %}
 {% endmacro %}
 
 

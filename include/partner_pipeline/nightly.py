@@ -90,7 +90,7 @@ def transform(day: dt.date, run_id: str) -> dict:
     settings = load_settings()
     with warehouse(settings, read_only=True) as con:
         retention_date = retention_clock(con, day)
-    timings = build_models(settings, day, variables={"retention_date": retention_date.isoformat(), "run_id": run_id})
+    timings = build_models(settings, day, run_id, retention_date)
     with warehouse(settings) as con:
         con.execute("INSERT INTO audit.model_builds VALUES (?, ?, now())", [day, run_id])
     slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])

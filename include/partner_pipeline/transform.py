@@ -31,17 +31,20 @@ class ModelBuildFailed(RuntimeError):
     pass
 
 
-def build_models(settings: Settings, day: dt.date, select: str | None = None, variables: dict | None = None) -> dict:
-    """`dbt build` (models and their tests) for the run's date; raises naming every failed node."""
+def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_date: dt.date | None = None) -> dict:
+    """`dbt build` (models and their tests) for the run's date; raises naming every failed node.
+
+    The run's date, retention date and id reach dbt in the environment (macros run_date() and
+    retention_date()), which lets dbt's partial parsing skip the files that do not read them."""
     env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(settings.warehouse_path.resolve()),
-           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PIPELINE_RUN_DATE": day.isoformat(),
+           "PIPELINE_RETENTION_DATE": (retention_date or day).isoformat(), "PIPELINE_RUN_ID": run_id}
     target = settings.data_dir / "dbt" / "target"
     (target / "run_results.json").unlink(missing_ok=True)
     args = [str(Path(sys.executable).with_name("dbt")), "build", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
             "--target-path", str(target), "--log-path", str(settings.data_dir / "dbt" / "logs"),
-            "--vars", json.dumps({"run_date": day.isoformat(), **(variables or {})})]
-    if select:
-        args += ["--select", select]
+            # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
+            "--exclude-resource-type", "unit_test"]
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     log.info("dbt build:\n%s", result.stdout[-20000:])
     run_results = json.loads((target / "run_results.json").read_text()) if (target / "run_results.json").exists() else {"results": []}
