@@ -107,6 +107,7 @@ def bench_one(rows: int, args) -> dict:
     from partner_pipeline import synth
     from partner_pipeline.agreements import load_agreements
     from partner_pipeline.bench_floor import run_floor
+    from partner_pipeline.governance import load_governance
     from partner_pipeline.local_audience_api import AudienceApi
     from partner_pipeline.local_s3 import local_s3
     from partner_pipeline.settings import load_settings
@@ -117,6 +118,7 @@ def bench_one(rows: int, args) -> dict:
     os.environ.update({"PIPELINE_DATA_DIR": str(work / "data"), "AIRFLOW_HOME": str(work / "airflow")})
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
+    governance = load_governance(settings.governance_dir, agreements)
     agreement = agreements["acme_bank"]
     buckets = [settings.landing_bucket, settings.quarantine_bucket, settings.first_party_bucket, settings.outbox_bucket,
                settings.activation_bucket]
@@ -148,7 +150,7 @@ def bench_one(rows: int, args) -> dict:
 
         def floor():
             floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, agreement,
-                                          DAY.isoformat(), synth.load_segment_rules(),
+                                          DAY.isoformat(), synth.load_segments(), governance.destinations,
                                           {p: a.attributes for p, a in agreements.items()}, work / "floor"))
 
         started = time.perf_counter()
@@ -176,6 +178,8 @@ def bench_one(rows: int, args) -> dict:
         "floor matches (email, phone)": ((found["matches"].get("email", 0), found["matches"].get("phone", 0)),
                                          (expected["by_email"], expected["by_phone"])),
         "segment sizes, pipeline vs floor": (measured["published"]["segment_sizes"], found["segments"]),
+        "members sent per destination and segment, pipeline vs floor": (
+            {f"{r['destination_id']}/{r['segment']}": r.get("adds") for r in measured["activation"]}, found["exports"]),
     }
     mismatches = {name: {"found": a, "expected": b} for name, (a, b) in checks.items() if a != b}
     result = {

@@ -4,8 +4,9 @@ DuckDB process, with no Airflow, dbt, Great Expectations or staging files.
 On the same objects in S3 it verifies the manifest (bytes hashed while downloaded), reads the
 drop, checks the row rules, hashes our profiles' identifiers, matches by email then phone
 (with the pipeline's ambiguity rule), enriches with the latest consented record, evaluates the
-segments and exports one segment's hashed identifiers. The identifier normalization is the dbt
-macro itself, compiled once before timing starts, so both sides hash exactly the same way.
+segments and exports each segment's consented members to each of its destinations, hashed under
+the destination's profile, as CSV files. The identifier normalization is the dbt macro itself,
+compiled once per hash profile before timing starts, so both sides hash exactly the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.agreements import Agreement
+from partner_pipeline.governance import Destination
 from partner_pipeline.settings import PROJECT_ROOT
 from partner_pipeline.storage import download_with_sha256, list_objects
 
@@ -70,9 +72,13 @@ def _rules(agreement: Agreement) -> dict[str, str]:
 
 
 def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: Agreement, day: str,
-              segment_rules: dict[str, str], all_attributes: dict[str, dict[str, Agreement]], work: Path) -> dict:
+              segments: dict[str, dict], destinations: dict[str, Destination],
+              all_attributes: dict[str, dict[str, Agreement]], work: Path) -> dict:
     """The night in one DuckDB process; returns stage timings and what it found."""
-    email_sql, phone_sql = compiled_normalization(agreement.hash_profile, agreement.default_country_code, work)
+    normalizations = {(p, cc): compiled_normalization(p, cc, work) for p, cc in
+                      {(agreement.hash_profile, agreement.default_country_code),
+                       *((d.hash_profile, d.default_country_code) for d in destinations.values())}}
+    email_sql, phone_sql = normalizations[(agreement.hash_profile, agreement.default_country_code)]
     timings, found = {}, {}
     con = duckdb.connect(str(work / "floor.duckdb"))
     con.execute("SET preserve_insertion_order = false")
@@ -147,16 +153,30 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     con.execute(f"""CREATE TABLE enriched AS
         WITH latest AS (SELECT * FROM matched WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
                         QUALIFY row_number() OVER (PARTITION BY profile_id_matched ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
-        SELECT p.profile_id, TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier, {typed}{', ' + others if others else ''}
+        SELECT p.profile_id, p.email, p.phone, p.consent_marketing, latest.consent_activation AS _consent_activation,
+               TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier, {typed}{', ' + others if others else ''}
         FROM read_csv({snapshot!r}, header=true, all_varchar=true) p LEFT JOIN latest ON latest.profile_id_matched = p.profile_id""")
     timings["enrich"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    found["segments"] = {name: con.execute(f"SELECT count(*) FROM enriched WHERE {rule}").fetchone()[0]
-                         for name, rule in sorted(segment_rules.items())}
-    first = sorted(segment_rules)[0]
-    con.execute(f"""COPY (SELECT h.email_sha256, h.phone_sha256 FROM enriched e JOIN profile_hashes h USING (profile_id)
-                    WHERE {segment_rules[first]}) TO '{work / 'export.csv'}' (HEADER)""")
+    found["segments"] = {name: con.execute(f"SELECT count(*) FROM enriched WHERE {segment['rule']}").fetchone()[0]
+                         for name, segment in sorted(segments.items())}
+    found["exports"] = {}
+    (work / "exports").mkdir(exist_ok=True)
+    for name, segment in sorted(segments.items()):
+        # sent: our marketing consent, and the partner's consent_activation when the rule reads its attributes
+        refusal = f"coalesce(_consent_activation, 'true') = 'true'" if f"{agreement.partner_id}__" in segment["rule"] else "true"
+        for destination_id in segment["destinations"]:
+            destination = destinations[destination_id]
+            email, phone = normalizations[(destination.hash_profile, destination.default_country_code)]
+            hashed = {"email": f"sha256({email}) AS email_sha256", "phone": f"sha256({phone}) AS phone_sha256"}
+            columns = [hashed[i] for i in destination.identifiers]
+            written = con.execute(f"""COPY (
+                SELECT * FROM (SELECT {', '.join(columns)} FROM enriched
+                               WHERE ({segment['rule']}) AND consent_marketing = 'true' AND {refusal})
+                WHERE {' OR '.join(f'{i}_sha256 IS NOT NULL' for i in destination.identifiers)}
+                ) TO '{work / 'exports' / f'{destination_id}-{name}.csv'}' (HEADER)""").fetchone()[0]
+            found["exports"][f"{destination_id}/{name}"] = written
     timings["segments + export"] = time.perf_counter() - started
     con.close()
     return {"stages": {k: round(v, 1) for k, v in timings.items()}, "found": found}

@@ -1132,6 +1132,11 @@ LOADED_STATUSES = ("loaded", "loaded_flagged")
 def load_segment_rules(path: Path | None = None) -> dict[str, str]:
     """{segment name (the model name without `seg_`): rule} from a dbt segments YAML; default the
     project's own. A `seg_` model without meta.segment.rule is refused, as dbt would."""
+    return {name: segment["rule"] for name, segment in load_segments(path).items()}
+
+
+def load_segments(path: Path | None = None) -> dict[str, dict]:
+    """{segment name: {"rule": ..., "destinations": [...]}} from a dbt segments YAML (see load_segment_rules)."""
     import yaml
 
     if path is None:
@@ -1139,19 +1144,19 @@ def load_segment_rules(path: Path | None = None) -> dict[str, str]:
 
         path = PROJECT_ROOT / SEGMENTS_YML
     document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    rules: dict[str, str] = {}
+    segments: dict[str, dict] = {}
     for model in document.get("models") or []:
         name = str(model.get("name", ""))
         if not name.startswith("seg_"):
             continue
         meta = {**(model.get("meta") or {}), **((model.get("config") or {}).get("meta") or {})}
-        rule = (meta.get("segment") or {}).get("rule")
-        if not rule:
+        segment = meta.get("segment") or {}
+        if not segment.get("rule"):
             raise ValueError(f"{path}: segment model {name} needs config.meta.segment.rule")
-        if name[4:] in rules:
+        if name[4:] in segments:
             raise ValueError(f"{path}: segment model {name} is declared twice")
-        rules[name[4:]] = str(rule)
-    return rules
+        segments[name[4:]] = {"rule": str(segment["rule"]), "destinations": [str(d) for d in segment.get("destinations") or []]}
+    return segments
 
 
 def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,

@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
 -- Is this partner worth it? Per partner and drop: volume, quarantine rate, match rate, how full
 -- its attributes are, how often it tells us something new about a matched profile, and how
 -- fresh its deliveries are.
@@ -16,9 +17,15 @@ values_delivered as (
     group by all
 ),
 
--- the first drop of this partner that gave each matched, consented profile each attribute
-first_values as (
-    select matched.partner_id, matched.profile_id, attribute_values.attribute, min(matched.drop_date) as first_drop_date
+-- the first drop of this partner that gave each matched, consented profile each attribute: a row
+-- per profile holding a date per attribute (a row per profile and attribute ran out of 2 GB at 10M)
+first_drops as (
+    select
+        matched.partner_id,
+        matched.profile_id,
+        [{%- for attribute in agreement_attribute_names() %}
+            min(matched.drop_date) filter (where attribute_values.attribute = '{{ attribute }}'){{ ", " if not loop.last }}
+        {%- endfor %}] as first_drop_dates
     from {{ ref('int_partner_records_matched') }} as matched
     inner join {{ ref('stg_pipeline__partner_attribute_values') }} as attribute_values
         using (partner_id, drop_date, partner_record_id)
@@ -28,8 +35,8 @@ first_values as (
 
 -- a matched profile gets something new from a drop: an attribute no earlier drop of the partner gave it
 new_information as (
-    select partner_id, first_drop_date as drop_date, count(distinct profile_id) as profiles_with_new_attributes
-    from first_values
+    select partner_id, drop_date, count(*) as profiles_with_new_attributes
+    from (select partner_id, unnest(list_distinct(first_drop_dates)) as drop_date from first_drops)
     group by all
 ),
 
