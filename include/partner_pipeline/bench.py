@@ -153,15 +153,14 @@ def bench_one(rows: int, args) -> dict:
                                           DAY.isoformat(), synth.load_segments(), governance.destinations,
                                           {p: a.attributes for p, a in agreements.items()}, work / "floor"))
 
-        started = time.perf_counter()
         floor_thread = threading.Thread(target=floor)
         memory_floor = TreeMemory(os.getpid())
         floor_thread.start()
         floor_thread.join()
-        floor_wall = time.perf_counter() - started
         floor_peak = memory_floor.stop()
     if not floor_result:
         raise RuntimeError(f"the floor failed (work directory kept: {work})")
+    floor_wall = floor_result["wall_seconds"]
 
     outcome = measured["outcomes"][0]
     [report] = [r for r in measured["published"]["match_report"] if r["partner_id"] == agreement.partner_id]

@@ -6,7 +6,9 @@ with profiles as (
 ),
 
 hash_settings as (
+    -- only partners with records to match: an agreement with nothing delivered (or all expired) needs no hashes
     select distinct hash_profile, default_country_code from {{ ref('stg_pipeline__agreements') }}
+    where partner_id in (select partner_id from {{ ref('stg_pipeline__partner_records') }})
 ),
 
 normalized as (
