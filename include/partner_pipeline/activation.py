@@ -287,9 +287,9 @@ class S3FileExport:
         batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
         full = run.full_refresh and refreshed_by != run.run_id
         if full:  # the export replaces the whole list: everything the audience should hold is "added"
-            members = ", ".join(MEMBER_COLUMNS)
-            _number(con, "pending_removes", f"SELECT {members} FROM activation.destination_members WHERE false", [])
-            _number(con, "pending_adds", f"""SELECT {members} FROM marts.activation_audiences
+            member_columns = ", ".join(MEMBER_COLUMNS)
+            _number(con, "pending_removes", f"SELECT {member_columns} FROM activation.destination_members WHERE false", [])
+            _number(con, "pending_adds", f"""SELECT {member_columns} FROM marts.activation_audiences
                                              WHERE destination_id = ? AND segment_name = ?""", [self.destination_id, segment])
             removes, adds = 0, con.execute("SELECT count(*) FROM pending_adds").fetchone()[0]
         else:
