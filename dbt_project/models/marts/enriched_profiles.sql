@@ -1,11 +1,7 @@
 -- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
 -- One row per profile: our first-party attributes (no raw email or phone) beside every partner
 -- attribute, named <partner_id>__<attribute> so nobody mistakes one for the other.
-{%- set attributes = [] %}
-{%- if execute %}
-    {%- set found = run_query("select partner_id, attribute, attribute_type from " ~ ref('stg_pipeline__agreement_attributes') ~ " order by 1, 2") %}
-    {%- for row in found.rows %}{% do attributes.append(row) %}{% endfor %}
-{%- endif %}
+{%- set attributes = agreement_attributes() %}
 {%- set value_column = {'integer': 'value_number', 'number': 'value_number', 'boolean': 'value_boolean', 'date': 'value_date', 'string': 'value_text'} %}
 
 with profiles as (

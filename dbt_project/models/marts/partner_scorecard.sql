@@ -23,7 +23,7 @@ first_drops as (
     select
         matched.partner_id,
         matched.profile_id,
-        [{%- for attribute in agreement_attribute_names() %}
+        [{%- for attribute in agreement_attributes() | map(attribute=1) | unique | sort %}
             min(matched.drop_date) filter (where attribute_values.attribute = '{{ attribute }}'){{ ", " if not loop.last }}
         {%- endfor %}] as first_drop_dates
     from {{ ref('int_partner_records_matched') }} as matched
