@@ -170,3 +170,26 @@ def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, wareho
     assert len(unit_tests) == declared > 10 and set(unit_tests.values()) == {"pass"}
     nightly_build = json.loads((built["warehouse"].parent / "dbt" / "target" / "run_results.json").read_text())["results"]
     assert nightly_build and not [r for r in nightly_build if r["unique_id"].startswith("unit_test.")]
+
+
+def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value(built, warehouse_copy, tmp_path):
+    """An amended agreement can drop an attribute; its raw column stays (earlier drops hold it) but no
+    model may read it: not the enrichment, not the scorecard's fill rate."""
+    with duckdb.connect(str(warehouse_copy.warehouse_path)) as con:
+        before = con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall()
+        con.execute('ALTER TABLE raw."acme_bank__records" ADD COLUMN "dropped_attribute" VARCHAR DEFAULT \'x\'')
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dbt")), "run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard",
+         "profile_partner_attributes", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
+         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")],
+        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+             "PIPELINE_RUN_DATE": DAY.isoformat()},  # the built scenario's date
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:]
+    with duckdb.connect(str(warehouse_copy.warehouse_path), read_only=True) as con:
+        listed = {a for (a,) in con.execute(
+            "SELECT DISTINCT unnest(attribute_values).attribute FROM staging.stg_pipeline__partner_record_attributes WHERE partner_id = 'acme_bank'").fetchall()}
+        agreed = {a for (a,) in con.execute("SELECT attribute FROM raw.agreement_attributes WHERE partner_id = 'acme_bank'").fetchall()}
+        assert listed and listed <= agreed
+        assert not con.execute("SELECT count(*) FROM marts.profile_partner_attributes WHERE attribute = 'dropped_attribute'").fetchone()[0]
+        assert con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall() == before

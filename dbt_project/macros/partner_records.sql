@@ -32,22 +32,29 @@
 {% endmacro %}
 
 
-{% macro unpivot_partner_attributes() %}
-    {# one row per (record, attribute) that has a value: the columns beyond the contract's own #}
+{% macro partner_attribute_lists() %}
+    {# one row per record: the attributes its partner's agreement declares today that it gives a
+       value for, as a list of (attribute, value). A list rather than a row per value, so that a
+       model joins records to what it needs before unnesting: a join per record, not per value.
+       A raw table keeps the column of an attribute an amended agreement dropped; it is left out. #}
+    {% set agreed = agreement_attributes() %}
     {% set tables = partner_raw_tables() %}
-    {% set unions = [] %}
+    {% set selects = [] %}
     {% for t in tables %}
+        {% set partner_id = t[:-('__records' | length)] %}
         {% set cols = run_query("select column_name from information_schema.columns where table_schema = 'raw' and table_name = '" ~ t ~ "' order by ordinal_position").columns[0].values() %}
-        {% set attributes = cols | reject('in', partner_record_columns()) | list %}
+        {% set attributes = agreed | selectattr(0, 'equalto', partner_id) | map(attribute=1) | select('in', cols) | list %}
         {% if attributes %}
-            {% do unions.append('select partner_id, drop_date, partner_record_id, attribute, value from (unpivot raw."' ~ t ~ '" on ' ~ (attributes | map('tojson') | join(', ')) ~ ' into name attribute value value)') %}
+            {% set pairs = [] %}
+            {% for a in attributes %}{% do pairs.append("{'attribute': '" ~ a ~ "', 'value': \"" ~ a ~ "\"}") %}{% endfor %}
+            {% do selects.append('select partner_id, drop_date, partner_record_id, list_filter([' ~ (pairs | join(', ')) ~ '], v -> v.value is not null) as attribute_values from raw."' ~ t ~ '"') %}
         {% endif %}
     {% endfor %}
-    {% if unions %}
-        {{ unions | join('\nunion all\n') }}
+    {% if selects %}
+        {{ selects | join('\nunion all\n') }}
     {% else %}
         select cast(null as varchar) as partner_id, cast(null as date) as drop_date, cast(null as varchar) as partner_record_id,
-               cast(null as varchar) as attribute, cast(null as varchar) as value
+               cast([] as struct(attribute varchar, value varchar)[]) as attribute_values
         where false
     {% endif %}
 {% endmacro %}

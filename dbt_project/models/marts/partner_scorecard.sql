@@ -12,8 +12,8 @@ attributes_agreed as (
 ),
 
 values_delivered as (
-    select partner_id, drop_date, count(*) as attribute_values
-    from {{ ref('stg_pipeline__partner_attribute_values') }}
+    select partner_id, drop_date, sum(len(attribute_values)) as attribute_values
+    from {{ ref('stg_pipeline__partner_record_attributes') }}
     group by all
 ),
 
@@ -24,11 +24,13 @@ first_drops as (
         matched.partner_id,
         matched.profile_id,
         [{%- for attribute in agreement_attributes() | map(attribute=1) | unique | sort %}
-            min(matched.drop_date) filter (where attribute_values.attribute = '{{ attribute }}'){{ ", " if not loop.last }}
+            min(matched.drop_date) filter (where list_contains(records.attributes, '{{ attribute }}')){{ ", " if not loop.last }}
         {%- endfor %}] as first_drop_dates
     from {{ ref('int_partner_records_matched') }} as matched
-    inner join {{ ref('stg_pipeline__partner_attribute_values') }} as attribute_values
-        using (partner_id, drop_date, partner_record_id)
+    inner join (
+        select partner_id, drop_date, partner_record_id, list_transform(attribute_values, v -> v.attribute) as attributes
+        from {{ ref('stg_pipeline__partner_record_attributes') }}
+    ) as records using (partner_id, drop_date, partner_record_id)
     where matched.profile_id is not null and matched.has_consent_enrichment
     group by all
 ),

@@ -33,22 +33,33 @@ usable_records as (
     where latest_records.has_consent_enrichment
         and (latest_records.has_consent_activation or not list_contains(agreements.required_consents, 'consent_activation'))
         and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ retention_date() }}
+),
+
+-- the records joined first and their values unnested after: a join per record, not per value
+attribute_values as (
+    select usable_records.*, unnest(records.attribute_values, recursive := true)
+    from usable_records
+    inner join {{ ref('stg_pipeline__partner_record_attributes') }} as records
+        using (partner_id, drop_date, partner_record_id)
+),
+
+attributes as (
+    select partner_id, attribute, attribute_type from {{ ref('stg_pipeline__agreement_attributes') }}
 )
 
 select
-    usable_records.profile_id,
-    usable_records.partner_id,
+    attribute_values.profile_id,
+    attribute_values.partner_id,
     attribute_values.attribute,
-    attribute_values.attribute_type,
-    attribute_values.value_text,
-    attribute_values.value_number,
-    attribute_values.value_boolean,
-    attribute_values.value_date,
-    usable_records.has_consent_activation,
-    usable_records.drop_date,
-    usable_records.delivery_id,
-    usable_records.loaded_at,
-    usable_records.expires_at
-from usable_records
-inner join {{ ref('stg_pipeline__partner_attribute_values') }} as attribute_values
-    using (partner_id, drop_date, partner_record_id)
+    attributes.attribute_type,
+    attribute_values.value as value_text,
+    case when attributes.attribute_type in ('integer', 'number') then cast(attribute_values.value as double) end as value_number,
+    case when attributes.attribute_type = 'boolean' then cast(attribute_values.value as boolean) end as value_boolean,
+    case when attributes.attribute_type = 'date' then cast(attribute_values.value as date) end as value_date,
+    attribute_values.has_consent_activation,
+    attribute_values.drop_date,
+    attribute_values.delivery_id,
+    attribute_values.loaded_at,
+    attribute_values.expires_at
+from attribute_values
+inner join attributes using (partner_id, attribute)
