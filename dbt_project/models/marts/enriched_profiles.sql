@@ -19,7 +19,11 @@ pivoted as (
         max({{ value_column[attribute_type] }}) filter (where partner_id = '{{ partner_id }}' and attribute = '{{ attribute }}')
             as "{{ partner_id }}__{{ attribute }}",
         {%- endfor %}
-        list(distinct partner_id order by partner_id) as enriched_by_partners
+        -- which partners have values: a flag per agreed partner, cheaper than an ordered distinct list
+        list_filter(cast([
+            {%- for partner_id in attributes | map(attribute=0) | unique | sort %}
+            case when bool_or(partner_id = '{{ partner_id }}') then '{{ partner_id }}' end{{ ", " if not loop.last }}
+            {%- endfor %}] as varchar[]), partner -> partner is not null) as enriched_by_partners
     from partner_values
     group by profile_id
 )
