@@ -131,7 +131,7 @@ def built(tmp_path_factory, s3_server):
         nightly.publish(outcomes, BUILT_DAY, "build")
         nightly.load_first_party(BUILT_DAY)
         nightly.transform(BUILT_DAY, "build")
-        return {"warehouse": settings.warehouse_path, "truth": truth}
+        return {"warehouse": settings.warehouse_path, "marts": settings.marts_path, "truth": truth}
 
 
 @pytest.fixture
@@ -140,4 +140,5 @@ def warehouse_copy(built, pipeline_env, governance_dir):
     settings = load_settings()
     settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(built["warehouse"], settings.warehouse_path)
+    shutil.copy(built["marts"], settings.marts_path)
     return settings

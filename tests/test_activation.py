@@ -19,6 +19,7 @@ from partner_pipeline.governance import load_governance
 from partner_pipeline.local_audience_api import Fault
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import ModelBuildFailed
+from partner_pipeline.warehouse import warehouse
 
 DAY = dt.date(2026, 11, 21)
 HTTP = "personalization_api"
@@ -40,7 +41,7 @@ def run_activation(run_id="night-1", day=DAY, full_refresh=False, credentials=No
     governance = load_governance(settings.governance_dir, agreements)
     run = activation.Run(run_id, day, full_refresh, sleep=(delays.append if delays is not None else lambda s: None))
     from partner_pipeline.storage import client_from_settings
-    from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
+    from partner_pipeline.warehouse import publish_agreements, publish_governance
 
     with warehouse(settings) as con:
         publish_agreements(con, agreements, settings.outbox_bucket)
@@ -50,7 +51,7 @@ def run_activation(run_id="night-1", day=DAY, full_refresh=False, credentials=No
 
 
 def query(sql, params=()):
-    with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
+    with warehouse(load_settings(), read_only=True) as con:
         return con.execute(sql, list(params)).fetchall()
 
 
@@ -236,8 +237,8 @@ def test_policy_violation_fails_the_build_naming_segment_attribute_label_destina
     assert ("segment upsell_prospects -> destination crm_email (action email_targeting): reads globex_retail__loyalty_tier, "
             "whose usage labels [segmentation, advertising, onsite_personalization] lack label email_targeting; "
             "forbidden by policy email_targeting_needs_label") in str(failure.value)
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'activation_audiences'").fetchone()[0] == 0
+    with warehouse(settings, read_only=True) as con:  # a failed build replaces no marts: activation has nothing to send
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'marts'").fetchone()[0] == 0
 
 
 def test_three_days_of_changing_segments_send_exactly_the_differences(pipeline_env, governance_dir, audience_api, s3_api, tmp_path):

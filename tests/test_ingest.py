@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import duckdb
 import pytest
 
 from partner_pipeline import nightly, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from partner_pipeline.warehouse import warehouse
 
 DAY = dt.date(2026, 11, 21)
 N_PROFILES = 500
@@ -39,7 +39,7 @@ def run(day=DAY, run_id="test_run") -> dict[str, dict]:
 
 
 def query(env, sql, params=()):
-    with duckdb.connect(str(env["settings"].warehouse_path), read_only=True) as con:
+    with warehouse(env["settings"], read_only=True) as con:
         return con.execute(sql, list(params)).fetchall()
 
 

@@ -10,18 +10,18 @@ import json
 import math
 import re
 
-import duckdb
 import pytest
 
 from partner_pipeline import insights, nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from partner_pipeline.warehouse import warehouse
 
 DAY = dt.date(2026, 11, 21)
 
 
 def query(sql, params=()):
-    with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
+    with warehouse(load_settings(), read_only=True) as con:
         return con.execute(sql, list(params)).fetchall()
 
 

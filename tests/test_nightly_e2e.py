@@ -12,6 +12,7 @@ from partner_pipeline import synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.local_airflow import run_nightly
 from partner_pipeline.settings import load_settings
+from partner_pipeline.warehouse import warehouse
 
 pytestmark = pytest.mark.e2e
 DAY = dt.date(2026, 11, 21)
@@ -30,7 +31,7 @@ def nightly(airflow_home, pipeline_env, day=DAY):
 
 
 def tables(settings) -> dict[str, list]:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with warehouse(settings, read_only=True) as con:
         names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='raw' "
                                      "AND (table_name LIKE '%\\_\\_records' ESCAPE '\\' OR table_name = 'quarantined_rows')").fetchall()]
         return {n: con.execute(f'SELECT * EXCLUDE (loaded_at, run_id, delivered_at) FROM raw."{n}" ORDER BY ALL').fetchall()
@@ -57,11 +58,11 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
     for partner in ("acme_bank", "globex_retail"):
         expected = truth["drops"][f"{partner}/{DAY}"]
         assert len(first[f"{partner}__records"]) == expected["rows_valid"]
-        with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        with warehouse(settings, read_only=True) as con:
             by_rule = dict(con.execute("""SELECT rule, count(*) FROM (SELECT unnest(failed_rules) AS rule FROM raw.quarantined_rows
                                           WHERE partner_id = ?) GROUP BY rule""", [partner]).fetchall())
         assert by_rule == expected["invalid_by_rule"]
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with warehouse(settings, read_only=True) as con:
         outcomes = dict(con.execute("""SELECT partner_id, arg_max(event, event_id) FROM audit.drop_events
                                        GROUP BY partner_id""").fetchall())
         run_ids = {r for (r,) in con.execute("SELECT DISTINCT run_id FROM audit.drop_events").fetchall()}
@@ -85,7 +86,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
     nightly(airflow_home, pipeline_env)
     assert tables(settings) == first
     assert len(audience_api.requests) == requests
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with warehouse(settings, read_only=True) as con:
         last = dict(con.execute("""SELECT partner_id, arg_max(event, event_id) FROM audit.drop_events GROUP BY partner_id""").fetchall())
     assert last == {"acme_bank": "skipped", "globex_retail": "skipped", "initech_media": "skipped", "hooli_data": "incomplete"}
 
@@ -97,7 +98,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
     after = tables(settings)
     assert len(after["acme_bank__records"]) == corrected["rows_valid"]
     assert after["globex_retail__records"] == first["globex_retail__records"]
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with warehouse(settings, read_only=True) as con:
         assert con.execute('SELECT count(DISTINCT delivery_id) FROM raw."acme_bank__records"').fetchone()[0] == 1
 
 
@@ -117,7 +118,7 @@ def assert_marts_equal_ground_truth(settings, truth):
 
 def test_a_date_with_no_drops_ends_green(airflow_home, pipeline_env):
     nightly(airflow_home, pipeline_env, day=dt.date(2026, 11, 1))
-    with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
+    with warehouse(load_settings(), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM audit.drop_events").fetchone()[0] == 0
 
 

@@ -15,6 +15,7 @@ import pytest
 from partner_pipeline import ingest, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from partner_pipeline.warehouse import warehouse
 from conftest import run_night as night
 
 D = dt.date(2026, 11, 21)
@@ -23,8 +24,8 @@ HASH_PROFILES = ("canonical", "uid2", "basic", "google")
 
 
 
-def query(sql, params=(), path=None):
-    with duckdb.connect(str(path or load_settings().warehouse_path), read_only=True) as con:
+def query(sql, params=()):
+    with warehouse(load_settings(), read_only=True) as con:
         return con.execute(sql, list(params)).fetchall()
 
 
@@ -125,12 +126,13 @@ def token(value: str) -> re.Pattern:
 
 
 def scan_duckdb(path, identifiers) -> list[str]:
-    """Every table and column of a DuckDB file, every value as text, searched for every identifier."""
+    """Every table and column of a DuckDB file, every value as text, searched for every identifier
+    (views store nothing, and the marts file's views read the warehouse: the tables are what is kept)."""
     patterns = [(kind, token(v)) for kind, values in identifiers.items() for v in values]
     found = []
     with duckdb.connect(str(path), read_only=True) as con:
         tables = con.execute("""SELECT table_schema, table_name FROM information_schema.tables
-                                WHERE table_type = 'BASE TABLE' OR table_type = 'VIEW'""").fetchall()
+                                WHERE table_type = 'BASE TABLE'""").fetchall()
         for schema, table in tables:
             columns = [c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
                                                  [schema, table]).fetchall()]
@@ -190,7 +192,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     held = set().union(*(audience_api.members(s) for s in ("high_earning_homeowners", "upsell_prospects")))
     assert {e for e, _ in held} & uid2  # the destination holds them before the request
     held_by = {d for (d,) in query("SELECT DISTINCT destination_id FROM activation.destination_members WHERE profile_id = ?", [person])}
-    before = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
+    before = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
     assert {"profile_id", "email", "hash", "partner_person_id"} <= {leak.rsplit(" ", 1)[-1] for leak in before}  # the scan finds them
     notices_expected = {p for (p,) in query("SELECT DISTINCT partner_id FROM marts.partner_person_links WHERE profile_id = ?", [person])}
     email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
@@ -200,7 +202,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     ])
     night(D, "n2")
 
-    leaks = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
+    leaks = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
     leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
     leaks += scan_objects(s3_api, [settings.first_party_bucket], identifiers, skip=("profiles/", "erasure_requests/"))
     leaks += scan_files(settings.data_dir, identifiers)
@@ -238,7 +240,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     monkeypatch.setattr(ingest, "INGEST_VERSION", ingest.INGEST_VERSION + "-reprocess")
     night(D - dt.timedelta(days=1), "reprocessed")
     assert query("SELECT count(DISTINCT event) FILTER (WHERE event = 'loaded') FROM audit.drop_events WHERE run_id = 'reprocessed'") == [(1,)]
-    leaks = scan_duckdb(settings.warehouse_path, identifiers) + scan_duckdb(settings.published_path, identifiers)
+    leaks = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
     leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
     assert leaks == []
     again = query("SELECT location, sum(rows) FROM audit.data_deletions WHERE run_id = 'reprocessed' AND reason = 'erasure' GROUP BY 1")
@@ -296,7 +298,7 @@ def deliver_rows(s3_api, settings, partner_id: str, day: dt.date, rows: list[dic
 
 
 def latest_record(partner_id: str, profile_id: str) -> dict:
-    with duckdb.connect(str(load_settings().warehouse_path), read_only=True) as con:
+    with warehouse(load_settings(), read_only=True) as con:
         cursor = con.execute(f"""SELECT r.* FROM raw.{partner_id}__records r JOIN intermediate.int_partner_records_matched m
                                  USING (partner_id, drop_date, partner_record_id) WHERE m.profile_id = ?
                                  ORDER BY r.drop_date DESC LIMIT 1""", [profile_id])

@@ -17,6 +17,7 @@ import pytest
 from partner_pipeline import run_report, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
+from partner_pipeline.warehouse import warehouse
 from conftest import run_night as night
 
 DAYS = (dt.date(2026, 11, 20), dt.date(2026, 11, 21))
@@ -89,7 +90,7 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
     assert json.loads((settings.reports_dir / "runs.json").read_text()) == {"night-0": str(DAYS[0]), "night-1": str(DAYS[1])}
 
     def history():
-        with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        with warehouse(settings, read_only=True) as con:
             return con.execute("SELECT run_date, segment_name, members FROM audit.segment_size_history ORDER BY ALL").fetchall()
 
     before = history()

@@ -19,6 +19,7 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed
+from partner_pipeline.warehouse import warehouse
 
 DAY = dt.date(2026, 11, 21)
 
@@ -90,7 +91,7 @@ def test_marts_equal_ground_truth_and_hold_no_raw_identifiers(env):
         enriched = dict(con.execute("SELECT partner_id, count(DISTINCT profile_id) FROM profile_partner_attributes GROUP BY 1").fetchall())
     assert enriched == truth["expected_enriched"]
     assert links[0] == links[1] > 0  # a partner person maps to one profile at most
-    with duckdb.connect(str(env["settings"].warehouse_path), read_only=True) as con:
+    with warehouse(env["settings"], read_only=True) as con:
         raw = con.execute("SELECT email, phone FROM raw.first_party_profiles").fetchall()
     identifiers = {v for row in raw for v in row if v} | {v.strip().lower() for row in raw for v in row if v}
     assert identifiers and not (identifiers & values), "raw email or phone in the published marts"
@@ -161,7 +162,8 @@ def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, wareho
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dbt")), "test", "--select", "test_type:unit", "--project-dir", str(DBT_PROJECT),
          "--profiles-dir", str(DBT_PROJECT), "--target-path", str(target), "--log-path", str(tmp_path / "logs")],
-        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "PIPELINE_MARTS_PATH": str(warehouse_copy.marts_path),
+             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
         capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-5000:]
     ran = json.loads((target / "run_results.json").read_text())["results"]
@@ -175,18 +177,19 @@ def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, wareho
 def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value(built, warehouse_copy, tmp_path):
     """An amended agreement can drop an attribute; its raw column stays (earlier drops hold it) but no
     model may read it: not the enrichment, not the scorecard's fill rate."""
-    with duckdb.connect(str(warehouse_copy.warehouse_path)) as con:
+    with warehouse(warehouse_copy) as con:
         before = con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall()
         con.execute('ALTER TABLE raw."acme_bank__records" ADD COLUMN "dropped_attribute" VARCHAR DEFAULT \'x\'')
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dbt")), "run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard",
          "profile_partner_attributes", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
          "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")],
-        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "PIPELINE_MARTS_PATH": str(warehouse_copy.marts_path),
+             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
              "PIPELINE_RUN_DATE": DAY.isoformat()},  # the built scenario's date
         capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-5000:]
-    with duckdb.connect(str(warehouse_copy.warehouse_path), read_only=True) as con:
+    with warehouse(warehouse_copy, read_only=True) as con:
         listed = {a for (a,) in con.execute(
             "SELECT DISTINCT unnest(attribute_values).attribute FROM staging.stg_pipeline__partner_record_attributes WHERE partner_id = 'acme_bank'").fetchall()}
         agreed = {a for (a,) in con.execute("SELECT attribute FROM raw.agreement_attributes WHERE partner_id = 'acme_bank'").fetchall()}

@@ -35,7 +35,8 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
         [str(Path(sys.executable).with_name("dbt")), "compile", "--quiet", "--project-dir", str(PROJECT_ROOT / "dbt_project"),
          "--profiles-dir", str(PROJECT_ROOT / "dbt_project"), "--target-path", str(work / "target"),
          "--log-path", str(work / "logs"), "--inline", inline],
-        env={"PIPELINE_WAREHOUSE_PATH": str(work / "compile.duckdb"), "PATH": str(Path(sys.executable).parent)},
+        env={"PIPELINE_WAREHOUSE_PATH": str(work / "compile.duckdb"), "PIPELINE_MARTS_PATH": str(work / "compile_marts.duckdb"),
+             "PATH": str(Path(sys.executable).parent)},
         capture_output=True, text=True, check=True)
     email, phone = result.stdout.strip().removeprefix("select ").split(" ||| ")
     return email.removesuffix(" as e"), phone

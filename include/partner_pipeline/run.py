@@ -114,7 +114,8 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     mismatches += _report_marts(settings, day, truth) if settings.published_path.exists() else []
     print("\nWhere the results are:")
     print(f"  analysts' copy (DuckDB): {settings.published_path}  open with: .venv/bin/duckdb -readonly {settings.published_path}")
-    print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, marts.*, audit.drop_events")
+    print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, audit.drop_events")
+    print(f"  marts (DuckDB):          {settings.marts_path}  attached to the warehouse as marts.*")
     print(f"  validation results:      {settings.validation_dir}/<run id>/*.json and Data Docs *.html")
     print(f"  quarantined drops:       s3://{settings.quarantine_bucket}/<partner>/<date>/<delivery>/report.json")
     print(f"  file exports:            s3://{settings.activation_bucket}/<destination>/<segment>/<date>/<sync>/")

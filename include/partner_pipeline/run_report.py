@@ -73,7 +73,7 @@ def record_segment_sizes(con, day: dt.date, run_id: str) -> bool:
     con.execute(_HISTORY_DDL)
     if not con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0]:
         return False
-    tables = [t for (t,) in con.execute("""SELECT table_name FROM information_schema.tables WHERE table_schema = 'marts'
+    tables = [t for (t,) in con.execute("""SELECT table_name FROM information_schema.tables WHERE table_catalog = 'marts'
                                            AND table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1""").fetchall()]
     con.execute("BEGIN")
     con.execute("DELETE FROM audit.segment_size_history WHERE run_date = ?", [day])

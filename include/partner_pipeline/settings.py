@@ -29,6 +29,7 @@ class Settings:
     reports_bucket: str
     data_dir: Path
     warehouse_path: Path
+    marts_path: Path  # the dbt marts, attached to the warehouse as catalog `marts` (see warehouse.warehouse)
     published_path: Path
     agreements_dir: Path
     governance_dir: Path
@@ -72,6 +73,7 @@ def load_settings() -> Settings:
         reports_bucket=env.get("PIPELINE_REPORTS_BUCKET", "pipeline-reports"),
         data_dir=data_dir,
         warehouse_path=Path(env.get("PIPELINE_WAREHOUSE_PATH", data_dir / "warehouse.duckdb")),
+        marts_path=Path(env.get("PIPELINE_MARTS_PATH", data_dir / "marts.duckdb")),
         published_path=Path(env.get("PIPELINE_PUBLISHED_PATH", data_dir / "published" / "marts.duckdb")),
         agreements_dir=Path(env.get("PIPELINE_AGREEMENTS_DIR", PROJECT_ROOT / "include" / "agreements")),
         governance_dir=Path(env.get("PIPELINE_GOVERNANCE_DIR", PROJECT_ROOT / "include" / "governance")),

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,6 @@ from partner_pipeline.warehouse import warehouse
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
-MARTS_SCHEMA = "marts"
 # what reached which platform and when (the destinations' member lists stay in the warehouse)
 ACTIVATION_TABLES = {"activation_log": "activation.activation_log", "activation_syncs": "activation.syncs"}
 
@@ -34,9 +34,17 @@ class ModelBuildFailed(RuntimeError):
 def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_date: dt.date | None = None) -> dict:
     """`dbt build` (models and their tests) for the run's date; raises naming every failed node.
 
+    The marts are built into a fresh file that replaces the marts file only when the whole build
+    passed: a failed build leaves the last good marts, and no block of an earlier night (say, of
+    a person erased since) survives in the file that publishing copies.
+
     The run's date, retention date and id reach dbt in the environment (macros run_date() and
     retention_date()), which lets dbt's partial parsing skip the files that do not read them."""
+    building = settings.marts_path.with_name(settings.marts_path.name + ".building")
+    building.unlink(missing_ok=True)
+    Path(str(building) + ".wal").unlink(missing_ok=True)
     env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(settings.warehouse_path.resolve()),
+           "PIPELINE_MARTS_PATH": str(building.resolve()),
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PIPELINE_RUN_DATE": day.isoformat(),
            "PIPELINE_RETENTION_DATE": (retention_date or day).isoformat(), "PIPELINE_RUN_ID": run_id}
     target = settings.data_dir / "dbt" / "target"
@@ -53,35 +61,33 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     if result.returncode != 0 or failed:
         detail = "\n  ".join(failed) if failed else (result.stdout + result.stderr)[-5000:]
         raise ModelBuildFailed(f"dbt build failed (log: {settings.data_dir / 'dbt' / 'logs'}):\n  {detail}")
+    os.replace(building, settings.marts_path)
     return {r["unique_id"]: round(r["execution_time"], 2) for r in run_results["results"]}
 
 
 def write_published_copy(settings: Settings) -> Path:
-    """Copy the marts and the activation log into a fresh file and swap it in atomically.
+    """Copy the marts file, add the activation log, and swap the copy in atomically.
 
     Analysts open the published copy read-only: a run never waits for them, and they never see a
     half-built state (readers already open keep their snapshot; new readers get the new one).
+    The marts file holds only what dbt built tonight (see build_models), so a file copy publishes
+    exactly the marts; its views read the warehouse, which analysts do not open, so they are left out.
     """
     published = settings.published_path
     published.parent.mkdir(parents=True, exist_ok=True)
     building = published.with_name(published.name + ".building")
     building.unlink(missing_ok=True)
-    with warehouse(settings) as con:
-        tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
-            [MARTS_SCHEMA]).fetchall()]
-        con.execute(f"ATTACH '{building}' AS published")
-        try:
-            for table in tables:
-                con.execute(f'CREATE TABLE published.main."{table}" AS SELECT * FROM {MARTS_SCHEMA}."{table}"')
-            for table, source in ACTIVATION_TABLES.items():
-                con.execute(f'CREATE TABLE published.main."{table}" AS SELECT * FROM {source}')
-        finally:
-            con.execute("DETACH published")
-    with duckdb.connect(str(building)) as con:
+    shutil.copyfile(settings.marts_path, building)
+    with duckdb.connect(str(building), config=settings.duckdb_config(settings.data_dir / "tmp")) as con:
+        for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall():
+            con.execute(f'DROP VIEW "{view}"')
+        con.execute(f"ATTACH '{settings.warehouse_path}' AS source_warehouse (READ_ONLY)")
+        for table, source in ACTIVATION_TABLES.items():
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM source_warehouse.{source}')
+        con.execute("DETACH source_warehouse")
         con.execute("CHECKPOINT")
     os.replace(building, published)
-    log.info("published %d marts and the activation log to %s", len(tables), published)
+    log.info("published the marts and the activation log to %s", published)
     return published
 
 

@@ -1,4 +1,5 @@
-"""The warehouse DuckDB file: raw partner tables, quarantined rows, the audit log and activation state.
+"""The warehouse DuckDB file: raw partner tables, quarantined rows, the audit log and activation state;
+the marts file attached to it as catalog `marts`.
 
 Only tasks in the single-slot `duckdb_warehouse` pool open it, because DuckDB allows one
 writing process per file. Each drop is applied in one transaction: a failed run leaves either
@@ -98,6 +99,11 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
             ) from exc
         if not read_only:
             con.execute(_SCHEMA)
+            # a warehouse from before the marts had their own file holds a `marts` schema that would shadow them
+            con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
+    # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
+    if not read_only or settings.marts_path.exists():
+        con.execute(f"ATTACH '{settings.marts_path}' AS marts" + (" (READ_ONLY)" if read_only else ""))
     con.execute("SET TimeZone = 'UTC'")
     try:
         yield con
