@@ -77,6 +77,8 @@ def write_published_copy(settings: Settings) -> Path:
     published.parent.mkdir(parents=True, exist_ok=True)
     building = published.with_name(published.name + ".building")
     building.unlink(missing_ok=True)
+    with warehouse(settings) as con:
+        con.execute("CHECKPOINT marts")  # the file alone is then the whole state (no write-ahead log to miss)
     shutil.copyfile(settings.marts_path, building)
     with duckdb.connect(str(building), config=settings.duckdb_config(settings.data_dir / "tmp")) as con:
         for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall():
