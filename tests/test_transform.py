@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -18,7 +16,7 @@ from partner_pipeline import nightly, synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
-from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed
+from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
 from partner_pipeline.warehouse import warehouse
 
 DAY = dt.date(2026, 11, 21)
@@ -159,12 +157,7 @@ def test_rerunning_a_date_after_a_later_one_builds_it_as_of_its_own_date(env):
 def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, warehouse_copy, tmp_path):
     """The nightly build skips dbt's unit tests (fixed inputs, the same answer every night); here they run."""
     target = tmp_path / "target"
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("dbt")), "test", "--select", "test_type:unit", "--project-dir", str(DBT_PROJECT),
-         "--profiles-dir", str(DBT_PROJECT), "--target-path", str(target), "--log-path", str(tmp_path / "logs")],
-        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "PIPELINE_MARTS_PATH": str(warehouse_copy.marts_path),
-             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-        capture_output=True, text=True)
+    result = run_dbt(["test", "--select", "test_type:unit"], target, warehouse_copy.warehouse_path, warehouse_copy.marts_path)
     assert result.returncode == 0, result.stdout[-5000:]
     ran = json.loads((target / "run_results.json").read_text())["results"]
     unit_tests = {r["unique_id"]: r["status"] for r in ran if r["unique_id"].startswith("unit_test.")}
@@ -180,14 +173,8 @@ def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value
     with warehouse(warehouse_copy) as con:
         before = con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall()
         con.execute('ALTER TABLE raw."acme_bank__records" ADD COLUMN "dropped_attribute" VARCHAR DEFAULT \'x\'')
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("dbt")), "run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard",
-         "profile_partner_attributes", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
-         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")],
-        env={**os.environ, "PIPELINE_WAREHOUSE_PATH": str(warehouse_copy.warehouse_path), "PIPELINE_MARTS_PATH": str(warehouse_copy.marts_path),
-             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-             "PIPELINE_RUN_DATE": DAY.isoformat()},  # the built scenario's date
-        capture_output=True, text=True)
+    result = run_dbt(["run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard", "profile_partner_attributes"],
+                     tmp_path / "target", warehouse_copy.warehouse_path, warehouse_copy.marts_path, PIPELINE_RUN_DATE=DAY.isoformat())
     assert result.returncode == 0, result.stdout[-5000:]
     with warehouse(warehouse_copy, read_only=True) as con:
         listed = {a for (a,) in con.execute(

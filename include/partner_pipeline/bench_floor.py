@@ -12,8 +12,6 @@ compiled once per hash profile before timing starts, so both sides hash exactly 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +19,8 @@ import duckdb
 
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.governance import Destination
-from partner_pipeline.settings import PROJECT_ROOT
 from partner_pipeline.storage import download_with_sha256, list_objects
+from partner_pipeline.transform import run_dbt
 
 HEX64 = "regexp_full_match({c}, '[0-9a-f]{{64}}')"
 
@@ -31,13 +29,9 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
     """(email expression, phone expression) over columns `email` and `phone`, from the dbt macros."""
     inline = (f"select {{{{ normalize_email('email', \"'{hash_profile}'\") }}}} as e"
               f" ||| {{{{ normalize_phone('phone', \"'{hash_profile}'\", \"'{country_code}'\") }}}}")
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("dbt")), "compile", "--quiet", "--project-dir", str(PROJECT_ROOT / "dbt_project"),
-         "--profiles-dir", str(PROJECT_ROOT / "dbt_project"), "--target-path", str(work / "target"),
-         "--log-path", str(work / "logs"), "--inline", inline],
-        env={"PIPELINE_WAREHOUSE_PATH": str(work / "compile.duckdb"), "PIPELINE_MARTS_PATH": str(work / "compile_marts.duckdb"),
-             "PATH": str(Path(sys.executable).parent)},
-        capture_output=True, text=True, check=True)
+    result = run_dbt(["compile", "--quiet", "--inline", inline], work / "target", work / "compile.duckdb", work / "compile_marts.duckdb")
+    if result.returncode != 0:
+        raise RuntimeError(f"dbt compile of the normalization macros failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     email, phone = result.stdout.strip().removeprefix("select ").split(" ||| ")
     return email.removesuffix(" as e"), phone
 

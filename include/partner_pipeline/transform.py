@@ -31,6 +31,16 @@ class ModelBuildFailed(RuntimeError):
     pass
 
 
+def run_dbt(command: list[str], target: Path, warehouse_path: Path, marts_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """One dbt command on a warehouse file and its marts file, with `env` added to dbt's
+    environment; logs go beside `target`."""
+    env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(Path(warehouse_path).resolve()),
+           "PIPELINE_MARTS_PATH": str(Path(marts_path).resolve()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **env}
+    return subprocess.run([str(Path(sys.executable).with_name("dbt")), *command, "--project-dir", str(DBT_PROJECT),
+                           "--profiles-dir", str(DBT_PROJECT), "--target-path", str(target), "--log-path", str(target.parent / "logs")],
+                          env=env, capture_output=True, text=True)
+
+
 def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_date: dt.date | None = None) -> dict:
     """`dbt build` (models and their tests) for the run's date; raises naming every failed node.
 
@@ -43,24 +53,19 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     building = settings.marts_path.with_name(settings.marts_path.name + ".building")
     building.unlink(missing_ok=True)
     Path(str(building) + ".wal").unlink(missing_ok=True)
-    env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(settings.warehouse_path.resolve()),
-           "PIPELINE_MARTS_PATH": str(building.resolve()),
-           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PIPELINE_RUN_DATE": day.isoformat(),
-           "PIPELINE_RETENTION_DATE": (retention_date or day).isoformat(), "PIPELINE_RUN_ID": run_id}
     target = settings.data_dir / "dbt" / "target"
     (target / "run_results.json").unlink(missing_ok=True)
-    args = [str(Path(sys.executable).with_name("dbt")), "build", "--project-dir", str(DBT_PROJECT), "--profiles-dir", str(DBT_PROJECT),
-            "--target-path", str(target), "--log-path", str(settings.data_dir / "dbt" / "logs"),
-            # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
-            "--exclude-resource-type", "unit_test"]
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
+    result = run_dbt(["build", "--exclude-resource-type", "unit_test"], target, settings.warehouse_path, building,
+                     PIPELINE_RUN_DATE=day.isoformat(), PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(),
+                     PIPELINE_RUN_ID=run_id)
     log.info("dbt build:\n%s", result.stdout[-20000:])
     run_results = json.loads((target / "run_results.json").read_text()) if (target / "run_results.json").exists() else {"results": []}
     failed = [f"{r['unique_id']}: {r['status']} {r.get('message') or ''}".strip()
               for r in run_results["results"] if r["status"] in ("error", "fail", "runtime error")]
     if result.returncode != 0 or failed:
         detail = "\n  ".join(failed) if failed else (result.stdout + result.stderr)[-5000:]
-        raise ModelBuildFailed(f"dbt build failed (log: {settings.data_dir / 'dbt' / 'logs'}):\n  {detail}")
+        raise ModelBuildFailed(f"dbt build failed (log: {target.parent / 'logs'}):\n  {detail}")
     os.replace(building, settings.marts_path)
     return {r["unique_id"]: round(r["execution_time"], 2) for r in run_results["results"]}
 
