@@ -9,6 +9,7 @@ row ids and counts only: never a personal data value.
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import json
 import logging
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from partner_pipeline.agreements import CONSENT_COLUMNS, Agreement
+from partner_pipeline.warehouse import quote_ident
 
 VALIDATION_VIEW = "validation_input"
 _HEX64 = "regexp_full_match({col}, '[0-9a-f]{{{{64}}}}')"  # doubled braces: GX formats the query
@@ -27,12 +29,14 @@ _VALUE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_
 def validation_view_sql(agreement: Agreement, delivered_at: str) -> str:
     """The relation the suite runs on: the staged rows plus the delivery time and numeric views."""
     numeric = [
-        f'TRY_CAST("{name}" AS DOUBLE) AS "{name}__number"'
+        f"TRY_CAST({quote_ident(name)} AS DOUBLE) AS {quote_ident(name + '__number')}"
         for name, attr in agreement.attributes.items() if attr.type in ("integer", "number")
     ]
     extra = "".join(f", {n}" for n in numeric)
+    # a view takes no bound parameters: re-rendering the parsed time leaves only digits and - : . + T
+    delivered = dt.datetime.fromisoformat(delivered_at).isoformat()
     return (f"CREATE OR REPLACE VIEW {VALIDATION_VIEW} AS SELECT *, "
-            f"TIMESTAMPTZ '{delivered_at}' AS _delivered_at{extra} FROM records")
+            f"TIMESTAMPTZ '{delivered}' AS _delivered_at{extra} FROM records")
 
 
 def build_suite(agreement: Agreement):
@@ -73,7 +77,7 @@ def build_suite(agreement: Agreement):
              "consent_ts is after the delivery was completed (_SUCCESS); check the clock or time zone of the export."),
     ]
     for name, attr in agreement.attributes.items():
-        col = f'"{name}"'
+        col = quote_ident(name)
         if attr.type == "string" and attr.allowed_values is not None:
             e.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(attr.allowed_values), meta=meta(
                 f"{name}_not_allowed", f"Use one of the agreed values for {name}: {', '.join(attr.allowed_values)}.")))

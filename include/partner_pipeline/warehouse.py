@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,23 @@ CREATE TABLE IF NOT EXISTS activation.activation_log (
 """
 
 
+# What may be spliced into SQL as an identifier: our own names (record columns, agreement attributes,
+# partner ids after validation). Partner-controlled text never is: it is bound as a parameter.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,63}$")
+
+
+def quote_ident(name: str) -> str:
+    """The one way an identifier enters SQL text: checked against a strict pattern, then quoted."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a safe SQL identifier ([A-Za-z0-9_]{{1,63}})")
+    return f'"{name}"'
+
+
+def quote_path(path: Path) -> str:
+    """A pipeline-made file path as a SQL string literal, for ATTACH (which takes no bound parameter)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 class WarehouseLocked(RuntimeError):
     pass
 
@@ -103,7 +121,7 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
             con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
     # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
     if not read_only or settings.marts_path.exists():
-        con.execute(f"ATTACH '{settings.marts_path}' AS marts" + (" (READ_ONLY)" if read_only else ""))
+        con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts" + (" (READ_ONLY)" if read_only else ""))
     con.execute("SET TimeZone = 'UTC'")
     try:
         yield con
@@ -150,7 +168,7 @@ def publish_governance(con, governance: Governance, activation_bucket: str) -> N
 
 
 def raw_table(partner_id: str) -> str:
-    return f'raw."{partner_id}__records"'
+    return f"raw.{quote_ident(partner_id + '__records')}"
 
 
 def last_processing_keys(con, day: dt.date) -> dict[str, str]:
@@ -165,14 +183,14 @@ def _ensure_raw_table(con, agreement: Agreement) -> None:
     columns = [*RECORD_COLUMNS, *agreement.attributes]
     table = raw_table(agreement.partner_id)
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
-                + ", ".join(f'"{c}" VARCHAR' for c in columns)
+                + ", ".join(f"{quote_ident(c)} VARCHAR" for c in columns)
                 + ", " + ", ".join(f"{name} {kind}" for name, kind in PROVENANCE_COLUMNS) + ")")
     existing = {r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ?",
         [f"{agreement.partner_id}__records"]).fetchall()}
     for column in columns:
         if column not in existing:  # an agreement amended with a new attribute
-            con.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" VARCHAR')
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} VARCHAR")
 
 
 def _audit(con, outcome: dict, event: str, **values) -> None:
@@ -195,7 +213,7 @@ def publish_outcome(con, outcome: dict, agreements: dict[str, Agreement]) -> Non
             "message": f"{outcome['prefix']} has no _SUCCESS yet; it is picked up by the first run after the partner writes it."}])
         return
     if status == "staged":  # ATTACH cannot run inside a transaction
-        con.execute(f"ATTACH '{outcome['staging_path']}' AS stage (READ_ONLY)")
+        con.execute(f"ATTACH {quote_path(Path(outcome['staging_path']))} AS stage (READ_ONLY)")
     con.execute("BEGIN TRANSACTION")
     try:
         _audit(con, outcome, "seen", details={"objects": [list(o) for o in outcome.get("objects", [])],
@@ -225,7 +243,7 @@ def _load_staged(con, outcome: dict, agreement: Agreement) -> None:
            details={"dropped_columns": outcome["dropped_columns"], "absent_attributes": outcome["absent_attributes"]})
     _ensure_raw_table(con, agreement)
     table = raw_table(agreement.partner_id)
-    columns = ", ".join(f'"{c}"' for c in (*RECORD_COLUMNS, *agreement.attributes))
+    columns = ", ".join(quote_ident(c) for c in (*RECORD_COLUMNS, *agreement.attributes))
     drop = [outcome["partner_id"], outcome["drop_date"], outcome["delivery_id"]]
     con.execute(f"DELETE FROM {table} WHERE drop_date = ?", [outcome["drop_date"]])
     con.execute(
@@ -236,7 +254,7 @@ def _load_staged(con, outcome: dict, agreement: Agreement) -> None:
     con.execute(
             f"""INSERT INTO raw.quarantined_rows
                 SELECT ?, ?, ?, r._source_file, r._source_row, r.partner_record_id, f.rules,
-                       to_json(struct_pack({', '.join(f'"{c}" := r."{c}"' for c in (*RECORD_COLUMNS, *agreement.attributes))})),
+                       to_json(struct_pack({', '.join(f'{quote_ident(c)} := r.{quote_ident(c)}' for c in (*RECORD_COLUMNS, *agreement.attributes))})),
                        ?, now()
                 FROM stage.records r
                 JOIN (SELECT _row, list(DISTINCT rule ORDER BY rule) AS rules FROM stage.row_failures GROUP BY _row) f USING (_row)
