@@ -179,7 +179,8 @@ def _key_problem(key) -> str | None:
     if not isinstance(key, str) or not key:
         return "is not a file name"
     normalized = posixpath.normpath(key)
-    if key.startswith("/") or "\\" in key or normalized.startswith("..") or "://" in key:
+    # ".." as a path segment leaves the folder; "..records.csv" is a name like any other
+    if key.startswith("/") or "\\" in key or normalized == ".." or normalized.startswith("../") or "://" in key:
         return "outside"
     if normalized in (MANIFEST, SUCCESS):
         return "is a control file, not data"
