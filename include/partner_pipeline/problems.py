@@ -21,6 +21,21 @@ class Problem:
         return f"[{self.code}] {where + ': ' if where else ''}{self.message} Fix: {self.fix}"
 
 
+def scrub_paths(text: str, replacements: dict[str, str]) -> str:
+    """Replace worker-local paths with what the reader knows them as (object keys, "<data dir>"); longest first,
+    so a file's path is replaced before the folder holding it."""
+    for local, public in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(local, public)
+    return text
+
+
+def internal_error(exc: BaseException, where: str, replacements: dict[str, str]) -> Problem:
+    """A fault of the pipeline while handling one drop: quarantines that drop alone and says what broke."""
+    return Problem("internal_error", f"the pipeline failed on this drop: {type(exc).__name__}: {scrub_paths(str(exc), replacements)}",
+                   "A pipeline fault, not necessarily the partner's: the data engineers fix it from the ingest task's log; "
+                   "the drop is processed again by the next run of the date (no re-delivery needed).", file=where)
+
+
 class DropRejected(Exception):
     """The whole drop is quarantined; nothing of it reaches the warehouse."""
 

@@ -3,20 +3,28 @@
 Every drop gets its own file, so drops are staged in parallel without contending for the
 warehouse's single writer. Values are kept as delivered (VARCHAR); validation and the dbt
 staging models do the typing.
+
+File names are partner input: each file is downloaded under a name the pipeline makes (its index
+in the manifest and its type), paths and values are bound as parameters, and the only names
+spliced into SQL are our own columns (warehouse.quote_ident).
 """
 
 from __future__ import annotations
 
+import gzip
+import re
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, Agreement, special_category_term
-from partner_pipeline.drops import DropRef, ManifestFile
-from partner_pipeline.problems import DropRejected, Problem
+from partner_pipeline.drops import DATA_SUFFIXES, DropRef, ManifestFile
+from partner_pipeline.problems import DropRejected, Problem, scrub_paths
 from partner_pipeline.storage import download_with_sha256
+from partner_pipeline.warehouse import quote_ident
 
 _CSV_OPTIONS = "header=true, all_varchar=true, delim=',', quote='\"', escape='\"', encoding='utf-8', strict_mode=true"
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
@@ -46,36 +54,46 @@ def connect(path: Path, settings) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def local_paths(work_dir: Path, files: list[ManifestFile]) -> dict[Path, str]:
+    """Where each file is downloaded -> its object key: a name we make, so the partner's never touches a path."""
+    return {work_dir / "files" / f"{index:04d}{_suffix(f.key)}": f.key for index, f in enumerate(files)}
+
+
+def _suffix(key: str) -> str:
+    return max((s for s in DATA_SUFFIXES if key.endswith(s)), key=len)  # .csv.gz, not .csv
+
+
 def stage_drop(client, drop: DropRef, files: list[ManifestFile], agreement: Agreement, work_dir: Path, settings) -> StagedDrop:
     """Verify checksums, columns and row counts while loading; DropRejected on any drop-level fault."""
     if work_dir.exists():
         shutil.rmtree(work_dir)  # a re-run starts from nothing
     (work_dir / "files").mkdir(parents=True)
-    checksums = _download_and_verify(client, drop, files, work_dir / "files")
+    paths = list(local_paths(work_dir, files))
+    checksums = _download_and_verify(client, drop, files, paths)
     columns = [*RECORD_COLUMNS, *agreement.attributes]
     staged = StagedDrop(work_dir / "stage.duckdb", 0, columns, checksums=checksums)
     problems: list[Problem] = []
     con = connect(staged.path, settings)
     try:
         con.execute(
-            "CREATE TABLE records (" + ", ".join(f'"{c}" VARCHAR' for c in columns)
+            "CREATE TABLE records (" + ", ".join(f"{quote_ident(c)} VARCHAR" for c in columns)
             + ", _source_file VARCHAR, _source_row BIGINT, _row BIGINT)"
         )
-        for f in files:
-            problems += _load_file(con, work_dir / "files" / f.key, f, drop, agreement, staged)
+        for path, f in zip(paths, files):
+            problems += _load_file(con, path, f, drop, agreement, staged)
     finally:
         con.close()
     if problems:
         raise DropRejected(problems)
-    for f in files:
-        (work_dir / "files" / f.key).unlink()  # the staging table holds the rows now
+    for path in paths:
+        path.unlink()  # the staging table holds the rows now
     return staged
 
 
-def _download_and_verify(client, drop: DropRef, files: list[ManifestFile], target: Path) -> dict[str, str]:
+def _download_and_verify(client, drop: DropRef, files: list[ManifestFile], paths: list[Path]) -> dict[str, str]:
     checksums, problems = {}, []
-    for f in files:
-        actual = download_with_sha256(client, drop.bucket, drop.prefix + f.key, target / f.key)
+    for f, path in zip(files, paths):
+        actual = download_with_sha256(client, drop.bucket, drop.prefix + f.key, path)
         checksums[f.key] = actual
         if actual != f.sha256:
             problems.append(Problem(
@@ -88,18 +106,19 @@ def _download_and_verify(client, drop: DropRef, files: list[ManifestFile], targe
 
 
 def _source(path: Path) -> str:
+    """The table function reading a file; its path is the query's last bound parameter."""
     if path.name.endswith(".parquet"):
-        return f"read_parquet('{path}')"
-    return f"read_csv('{path}', {_CSV_OPTIONS})"
+        return "read_parquet(?)"
+    return f"read_csv(?, {_CSV_OPTIONS})"
 
 
 def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agreement, staged: StagedDrop) -> list[Problem]:
     where = drop.prefix + f.key
     try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {_source(path)}").fetchall()
+        described = con.execute(f"DESCRIBE SELECT * FROM {_source(path)}", [str(path)]).fetchall()
     except duckdb.Error as exc:
-        return [Problem("file_unreadable", f"cannot be read as {'Parquet' if path.name.endswith('.parquet') else 'CSV (RFC 4180, UTF-8, header row)'}: {_first_line(exc)}.",
-                        "Re-export the file in the format its extension names and re-deliver the drop.", file=where)]
+        kind = "Parquet" if path.name.endswith(".parquet") else "CSV (RFC 4180, UTF-8, header row)"
+        return [_unreadable(f"cannot be read as {kind}", exc, path, where)]
     header = {name: col_type for name, col_type, *_ in described}
     if list(header) == ["column0"]:  # DuckDB's name for a CSV without a header row
         return [Problem("file_unreadable", "has no header row (the file is empty or has no column names).",
@@ -129,16 +148,15 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
     if problems:
         return problems
     kept = [c for c in staged.columns if c in header]
-    select = ", ".join(f'NULLIF(CAST("{c}" AS VARCHAR), \'\') AS "{c}"' for c in kept)
+    select = ", ".join(f"NULLIF(CAST({quote_ident(c)} AS VARCHAR), '') AS {quote_ident(c)}" for c in kept)
     try:
         con.execute(
             f"INSERT INTO records BY NAME SELECT {select}, ? AS _source_file, "
             f"row_number() OVER () AS _source_row, ? + row_number() OVER () AS _row FROM {_source(path)}",
-            [f.key, staged.rows_received],
+            [f.key, staged.rows_received, str(path)],
         )
     except duckdb.Error as exc:
-        return [Problem("file_unreadable", f"failed while reading rows: {_first_line(exc)}.",
-                        "Re-export the file (valid gzip / RFC 4180 CSV in UTF-8 / Parquet) and re-deliver the drop.", file=where)]
+        return [_unreadable("failed while reading rows", exc, path, where)]
     loaded = con.execute("SELECT count(*) FROM records WHERE _source_file = ?", [f.key]).fetchone()[0]
     staged.rows_received += loaded
     if loaded != f.rows:
@@ -166,8 +184,43 @@ def _parquet_type_problems(con, path: Path, header: dict[str, str], agreement: A
 
 def _has_values(con, path: Path, column: str) -> bool:
     """A column with no value at all carries no type (writers store it as NULL type): nothing to reject."""
-    return con.execute(f'SELECT count("{column}") > 0 FROM read_parquet(?)', [str(path)]).fetchone()[0]
+    return con.execute(f"SELECT count({quote_ident(column)}) > 0 FROM read_parquet(?)", [str(path)]).fetchone()[0]
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
+# DuckDB's error text after the cause: the offending line (personal data), hints for its own options, the query
+_NOT_CAUSE = ("Original Line:", "Possible Solution", "Possible fixes", "The search space", "LINE ", "file =")
+
+
+def _unreadable(what: str, exc: Exception, path: Path, where: str) -> Problem:
+    """file_unreadable with the whole cause (gzip's own error first), the object key for any local path, and a fix."""
+    causes = [_gzip_fault(path)] if path.name.endswith(".gz") else []
+    causes.append(_duckdb_cause(exc))
+    cause = scrub_paths("; ".join(c for c in causes if c), {str(path): where})
+    if "gzip" in cause:
+        fix = "Compress the complete file again with gzip (the upload may have been cut short), update its sha256 in manifest.json and re-deliver the drop."
+    elif "not utf-8 encoded" in cause.lower():
+        fix = "Re-export the file in UTF-8 (it looks like another encoding, such as Latin-1 or Windows-1252) and re-deliver the drop."
+    else:
+        fix = "Re-export the file in the format its extension names (RFC 4180 CSV in UTF-8 with a header row, or Parquet) and re-deliver the drop."
+    return Problem("file_unreadable", f"{what}: {cause}.", fix, file=where)
+
+
+def _duckdb_cause(exc: Exception) -> str:
+    lines = []
+    for line in (raw.strip() for raw in str(exc).strip().splitlines()):
+        if line.startswith(_NOT_CAUSE[1:]) or (not line and lines):
+            break
+        if line and not line.startswith(_NOT_CAUSE[0]):
+            lines.append(line.rstrip("."))
+    return re.sub(r"^[A-Za-z ]*Error: ", "", ". ".join(lines))
+
+
+def _gzip_fault(path: Path) -> str | None:
+    """Run only once DuckDB has failed on a .gz file: its own message hides gzip's (e.g. only "Error when sniffing file")."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"the file is not a complete gzip stream ({exc})"
+    return None
