@@ -1,28 +1,37 @@
 """One drop, end to end up to the warehouse door: agreement, manifest, files, columns, rows.
 
 Returns a JSON-serialisable outcome; `warehouse.publish` applies it. A bad drop never raises:
-it is quarantined (its objects copied beside a machine-readable report) and reported.
+it is quarantined (its objects copied beside a machine-readable report) and reported. Nor does a
+pipeline fault confined to one drop (code `internal_error`): only a fault of the infrastructure
+every drop shares (object storage, disk, memory) raises, so the task retries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
+import logging
 import re
 import shutil
 import time
 from pathlib import Path
 
+import botocore.exceptions
+import duckdb
+
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.drops import MANIFEST, DropRef, check_agreement, parse_manifest
-from partner_pipeline.problems import DropRejected, Problem
-from partner_pipeline.staging import connect, stage_drop
+from partner_pipeline.problems import DropRejected, Problem, internal_error
+from partner_pipeline.staging import connect, local_paths, stage_drop
 from partner_pipeline.storage import read_bytes
 from partner_pipeline.validation import validate_staged, validation_view_sql
 
 # Bump when ingestion rules change, so unchanged drops are processed again under the new rules.
 INGEST_VERSION = "1"
+
+log = logging.getLogger(__name__)
 
 
 def processing_key(drop: DropRef, agreement: Agreement | None) -> str:
@@ -37,7 +46,7 @@ def safe_name(text: str) -> str:
 
 def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id: str, settings) -> dict:
     agreement = agreements.get(drop.partner_id)
-    work_dir = settings.staging_dir / drop.partner_id / drop.drop_date / drop.delivery_id
+    work_dir, files = None, []  # no local path exists before the folder name is checked
     outcome = {
         **drop.as_dict(), "run_id": run_id, "processing_key": processing_key(drop, agreement),
         "rows_received": 0, "rows_valid": 0, "rows_quarantined": 0, "failures_by_rule": {},
@@ -45,6 +54,7 @@ def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id:
     }
     try:
         agreement = check_agreement(drop, agreements)
+        work_dir = _work_dir(settings, drop)
         manifest = _read_manifest(client, drop)
         files = parse_manifest(drop, manifest, agreement)
         started = time.perf_counter()
@@ -58,9 +68,48 @@ def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id:
         outcome.update(status="staged", staging_path=str(staged.path))
     except DropRejected as rejected:
         outcome.update(status="quarantined", problems=[p.as_dict() for p in rejected.problems])
-        outcome["quarantine_report"] = quarantine_drop(client, drop, outcome, settings)
+    except Exception as exc:  # one drop is its own failure domain; see the module docstring
+        if is_infrastructure_fault(exc):
+            raise
+        log.exception("internal error on drop %s (delivery %s); quarantining it", drop.name, drop.delivery_id)
+        local = {str(path): drop.prefix + key for path, key in local_paths(work_dir, files).items()} if work_dir else {}
+        outcome.update(status="quarantined", problems=[internal_error(exc, drop.prefix, {
+            **local, str(settings.data_dir): "<data dir>"}).as_dict()])
+        # no processing key: an unchanged drop is not "already processed" after a fault of ours, the next run retries it
+        outcome["processing_key"] = None
+    else:
+        return outcome
+    outcome["quarantine_report"] = quarantine_drop(client, drop, outcome, settings)
+    if work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)
     return outcome
+
+
+def _work_dir(settings, drop: DropRef) -> Path:
+    """The drop's local folder, from checked parts only (check_agreement has validated partner_id)."""
+    day = dt.date.fromisoformat(drop.drop_date).isoformat()
+    if not re.fullmatch(r"[0-9a-f]{20}", drop.delivery_id):
+        raise ValueError(f"delivery_id {drop.delivery_id!r} is not one the pipeline made")
+    return settings.staging_dir / drop.partner_id / day / drop.delivery_id
+
+
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EROFS, errno.EIO}
+_RESOURCE_WORDS = ("no space left", "disk full", "could not set lock", "out of memory", "read-only file system")
+
+
+def is_infrastructure_fault(exc: BaseException) -> bool:
+    """A fault of what every drop shares (object storage, disk, memory, credentials), which a retry may fix;
+    anything else raised while ingesting one drop is that drop's internal error."""
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                        botocore.exceptions.NoCredentialsError, ConnectionError, TimeoutError, MemoryError,
+                        duckdb.OutOfMemoryException)):
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or status in (401, 403, 429)  # 401/403: our credentials, not the drop
+    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+        return True
+    return isinstance(exc, duckdb.IOException) and any(w in str(exc).lower() for w in _RESOURCE_WORDS)
 
 
 def _read_manifest(client, drop: DropRef) -> bytes | None:
