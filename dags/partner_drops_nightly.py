@@ -23,7 +23,10 @@ from partner_pipeline.settings import WAREHOUSE_POOL
     catchup=False,
     max_active_runs=1,  # dates build the marts in order, as sequential nightly runs would
     max_active_tasks=4,
-    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": DropAlertNotifier()},
+    # Retries are for passing faults (object storage, the warehouse lock, disk): soon, then backing off
+    # (20 s, 40 s, 80 s). Errors no retry fixes fail at once (nightly.task_errors); a drop's own faults never fail a task.
+    default_args={"retries": 3, "retry_delay": pendulum.duration(seconds=20), "retry_exponential_backoff": 2.0,
+                  "max_retry_delay": pendulum.duration(minutes=5), "on_failure_callback": DropAlertNotifier()},
     params={"full_refresh_activation": Param(False, type="boolean",
                                              description="Resend every segment in full instead of only the changes.")},
     tags=["partner-data", "ingestion", "activation"],
@@ -34,7 +37,8 @@ def partner_drops_nightly():
     def discover(logical_date=None, run_id=None) -> list[dict]:
         from partner_pipeline import nightly
 
-        return nightly.discover(logical_date.date(), run_id)
+        with nightly.task_errors():
+            return nightly.discover(logical_date.date(), run_id)
 
     @task(map_index_template="{{ drop_name }}", on_success_callback=DropAlertNotifier())
     def ingest(drop: dict, run_id=None) -> dict:
@@ -43,48 +47,55 @@ def partner_drops_nightly():
         from partner_pipeline import nightly
 
         get_current_context()["drop_name"] = f"{drop['partner_id']}/{drop['drop_date']} ({drop['status']})"
-        return nightly.ingest(drop, run_id)
+        with nightly.task_errors():
+            return nightly.ingest(drop, run_id)
 
     @task(pool=WAREHOUSE_POOL, trigger_rule="none_failed")
     def publish(outcomes: list[dict], logical_date=None, run_id=None) -> dict:
         from partner_pipeline import nightly
 
-        return nightly.publish(list(outcomes or []), logical_date.date(), run_id)
+        with nightly.task_errors():
+            return nightly.publish(list(outcomes or []), logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
     def load_first_party(logical_date=None) -> dict:
         """Our profiles in force on the date, and data subjects' erasure and access requests."""
         from partner_pipeline import nightly
 
-        return nightly.load_first_party(logical_date.date())
+        with nightly.task_errors():
+            return nightly.load_first_party(logical_date.date())
 
     @task(pool=WAREHOUSE_POOL)
     def transform(logical_date=None, run_id=None) -> dict:
         """dbt build: staging -> matching -> enrichment -> segments -> audiences, and the usage-policy check."""
         from partner_pipeline import nightly
 
-        return nightly.transform(logical_date.date(), run_id)
+        with nightly.task_errors():
+            return nightly.transform(logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
     def data_rights(logical_date=None, run_id=None) -> dict:
         """Erasure notices and receipts, quarantined copies past retention or of erased people, access exports."""
         from partner_pipeline import nightly
 
-        return nightly.data_rights(logical_date.date(), run_id)
+        with nightly.task_errors():
+            return nightly.data_rights(logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
     def share_overlap_reports(logical_date=None, run_id=None) -> dict:
         """Each partner's overlap report (groups under its minimum size withheld; noised where agreed) to its outbox."""
         from partner_pipeline import nightly
 
-        return nightly.share_overlap_reports(logical_date.date(), run_id)
+        with nightly.task_errors():
+            return nightly.share_overlap_reports(logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
     def activate(logical_date=None, run_id=None, params=None) -> list[dict]:
         """Send segment changes to the destinations the usage policies allow."""
         from partner_pipeline import nightly
 
-        return nightly.activate(logical_date.date(), run_id, full_refresh=bool(params.get("full_refresh_activation")))
+        with nightly.task_errors():
+            return nightly.activate(logical_date.date(), run_id, full_refresh=bool(params.get("full_refresh_activation")))
 
     # all_done: analysts get tonight's marts even when a destination is down (it checks the build succeeded)
     @task(pool=WAREHOUSE_POOL, trigger_rule="all_done")
@@ -95,7 +106,8 @@ def partner_drops_nightly():
         from partner_pipeline import nightly
 
         try:
-            return nightly.publish_marts(logical_date.date(), run_id)
+            with nightly.task_errors():
+                return nightly.publish_marts(logical_date.date(), run_id)
         except nightly.ModelsNotBuilt as exc:
             raise AirflowSkipException(str(exc)) from exc
 

@@ -104,3 +104,13 @@ print(sorted({{m.split('.')[0] for m in set(sys.modules) - before}} & set({HEAVY
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_retries_come_soon_and_back_off(dagbag):
+    """Retries are for passing faults (object storage, the warehouse lock): the first within half a minute,
+    growing, never more than five minutes apart. Errors no retry fixes fail at once (nightly.task_errors)."""
+    from datetime import timedelta
+
+    for task in dagbag.dags["partner_drops_nightly"].tasks:
+        assert task.retry_delay <= timedelta(seconds=30) and task.retry_exponential_backoff > 1, task.task_id
+        assert task.max_retry_delay is not None and task.max_retry_delay <= timedelta(minutes=5), task.task_id

@@ -5,18 +5,44 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from contextlib import contextmanager
 
 from partner_pipeline import activation, first_party, insights, privacy
-from partner_pipeline.agreements import load_agreements
-from partner_pipeline.governance import load_governance
+from partner_pipeline.agreements import AgreementError, load_agreements
+from partner_pipeline.governance import GovernanceError, load_governance
 from partner_pipeline.drops import DropRef, find_complete_drops
 from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
-from partner_pipeline.transform import build_models, published_summary, write_published_copy
+from partner_pipeline.transform import ModelBuildFailed, build_models, published_summary, write_published_copy
 from partner_pipeline.warehouse import last_processing_keys, publish_agreements, publish_governance, publish_outcome, warehouse
 
 log = logging.getLogger(__name__)
+
+# Errors no retry fixes: a person must change a file (agreement, governance) or the data/models (a failed dbt test).
+NOT_RETRYABLE = (AgreementError, GovernanceError, ModelBuildFailed)
+_TRANSIENT_WORDS = ("could not set lock", "no space left", "out of memory")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ModelBuildFailed):  # dbt fails the same way for a locked file or a full disk: those retry
+        return any(word in str(exc).lower() for word in _TRANSIENT_WORDS)
+    return not isinstance(exc, NOT_RETRYABLE)
+
+
+@contextmanager
+def task_errors():
+    """Around each DAG task: an error no retry fixes fails the task at once (AirflowFailException), without
+    the retries and their delays; any other error (object storage, the warehouse lock, disk) retries."""
+    try:
+        yield
+    except Exception as exc:
+        if is_retryable(exc):
+            raise
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}\n(a retry would fail the same way: fix the cause, "
+                                   f"then clear the task)") from exc
 
 
 def discover(day: dt.date, run_id: str) -> list[dict]:
@@ -41,7 +67,8 @@ def discover(day: dt.date, run_id: str) -> list[dict]:
 
 
 def ingest(drop: dict, run_id: str) -> dict:
-    """Ingest a `new` drop; pass the others through to publish unchanged."""
+    """Ingest a `new` drop; pass the others through to publish unchanged. A drop's own faults, ours included
+    (internal_error), quarantine it; only faults every drop shares raise (see ingest.is_infrastructure_fault)."""
     if drop["status"] != "new":
         return drop
     settings = load_settings()
