@@ -283,3 +283,23 @@ def test_mixed_csv_and_parquet_files_in_one_drop(env, tmp_path):
     assert outcome["status"] == "staged", outcome["problems"]
     assert query(env, 'SELECT partner_record_id, household_income, consent_ts FROM raw."acme_bank__records" ORDER BY 1') == [
         ("r1", None, "2026-11-20T10:00:00Z"), ("r2", "120000", "2026-11-20 09:00:00+00")]
+
+
+def test_parquet_consent_ts_as_iso_text_is_judged_per_row(env, tmp_path):
+    """Spec: consent_ts in Parquet may be ISO 8601 text; an unparseable value invalidates the row, not the drop."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 40  # one bad row in 40 stays under the agreement's max_bad_row_share
+    stamps = ["2026-11-20T10:00:00Z"] * (n - 1) + ["yesterday"]
+    table = pa.table({"partner_record_id": [f"r{i:02d}" for i in range(n)], "partner_person_id": [f"p{i}" for i in range(n)],
+                      "email_sha256": [f"{i:064x}" for i in range(n)], "phone_sha256": pa.array([None] * n, pa.string()),
+                      "consent_enrichment": [True] * n, "consent_activation": [True] * n, "consent_ts": stamps})
+    pq.write_table(table, tmp_path / "records.parquet")
+    put_drop(env, {"records.parquet": (tmp_path / "records.parquet").read_bytes()}, rows=n)
+    outcome = run()["acme_bank"]
+    assert outcome["status"] == "staged", outcome["problems"]
+    assert outcome["failures_by_rule"] == {"consent_ts_invalid": 1}
+    assert query(env, 'SELECT count(*), min(consent_ts), max(consent_ts) FROM raw."acme_bank__records"') == [
+        (n - 1, "2026-11-20T10:00:00Z", "2026-11-20T10:00:00Z")]
+    assert query(env, "SELECT partner_record_id, failed_rules FROM raw.quarantined_rows") == [(f"r{n - 1:02d}", ["consent_ts_invalid"])]

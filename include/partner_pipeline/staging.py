@@ -35,6 +35,8 @@ _PARQUET_TYPES = {
     "boolean": {"BOOLEAN"},
     "date": {"DATE"},
     "timestamp": {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP_S"},
+    # spec: consent_ts in Parquet may also be ISO 8601 text, judged per row like CSV (consent_ts_invalid)
+    "timestamp_or_text": {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP_S", "VARCHAR"},
 }
 
 
@@ -169,16 +171,17 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
 def _parquet_type_problems(con, path: Path, header: dict[str, str], agreement: Agreement, where: str) -> list[Problem]:
     expected = {
         "partner_record_id": "string", "partner_person_id": "string", "email_sha256": "string", "phone_sha256": "string",
-        **{c: "boolean" for c in CONSENT_COLUMNS}, "consent_ts": "timestamp",
+        **{c: "boolean" for c in CONSENT_COLUMNS}, "consent_ts": "timestamp_or_text",
         **{name: attr.type for name, attr in agreement.attributes.items()},
     }
     problems = []
     for column, kind in expected.items():
         found = header.get(column)
         if found is not None and found.split("(")[0] not in _PARQUET_TYPES[kind] and _has_values(con, path, column):
-            problems.append(Problem("parquet_wrong_type", f"column {column} is {found}; the contract needs {kind} "
+            needed = kind.replace("_", " ")
+            problems.append(Problem("parquet_wrong_type", f"column {column} is {found}; the contract needs {needed} "
                                     f"({' or '.join(sorted(_PARQUET_TYPES[kind])[:3])}).",
-                                    f"Write {column} with a {kind} Parquet type and re-deliver the drop.", file=where, field=column))
+                                    f"Write {column} with a {needed} Parquet type and re-deliver the drop.", file=where, field=column))
     return problems
 
 
