@@ -22,6 +22,11 @@ DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def data_suffix(key: str) -> str:
+    """The data-file type a key ends with (.csv.gz, not .csv); local copies are named by it, never by the key."""
+    return max((s for s in DATA_SUFFIXES if key.endswith(s)), key=len)
+
+
 @dataclass(frozen=True)
 class DropRef:
     """One complete delivery of one partner's drop; JSON-serialisable for XCom."""

@@ -11,7 +11,7 @@ import logging
 import re
 import shutil
 
-from partner_pipeline.drops import DATA_SUFFIXES, SUCCESS
+from partner_pipeline.drops import DATA_SUFFIXES, SUCCESS, data_suffix
 from partner_pipeline.storage import download_with_sha256, list_objects, list_prefixes
 
 log = logging.getLogger(__name__)
@@ -55,21 +55,23 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
     if work_dir.exists():
         shutil.rmtree(work_dir)
     local = []
-    for key in files:
-        target = work_dir / key.rsplit("/", 1)[1]
+    for index, key in enumerate(files):  # local names are ours; paths reach DuckDB as bound parameters
+        target = work_dir / f"{index:04d}{data_suffix(key)}"
         download_with_sha256(client, bucket, key, target)
         local.append(str(target))
     csv = [p for p in local if not p.endswith(".parquet")]
     parquet = [p for p in local if p.endswith(".parquet")]
-    sources = []
+    sources, parameters = [], [snapshot]
     if csv:
-        sources.append(f"SELECT * FROM read_csv({csv!r}, header=true, all_varchar=true, union_by_name=true)")
+        sources.append("SELECT * FROM read_csv(?, header=true, all_varchar=true, union_by_name=true)")
+        parameters.append(csv)
     if parquet:
-        sources.append(f"SELECT * FROM read_parquet({parquet!r}, union_by_name=true)")
+        sources.append("SELECT * FROM read_parquet(?, union_by_name=true)")
+        parameters.append(parquet)
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"CREATE OR REPLACE TABLE raw.first_party_profiles AS SELECT *, DATE '{snapshot}' AS snapshot_date "
-                    f"FROM ({' UNION ALL BY NAME '.join(sources)})")
+        con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles AS SELECT *, ?::DATE AS snapshot_date "
+                    f"FROM ({' UNION ALL BY NAME '.join(sources)})", parameters)
         columns = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                               "WHERE table_schema='raw' AND table_name='first_party_profiles'").fetchall()}
         missing = [c for c in REQUIRED if c not in columns]

@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, Agreement, special_category_term
-from partner_pipeline.drops import DATA_SUFFIXES, DropRef, ManifestFile
+from partner_pipeline.drops import DropRef, ManifestFile, data_suffix
 from partner_pipeline.problems import DropRejected, Problem, scrub_paths
 from partner_pipeline.storage import download_with_sha256
 from partner_pipeline.warehouse import quote_ident
@@ -58,11 +58,7 @@ def connect(path: Path, settings) -> duckdb.DuckDBPyConnection:
 
 def local_paths(work_dir: Path, files: list[ManifestFile]) -> dict[Path, str]:
     """Where each file is downloaded -> its object key: a name we make, so the partner's never touches a path."""
-    return {work_dir / "files" / f"{index:04d}{_suffix(f.key)}": f.key for index, f in enumerate(files)}
-
-
-def _suffix(key: str) -> str:
-    return max((s for s in DATA_SUFFIXES if key.endswith(s)), key=len)  # .csv.gz, not .csv
+    return {work_dir / "files" / f"{index:04d}{data_suffix(f.key)}": f.key for index, f in enumerate(files)}
 
 
 def stage_drop(client, drop: DropRef, files: list[ManifestFile], agreement: Agreement, work_dir: Path, settings) -> StagedDrop:

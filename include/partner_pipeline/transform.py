@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.settings import PROJECT_ROOT, Settings
-from partner_pipeline.warehouse import warehouse
+from partner_pipeline.warehouse import quote_ident, quote_path, warehouse
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
@@ -87,10 +87,10 @@ def write_published_copy(settings: Settings) -> Path:
     shutil.copyfile(settings.marts_path, building)
     with duckdb.connect(str(building), config=settings.duckdb_config(settings.data_dir / "tmp")) as con:
         for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall():
-            con.execute(f'DROP VIEW "{view}"')
-        con.execute(f"ATTACH '{settings.warehouse_path}' AS source_warehouse (READ_ONLY)")
+            con.execute(f"DROP VIEW {quote_ident(view)}")
+        con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS source_warehouse (READ_ONLY)")
         for table, source in ACTIVATION_TABLES.items():
-            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM source_warehouse.{source}')
+            con.execute(f"CREATE TABLE {quote_ident(table)} AS SELECT * FROM source_warehouse.{source}")
         con.execute("DETACH source_warehouse")
         con.execute("CHECKPOINT")
     os.replace(building, published)
