@@ -489,9 +489,10 @@ SEGMENT_RULES = {
 
 
 def write_segments_yml(path: Path, rules: dict[str, str]) -> Path:
-    models = [{"name": "not_a_segment", "description": "ignored: no seg_ prefix"}]
-    models += [{"name": f"seg_{name}", "config": {"meta": {"segment": {"rule": rule, "destinations": ["crm_email"]}}}}
-               for name, rule in rules.items()]
+    """A segments YAML laid out as the dbt project's (models/marts/_segments.yml)."""
+    segments = [{"name": name, "rule": rule, "destinations": ["crm_email"]} for name, rule in rules.items()]
+    models = [{"name": "not_segments", "description": "ignored: not segment_membership"},
+              {"name": "segment_membership", "config": {"meta": {"segments": segments}}}]
     path.write_text(yaml.safe_dump({"version": 2, "models": models}, sort_keys=False), encoding="utf-8")
     return path
 
@@ -506,7 +507,7 @@ def segment_scenario(root: Path, segments_yml: Path, file_format: str, seed: int
 
 @pytest.fixture(scope="module")
 def segments_yml(tmp_path_factory):
-    return write_segments_yml(tmp_path_factory.mktemp("segments") / "_segments__models.yml",
+    return write_segments_yml(tmp_path_factory.mktemp("segments") / "_segments.yml",
                               {name: sql for name, (sql, _) in SEGMENT_RULES.items()})
 
 
@@ -620,8 +621,9 @@ def test_bad_segment_rules_are_refused(tmp_path):
     unknown = write_segments_yml(tmp_path / "unknown.yml", {"typo": "acme_bank__household_incme > 1"})
     with pytest.raises(ValueError, match="segment typo"):
         synth.generate_scenario(tmp_path / "a", segments_yml=unknown, **small)
-    (tmp_path / "norule.yml").write_text("version: 2\nmodels:\n  - name: seg_empty\n    config: {meta: {segment: {}}}\n")
-    with pytest.raises(ValueError, match="seg_empty needs"):
+    (tmp_path / "norule.yml").write_text(
+        "version: 2\nmodels:\n  - name: segment_membership\n    config: {meta: {segments: [{name: empty}]}}\n")
+    with pytest.raises(ValueError, match="segment empty needs a rule"):
         synth.generate_scenario(tmp_path / "b", segments_yml=tmp_path / "norule.yml", **small)
     assert not (tmp_path / "b").exists()  # refused before anything is written
 

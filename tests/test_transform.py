@@ -135,7 +135,7 @@ def test_segment_reading_a_partner_without_agreement_fails_naming_segment_and_co
     outcomes = [nightly.ingest(d, "run") for d in nightly.discover(DAY, "run")]
     nightly.publish(outcomes, DAY, "run")
     nightly.load_first_party(DAY)
-    with pytest.raises(ModelBuildFailed, match="segment seg_high_earning_homeowners reads acme_bank__household_income"):
+    with pytest.raises(ModelBuildFailed, match="segment high_earning_homeowners reads acme_bank__household_income, which enriched_profiles does not have"):
         nightly.transform(DAY, "run")
 
 

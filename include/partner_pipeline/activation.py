@@ -334,7 +334,7 @@ class S3FileExport:
 # --- the whole activation ------------------------------------------------------------------
 
 def declared_pairs(con) -> set[tuple[str, str]]:
-    """Every (destination, segment) a segment lists in its meta.segment.destinations."""
+    """Every (destination, segment) a segment lists in its destinations (models/marts/_segments.yml)."""
     return {tuple(r) for r in con.execute("""SELECT listed.destination_id, segment_name FROM intermediate.int_segments
                                              CROSS JOIN unnest(destinations) AS listed(destination_id)""").fetchall()}
 
@@ -347,7 +347,9 @@ def pairs_to_sync(con, governance: Governance, declared: set[tuple[str, str]]) -
 
 
 def policy_violations(con, destination_id: str, segment: str) -> list[str]:
-    """The send-time re-check: the policy view, over the agreements and governance files as they are now."""
+    """The send-time re-check: the policy view, over the agreements and governance files as they are now.
+    Its reads come from int_segment_reads, the same parser derivation that gave segment_membership its
+    columns, and a refused rule is a row with no destination, so it blocks every destination."""
     return [m for (m,) in con.execute(
         """SELECT message FROM marts.segment_policy_violations
            WHERE segment_name = ? AND (destination_id = ? OR destination_id IS NULL) ORDER BY message""",

@@ -73,13 +73,14 @@ def record_segment_sizes(con, day: dt.date, run_id: str) -> bool:
     con.execute(_HISTORY_DDL)
     if not con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0]:
         return False
-    tables = [t for (t,) in con.execute("""SELECT table_name FROM information_schema.tables WHERE table_catalog = 'marts'
-                                           AND table_name LIKE 'seg\\_%' ESCAPE '\\' ORDER BY 1""").fetchall()]
     con.execute("BEGIN")
     con.execute("DELETE FROM audit.segment_size_history WHERE run_date = ?", [day])
-    for table in tables:  # one table per segment, so an empty segment is recorded as 0
-        con.execute(f"""INSERT INTO audit.segment_size_history
-                        SELECT ?, ?, count(*), ?, now() FROM marts."{table}" """, [day, table.removeprefix("seg_"), run_id])
+    # every segment the run declared, so an empty segment is recorded as 0
+    con.execute("""INSERT INTO audit.segment_size_history
+                   SELECT ?, segments.segment_name, count(members.profile_id), ?, now()
+                   FROM intermediate.int_segments AS segments
+                   LEFT JOIN marts.segment_membership AS members USING (segment_name)
+                   GROUP BY segments.segment_name""", [day, run_id])
     con.execute("COMMIT")
     return True
 

@@ -1125,38 +1125,20 @@ def _corrupt_file(path: Path, corruption: str | None, number: int) -> str:
 
 # --- expected enriched_profiles and segment sizes --------------------------------------------
 
-SEGMENTS_YML = Path("dbt_project") / "models" / "marts" / "segments" / "_segments__models.yml"  # under PROJECT_ROOT
 LOADED_STATUSES = ("loaded", "loaded_flagged")
 
 
 def load_segment_rules(path: Path | None = None) -> dict[str, str]:
-    """{segment name (the model name without `seg_`): rule} from a dbt segments YAML; default the
-    project's own. A `seg_` model without meta.segment.rule is refused, as dbt would."""
+    """{segment name: rule} from a segments YAML as dbt reads it (transform.load_segments);
+    default the project's own."""
     return {name: segment["rule"] for name, segment in load_segments(path).items()}
 
 
 def load_segments(path: Path | None = None) -> dict[str, dict]:
-    """{segment name: {"rule": ..., "destinations": [...]}} from a dbt segments YAML (see load_segment_rules)."""
-    import yaml
+    """{segment name: {"rule": ..., "destinations": [...], "description": ...}} (see load_segment_rules)."""
+    from partner_pipeline.transform import load_segments as load
 
-    if path is None:
-        from partner_pipeline.settings import PROJECT_ROOT
-
-        path = PROJECT_ROOT / SEGMENTS_YML
-    document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    segments: dict[str, dict] = {}
-    for model in document.get("models") or []:
-        name = str(model.get("name", ""))
-        if not name.startswith("seg_"):
-            continue
-        meta = {**(model.get("meta") or {}), **((model.get("config") or {}).get("meta") or {})}
-        segment = meta.get("segment") or {}
-        if not segment.get("rule"):
-            raise ValueError(f"{path}: segment model {name} needs config.meta.segment.rule")
-        if name[4:] in segments:
-            raise ValueError(f"{path}: segment model {name} is declared twice")
-        segments[name[4:]] = {"rule": str(segment["rule"]), "destinations": [str(d) for d in segment.get("destinations") or []]}
-    return segments
+    return load(path)
 
 
 def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,

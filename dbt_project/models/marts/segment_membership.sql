@@ -1,14 +1,47 @@
--- Every segment's members, one row per segment and profile. A new segment model needs its
--- depends_on line here (dbt says so, naming the line, if it is missing).
--- depends_on: {{ ref('seg_attrition_risk') }}
--- depends_on: {{ ref('seg_high_earning_homeowners') }}
--- depends_on: {{ ref('seg_upsell_prospects') }}
-{%- set segments = [] %}
-{%- for node in graph.nodes.values() if node.resource_type == 'model' and node.name.startswith('seg_') %}
-    {%- do segments.append(node.name) %}
-{%- endfor %}
+-- depends_on: {{ ref('enriched_profiles') }}
+-- Every segment's members, one row per segment and profile, generated from the segments declared
+-- in YAML (_segments.yml). Each rule runs over a relation holding only profile_id and the columns
+-- segment_rule_reads derives from it (the policy check's own list): anything else it tries to read
+-- fails to bind. A rule the check refuses, or one naming a column the mart lacks, stops the build.
+{%- set segments = declared_segments() %}
+{%- set reads = {} %}
+{%- if execute and segments %}
+    {%- set declared %}
+        (values {% for s in segments %}({{ sql_literal(s.name) }}, {{ sql_literal(s.rule) }}){{ ", " if not loop.last }}{% endfor %})
+            as declared (segment_name, rule)
+    {%- endset %}
+    {%- set available = adapter.get_columns_in_relation(ref('enriched_profiles')) | map(attribute='name') | map('lower') | list %}
+    {%- set problems, unknown, refused = [], [], [] %}
+    {%- for segment_name, column_name, rule_problem in run_query(segment_rule_reads(declared)).rows %}
+        {%- if rule_problem %}
+            {%- do problems.append("segment " ~ segment_name ~ ": " ~ rule_problem) %}
+            {%- do refused.append(segment_name) %}
+        {%- elif column_name not in available %}
+            {%- do unknown.append((segment_name, column_name)) %}
+        {%- elif column_name != 'profile_id' %}
+            {%- do reads.setdefault(segment_name, []).append(column_name) %}
+        {%- endif %}
+    {%- endfor %}
+    {%- for segment_name, column_name in unknown if segment_name not in refused %}
+        {#- a refused rule's row name (enriched_profiles) is no column: its refusal says more #}
+        {%- do problems.append("segment " ~ segment_name ~ " reads " ~ column_name ~ ", which enriched_profiles does not have "
+            ~ "(no agreement for that partner, or the attribute was renamed); fix its rule or the agreement in include/agreements") %}
+    {%- endfor %}
+    {%- if problems %}
+        {{ exceptions.raise_compiler_error("segment rules refused (config.meta.segments in models/marts/_segments.yml):\n"
+            ~ (problems | sort | join("\n"))) }}
+    {%- endif %}
+{%- endif %}
 
-{% for name in segments | sort %}
-select segment_name, profile_id from {{ ref(name) }}
+{%- for segment in segments %}
+select {{ sql_literal(segment.name) }} as segment_name, profile_id
+from (
+    select profile_id{% for column in reads.get(segment.name, []) | sort %}, "{{ column }}"{% endfor %}
+    from {{ ref('enriched_profiles') }}
+) as segment_input
+where ({{ segment.rule }})
 {% if not loop.last %}union all{% endif %}
-{% endfor %}
+{%- else %}
+select null::varchar as segment_name, null::varchar as profile_id
+where false
+{%- endfor %}

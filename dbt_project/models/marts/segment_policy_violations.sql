@@ -54,8 +54,8 @@ policy_violations as (
                 else ', which carries label ' || policies.denied_label
             end
             || '; forbidden by policy ' || policies.policy_id
-            || '. Fix: drop the destination from meta.segment.destinations or the attribute from meta.segment.rule '
-            || '(models/marts/segments), or amend the agreement if the partner allows this use.' as message
+            || '. Fix: drop the destination from the segment''s destinations or the attribute from its rule '
+            || '(models/marts/_segments.yml), or amend the agreement if the partner allows this use.' as message
     from segment_actions
     inner join attributes_read using (segment_name)
     inner join policies using (marketing_action)
@@ -77,7 +77,7 @@ unknown_destinations as (
 unreadable_rules as (
     select
         segment_name,
-        'segment ' || segment_name || ': ' || rule_problem || ' (meta.segment.rule in models/marts/segments).' as message
+        'segment ' || segment_name || ': ' || rule_problem || ' (its rule in models/marts/_segments.yml).' as message
     from {{ ref('int_segment_reads') }}
     where rule_problem is not null
 )

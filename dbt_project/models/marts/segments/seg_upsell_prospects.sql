@@ -1,1 +1,0 @@
-{{ segment_members() }}
