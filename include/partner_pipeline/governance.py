@@ -19,6 +19,8 @@ from partner_pipeline.agreements import Agreement
 
 DESTINATION_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 SPECIAL_CATEGORY_LABEL = "special_category"
+# how long the files delivered to an s3_file destination stay in our bucket, unless it says otherwise
+DEFAULT_FILE_RETENTION_DAYS = 30
 
 
 class GovernanceError(ValueError):
@@ -54,6 +56,8 @@ class Destination(BaseModel):
     # s3_file
     uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9.\-]{3,63}/([^\s]*/)?$")] | None = None
     format: Literal["csv", "parquet"] = "csv"
+    # days the delivered files stay in the export bucket (counted from the run date); see retention.py
+    file_retention_days: Annotated[int, Field(ge=1, le=3650)] | None = None
     # http_audience
     connection_id: str | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -70,7 +74,13 @@ class Destination(BaseModel):
                              "its base URL as host and its bearer token as password)")
         if self.type == "s3_file" and self.connection_id:
             raise ValueError("connection_id only applies to type http_audience; s3_file uses the pipeline's S3 settings")
+        if self.type == "http_audience" and self.file_retention_days is not None:
+            raise ValueError("file_retention_days only applies to type s3_file (an http_audience destination keeps no files of ours)")
         return self
+
+    @property
+    def file_retention(self) -> int:
+        return self.file_retention_days or DEFAULT_FILE_RETENTION_DAYS
 
     @property
     def rows_per_batch(self) -> int:

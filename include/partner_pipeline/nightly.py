@@ -7,7 +7,7 @@ import json
 import logging
 from contextlib import contextmanager
 
-from partner_pipeline import activation, first_party, insights, privacy
+from partner_pipeline import activation, first_party, insights, privacy, retention
 from partner_pipeline.agreements import AgreementError, load_agreements
 from partner_pipeline.governance import GovernanceError, load_governance
 from partner_pipeline.drops import DropRef, find_complete_drops
@@ -15,7 +15,8 @@ from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
 from partner_pipeline.transform import ModelBuildFailed, build_models, published_summary, write_published_copy
-from partner_pipeline.warehouse import last_processing_keys, publish_agreements, publish_governance, publish_outcome, warehouse
+from partner_pipeline.warehouse import (erased_people_still_on_destinations, last_processing_keys, publish_agreements, publish_governance,
+                                        publish_outcome, rewrite_if_owed, rewrite_warehouse, warehouse)
 
 log = logging.getLogger(__name__)
 
@@ -135,19 +136,31 @@ def retention_clock(con, day: dt.date) -> dt.date:
 
 def data_rights(day: dt.date, run_id: str) -> dict:
     """After the build deleted what retention and erasure require from the tables (dbt): partner
-    notices and receipts for erasures, the quarantined copies, and access requests' exports."""
+    notices and receipts for erasures, access requests' exports, the copies outside the
+    warehouse past their declared retention (retention.py), delivered activation files scrubbed
+    of the erased; then the warehouse file rewritten if rows were deleted tonight."""
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
+    governance = load_governance(settings.governance_dir, agreements)
     client = client_from_settings(settings)
     ensure_buckets(client, [settings.outbox_bucket])
     with warehouse(settings) as con:
         retention_date = retention_clock(con, day)
         summary = {
-            "quarantine_purged": privacy.purge_expired_quarantine(con, client, settings.quarantine_bucket, agreements,
-                                                                  retention_date, run_id),
+            "activation_files_scrubbed": activation.scrub_delivered_files(con, client, governance, settings.activation_bucket, run_id),
             "erasures": privacy.complete_erasures(con, client, settings, agreements, day, run_id),
             "access_exports": privacy.answer_access_requests(con, client, settings, day, run_id),
+            "expired": retention.enforce(con, client, settings, agreements, governance, retention_date, run_id),
         }
+        # deleted rows keep their bytes in freed blocks until the file is rewritten: a full copy, so only
+        # on a night that deleted some (a table location has no '/'; answered requests' rows go too)
+        deleted = con.execute("""SELECT count(*) FROM audit.data_deletions WHERE run_id = ? AND rows > 0
+                                 AND position('/' IN location) = 0""", [run_id]).fetchone()[0]
+        if summary["erasures"] and erased_people_still_on_destinations(con):
+            # tonight's activation deletes their last rows (destination_members): rewrite again after it
+            con.execute("INSERT INTO audit.rewrite_due VALUES (?, 'erased people leave the destinations', now())", [run_id])
+    if deleted or summary["erasures"] or summary["access_exports"]:
+        summary["warehouse_rewrite"] = rewrite_warehouse(settings)
     log.info("data rights: %s", summary)
     return json.loads(json.dumps(summary, default=str))
 
@@ -170,10 +183,13 @@ def activate(day: dt.date, run_id: str, full_refresh: bool = False) -> list[dict
     governance = load_governance(settings.governance_dir, agreements)
     client = client_from_settings(settings)
     ensure_buckets(client, [settings.activation_bucket])
-    with warehouse(settings) as con:
-        publish_agreements(con, agreements, settings.outbox_bucket)  # what the send-time policy check reads
-        publish_governance(con, governance, settings.activation_bucket)
-        return activation.activate(con, governance, activation.Run(run_id, day, full_refresh), client, settings.activation_bucket)
+    try:
+        with warehouse(settings) as con:
+            publish_agreements(con, agreements, settings.outbox_bucket)  # what the send-time policy check reads
+            publish_governance(con, governance, settings.activation_bucket)
+            return activation.activate(con, governance, activation.Run(run_id, day, full_refresh), client, settings.activation_bucket)
+    finally:
+        rewrite_if_owed(settings)  # erased people's last rows (what destinations held) leave the file's bytes too
 
 
 def publish_marts(day: dt.date, run_id: str) -> dict:

@@ -192,28 +192,6 @@ def scrub_quarantine(con, client, bucket: str, prefixes: list[str], run_id: str)
     return changed
 
 
-def purge_expired_quarantine(con, client, bucket: str, agreements: dict[str, Agreement], retention_date: dt.date,
-                             run_id: str) -> list[dict]:
-    """Delete quarantined copies of drops past their agreement's retention (drop_date + retention_days <= retention_date)."""
-    purged = []
-    for partner_id in list_prefixes(client, bucket, ""):
-        agreement = agreements.get(partner_id)
-        if agreement is None:
-            continue  # no agreement, no retention period known: kept for the data team to decide
-        for date in list_prefixes(client, bucket, f"{partner_id}/"):
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-                continue
-            if dt.date.fromisoformat(date) + dt.timedelta(days=agreement.retention_days) > retention_date:
-                continue
-            keys = [o.key for o in list_objects(client, bucket, f"{partner_id}/{date}/")]
-            for key in keys:
-                client.delete_object(Bucket=bucket, Key=key)
-            con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'retention', NULL, ?, ?, ?, ?)",
-                        [run_id, f"s3://{bucket}/{partner_id}/{date}/", partner_id, date, len(keys)])
-            purged.append({"location": f"s3://{bucket}/{partner_id}/{date}/", "objects": len(keys)})
-    return purged
-
-
 # --- erasure: notices, receipts -------------------------------------------------------------
 
 def complete_erasures(con, client, settings, agreements: dict[str, Agreement], day: dt.date, run_id: str) -> list[dict]:

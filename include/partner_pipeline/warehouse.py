@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +24,8 @@ import duckdb
 from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
 from partner_pipeline.governance import Governance
 from partner_pipeline.settings import WAREHOUSE_POOL
+
+log = logging.getLogger(__name__)
 
 PROVENANCE_COLUMNS = (
     ("partner_id", "VARCHAR"), ("drop_date", "DATE"), ("delivery_id", "VARCHAR"), ("delivered_at", "TIMESTAMPTZ"),
@@ -43,6 +48,8 @@ CREATE TABLE IF NOT EXISTS audit.privacy_budget_ledger (
     partner_id VARCHAR, period VARCHAR, release_date DATE, run_id VARCHAR, epsilon DOUBLE, recorded_at TIMESTAMPTZ, status VARCHAR);
 CREATE TABLE IF NOT EXISTS audit.overlap_releases (
     partner_id VARCHAR, release_date DATE, run_id VARCHAR, released_at TIMESTAMPTZ, release JSON);
+-- a rewrite of the file (rewrite_warehouse) owed once the erased people are off every destination
+CREATE TABLE IF NOT EXISTS audit.rewrite_due (run_id VARCHAR, reason VARCHAR, requested_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS audit.data_deletions (
     deleted_at TIMESTAMPTZ, run_id VARCHAR, reason VARCHAR, request_id VARCHAR, location VARCHAR, partner_id VARCHAR,
     drop_date DATE, rows BIGINT);
@@ -127,6 +134,60 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
         yield con
     finally:
         con.close()
+
+
+def rewrite_if_owed(settings) -> dict | None:
+    """The rewrite nightly.data_rights left owed (audit.rewrite_due), once nothing it waited for remains:
+    activation has taken the erased people off every destination, so the rows it deleted from
+    activation.destination_members were the last of them. Until then a later night's activation retries."""
+    with warehouse(settings) as con:
+        due = con.execute("SELECT count(*) FROM audit.rewrite_due").fetchone()[0] and not erased_people_still_on_destinations(con)
+        if due:
+            con.execute("DELETE FROM audit.rewrite_due")
+    return rewrite_warehouse(settings) if due else None
+
+
+def erased_people_still_on_destinations(con) -> int:
+    return con.execute("""SELECT count(*) FROM activation.destination_members
+                          WHERE sha256('erasure:' || profile_id) IN (SELECT suppression_key FROM audit.erasure_suppressions
+                                                                   WHERE identifier_kind = 'profile_id')""").fetchone()[0]
+
+
+def rewrite_warehouse(settings) -> dict:
+    """Copy the warehouse into a fresh file and swap it in, so no freed block keeps deleted rows.
+
+    DuckDB's DELETE (and CREATE OR REPLACE, DROP) only marks rows or blocks free: their bytes stay
+    in the file until reused, so an erased person's email or ids could be read from it. COPY FROM
+    DATABASE writes only the live rows (with sequences, constraints, views and macros) into a new
+    file; after a checkpoint it is the whole state and replaces the old file atomically. Readers
+    already open keep the old snapshot; the pool keeps writers out meanwhile.
+
+    It costs a full copy of the warehouse, so the nightly data-rights step calls it only after a
+    night that deleted rows (retention, erasure, answered requests). The marts file and the
+    published copy need none: dbt builds the marts into a fresh file every night
+    (transform.build_models) and publishing copies that file."""
+    path = settings.warehouse_path
+    if not path.exists():
+        return {"rewritten": False}
+    fresh = path.with_name(path.name + ".rewriting")
+    for stale in (fresh, Path(f"{fresh}.wal")):
+        stale.unlink(missing_ok=True)
+    started, before = time.perf_counter(), path.stat().st_size
+    with duckdb.connect(config=settings.duckdb_config(path.parent / "tmp")) as con:
+        # the old file under its own catalog name and the marts as `marts`, so the views bind as they were written
+        catalog = '"' + path.stem.replace('"', '""') + '"'
+        con.execute(f"ATTACH {quote_path(path)} AS {catalog} (READ_ONLY)")
+        if settings.marts_path.exists():
+            con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts (READ_ONLY)")
+        con.execute(f"ATTACH {quote_path(fresh)} AS rewriting")
+        con.execute(f"COPY FROM DATABASE {catalog} TO rewriting")
+        con.execute("CHECKPOINT rewriting")
+    os.replace(fresh, path)
+    Path(f"{path}.wal").unlink(missing_ok=True)  # none after a clean close; an old one must not replay into the new file
+    summary = {"rewritten": True, "seconds": round(time.perf_counter() - started, 2), "bytes_before": before,
+               "bytes_after": path.stat().st_size}
+    log.info("warehouse rewritten without freed blocks: %s", summary)
+    return summary
 
 
 def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str) -> None:

@@ -1,0 +1,216 @@
+"""Erasure is physical and every copy has a retention: the bytes of the DuckDB files and of the
+delivered activation files, searched directly; copies past their declared retention deleted on
+the day. Every night function as the DAG runs it, the real S3 server, real DuckDB files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import pytest
+import yaml
+
+from partner_pipeline import synth
+from partner_pipeline.agreements import load_agreements
+from partner_pipeline.settings import load_settings
+from conftest import run_night as night
+from test_privacy import D, identifiers_of, query, request_erasure
+
+S3_FILE_DESTINATIONS = ("crm_email", "ads_customer_list")
+
+
+def set_file_retention(governance_dir, **days):
+    path = governance_dir / "destinations.yaml"
+    document = yaml.safe_load(path.read_text())
+    for destination_id, n in days.items():
+        document["destinations"][destination_id]["file_retention_days"] = n
+    path.write_text(yaml.safe_dump(document))
+
+
+@pytest.fixture
+def first_night(pipeline_env, governance_dir, agreements_dir, audience_api, s3_api, tmp_path):
+    """Drops of D-1 and D from both partners, the night of D-1 run. The governance files are a
+    private copy (governance_dir) a test may edit before the first night."""
+    def run(**file_retention):
+        set_file_retention(governance_dir, **file_retention)
+        settings = load_settings()
+        agreements = load_agreements(agreements_dir)
+        root = tmp_path / "synth"
+        synth.generate_scenario(root, landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                                agreements=agreements, drop_date=D - dt.timedelta(days=1), n_profiles=800,
+                                rows_per_partner=600, seed=21, bad_row_share=0.02)
+        for partner_id in ("acme_bank", "globex_retail"):
+            synth.write_drop(root, settings.landing_bucket, synth.DropSpec(agreements[partner_id], D, rows=500, bad_row_share=0.02),
+                             21, 800, 22)
+        synth.upload_tree(s3_api, root)
+        night(D - dt.timedelta(days=1), "n1")
+        return settings
+    return run
+
+
+def someone_in_a_delivered_file() -> str:
+    """A profile a file destination was sent (an add file in our bucket) and both partners linked."""
+    return query(f"""
+        SELECT m.profile_id FROM activation.destination_members m
+        JOIN marts.partner_person_links a ON a.profile_id = m.profile_id AND a.partner_id = 'acme_bank'
+        JOIN marts.partner_person_links g ON g.profile_id = m.profile_id AND g.partner_id = 'globex_retail'
+        WHERE m.destination_id IN {S3_FILE_DESTINATIONS} ORDER BY 1 LIMIT 1""")[0][0]
+
+
+def forms(identifiers: dict[str, set[str]]) -> dict[str, set[bytes]]:
+    """Each identifier with the spellings a file could hold it in (as typed, lower, upper case)."""
+    found = {}
+    for kind, values in identifiers.items():
+        if kind == "email":  # one email, as typed and normalized: one identifier
+            found[f"email {sorted(values)[0]}"] = {s.encode() for v in values for s in (v, v.lower(), v.upper())}
+            continue
+        for v in values:
+            found[f"{kind} {v}"] = {v.encode(), v.lower().encode(), v.upper().encode()}
+    return found
+
+
+def duckdb_files(settings) -> list:
+    """Every DuckDB file (and write-ahead log, half-built or rewriting copy) under the data
+    directory: the warehouse, the marts, the published copy, any stage left behind."""
+    return sorted(p for p in settings.data_dir.rglob("*") if p.is_file() and ".duckdb" in p.name)
+
+
+def byte_search(paths, identifiers: dict[str, set[bytes]]) -> dict[str, list[str]]:
+    """identifier -> the files whose raw bytes hold it in any spelling (read directly, not queried:
+    a freed block is invisible to SQL)."""
+    hits: dict[str, list[str]] = {}
+    for path in paths:
+        data = path.read_bytes()
+        for name, spellings in identifiers.items():
+            if any(s in data for s in spellings):
+                hits.setdefault(name, []).append(path.name)
+    return hits
+
+
+def delivered_objects(s3_api, bucket) -> dict[str, bytes]:
+    return {o["Key"]: s3_api.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for page in s3_api.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])}
+
+
+def activation_hashes(profile_id: str) -> set[str]:
+    """The person's hashes under the file destinations' hash profiles (what their files hold)."""
+    return {h for row in query("""SELECT email_sha256, phone_sha256 FROM activation.destination_members
+                                  WHERE profile_id = ? AND destination_id IN ('crm_email', 'ads_customer_list')""",
+                               [profile_id]) for h in row if h}
+
+
+def test_no_byte_of_an_erased_person_stays_in_any_duckdb_file(first_night, s3_api):
+    settings = first_night()
+    person = someone_in_a_delivered_file()
+    identifiers = forms(identifiers_of(person))
+    delivered_hashes = activation_hashes(person)
+    files = duckdb_files(settings)
+    assert {settings.warehouse_path, settings.marts_path, settings.published_path} <= set(files)
+    before = byte_search(files, identifiers)
+    assert set(before) == set(identifiers), f"the byte search must see every identifier before: {set(identifiers) - set(before)}"
+    adds = {k: v for k, v in delivered_objects(s3_api, settings.activation_bucket).items() if "/add-" in k}
+    assert any(h.encode() in body for h in delivered_hashes for body in adds.values())
+
+    email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
+    request_erasure(s3_api, settings, D, [{"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "email": f" {email.upper()}"}])
+    night(D, "n2")
+
+    files = duckdb_files(settings)
+    assert byte_search(files, identifiers) == {}
+    assert not [p for p in files if p.name.endswith((".wal", ".rewriting", ".building"))]
+    # the add files delivered before hold them no more; only tonight's remove files name them (the instruction)
+    holding = {k for k, body in delivered_objects(s3_api, settings.activation_bucket).items()
+               if any(h.encode() in body for h in delivered_hashes)}
+    assert holding and all(re.search(rf"/{D}/\d{{6}}/remove-\d{{5}}\.csv$", k) for k in holding), holding
+    rewrites = query("SELECT count(*) FROM audit.data_deletions WHERE run_id = 'n2' AND reason = 'erasure' AND location LIKE 's3://%/add-%'")
+    assert rewrites[0][0] >= 1
+
+
+def test_delivered_files_scrubbed_kept_for_their_retention_and_removes_until_confirmed(first_night, s3_api):
+    """crm_email keeps its files 2 days: the files of D-1 expire on D+1 (not on D); the remove
+    files of D go on D+1, when a later night's sync of the same segment completed."""
+    settings = first_night(crm_email=2, ads_customer_list=30)
+    person = someone_in_a_delivered_file()
+    hashes = activation_hashes(person)
+    first = {k for k in delivered_objects(s3_api, settings.activation_bucket) if f"/{D - dt.timedelta(days=1)}/" in k}
+    assert any(k.startswith("crm_email/") for k in first) and any(k.startswith("ads_customer_list/") for k in first)
+    email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
+    request_erasure(s3_api, settings, D, [{"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "email": email}])
+    night(D, "n2")
+
+    objects = delivered_objects(s3_api, settings.activation_bucket)
+    assert first <= set(objects)  # nothing expired yet
+    for key in first:
+        body = objects[key]
+        assert not any(h.encode() in body for h in hashes), key
+        if key.endswith("manifest.json"):  # the manifest describes the scrubbed files
+            manifest = json.loads(body)
+            for entry in manifest["files"]:
+                data = objects[key.rsplit("/", 1)[0] + "/" + entry["key"]]
+                assert entry["rows"] == data.decode().count("\n") - 1
+                assert entry["sha256"] == __import__("hashlib").sha256(data).hexdigest()
+    removes_of_d = {k for k in objects if re.search(rf"/{D}/\d{{6}}/remove-", k)}
+    assert removes_of_d  # the erased person (at least) is removed tonight
+
+    night(D + dt.timedelta(days=1), "n3")
+    objects = delivered_objects(s3_api, settings.activation_bucket)
+    expired = {k for k in first if k.startswith("crm_email/")}
+    assert not expired & set(objects)  # D-1 + 2 days = D+1
+    assert {k for k in first if k.startswith("ads_customer_list/")} <= set(objects)  # 30 days
+    assert not removes_of_d & set(objects)  # confirmed by the sync of D+1
+    assert not any(h.encode() in body for h in hashes for body in objects.values())
+    logged = query("SELECT reason, location, drop_date, rows FROM audit.data_deletions WHERE run_id = 'n3' AND reason IN ('retention', 'delivered')")
+    assert {(f"s3://{settings.activation_bucket}/{k.split('/')[0]}/{k.split('/')[1]}/{D - dt.timedelta(days=1)}/")
+            for k in expired} <= {loc for reason, loc, _, _ in logged if reason == "retention"}
+    assert {f"s3://{settings.activation_bucket}/{k}" for k in removes_of_d} == {loc for reason, loc, _, _ in logged if reason == "delivered"}
+
+
+def test_copies_past_their_declared_retention_are_deleted_on_the_day(pipeline_env, agreements_dir, audience_api, s3_api, tmp_path):
+    """Each kind of copy, dated so that one expires today (D) and one tomorrow: today's goes and
+    is logged, tomorrow's stays. Periods as declared in partner_pipeline/retention.py."""
+    settings = load_settings()
+    agreements = load_agreements(agreements_dir)
+    root = tmp_path / "synth"
+    synth.generate_scenario(root, landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=agreements, drop_date=D, n_profiles=300, rows_per_partner=200, seed=3)
+    synth.upload_tree(s3_api, root)
+    for name, body in (("records.csv", b"partner_record_id\n1\n"), ("manifest.json", b"{}"), ("_SUCCESS", b"")):
+        s3_api.put_object(Bucket=settings.landing_bucket, Key=f"no_agreement_co/{D}/{name}", Body=body)
+
+    def dated(days):  # (expires today, expires tomorrow)
+        return D - dt.timedelta(days=days), D - dt.timedelta(days=days - 1)
+
+    copies = []  # (store, key or path, date, location logged)
+    for day in dated(30):
+        key = f"no_agreement_co/{day}/delivery-1/report.json"
+        copies.append(("s3", settings.quarantine_bucket, key, day, f"s3://{settings.quarantine_bucket}/no_agreement_co/{day}/"))
+        key = f"access_exports/{day}/AR-{day}.json"
+        copies.append(("s3", settings.first_party_bucket, key, day, f"s3://{settings.first_party_bucket}/access_exports/{day}/"))
+    for day in dated(90):
+        key = f"old-run/acme_bank__{day}__delivery-1.json"
+        copies.append(("file", settings.validation_dir, key, day, str(settings.validation_dir / key)))
+        copies.append(("file", settings.reports_dir, f"{day}.html", day, str(settings.reports_dir / f"{day}.html")))
+        copies.append(("s3", settings.reports_bucket, f"{day}/report.html", day, f"s3://{settings.reports_bucket}/{day}/"))
+    for store, where, key, day, _ in copies:
+        if store == "s3":
+            s3_api.put_object(Bucket=where, Key=key, Body=b"{}")
+        else:
+            (where / key).parent.mkdir(parents=True, exist_ok=True)
+            (where / key).write_text("{}")
+
+    night(D, "n1")
+
+    def exists(store, where, key):
+        if store == "file":
+            return (where / key).exists()
+        return s3_api.list_objects_v2(Bucket=where, Prefix=key)["KeyCount"] == 1
+
+    logged = {(loc, day) for loc, day in query("SELECT location, drop_date FROM audit.data_deletions WHERE reason = 'retention'")}
+    for store, where, key, day, location in copies:
+        expires_today = day in {dated(30)[0], dated(90)[0]}
+        assert exists(store, where, key) != expires_today, (key, day)
+        assert ((location, day) in logged) == expires_today, (location, day)
+    # tonight's own copies stay: the no-agreement drop's quarantine copy, the night's validation results
+    assert s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"no_agreement_co/{D}/")["KeyCount"] > 0
+    assert list(settings.validation_dir.glob(f"n1/*__{D}__*.json"))
