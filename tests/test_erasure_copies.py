@@ -14,6 +14,7 @@ import json
 import re
 
 from partner_pipeline.agreements import RECORD_COLUMNS, load_agreements
+from partner_pipeline.settings import load_settings
 from test_privacy import (D, HASH_PROFILES, deliver_rows, identifiers_of, latest_record, night, query, request_erasure,  # noqa: F401
                           scan_objects, someone_everywhere, two_nights)
 
@@ -118,7 +119,17 @@ def test_an_access_export_made_before_the_erasure_goes_with_the_person(two_night
     assert [r[0] for r in rows] == ["request_id", "AR-2"]
 
 
-def test_quarantined_rows_and_copies_are_matched_whatever_the_case_spaces_or_newlines(two_nights, s3_api):
+def quarantine_whole(s3_api, settings, partner_id: str, rows: list[dict]) -> None:
+    """The partner's drop of D, quarantined whole: its manifest claims another row count."""
+    deliver_rows(s3_api, settings, partner_id, D, rows, claimed_rows=len(rows) + 1)
+
+
+def expected_csv(partner_id: str, rows: list[dict]) -> list[list[str]]:
+    header = [*RECORD_COLUMNS, *load_agreements(load_settings().agreements_dir)[partner_id].attributes]
+    return [header] + [[r.get(c) if r.get(c) is not None else "" for c in header] for r in rows]
+
+
+def test_quarantined_rows_and_copies_match_hashes_whatever_the_case_and_spaces(two_nights, s3_api):
     settings = two_nights["settings"]
     person = someone_everywhere()
     forms = every_form(person)
@@ -131,26 +142,68 @@ def test_quarantined_rows_and_copies_are_matched_whatever_the_case_spaces_or_new
                  {**globex, "partner_record_id": "G-PERSON", "partner_person_id": f" {globex['partner_person_id']} ",
                   "email_sha256": "", "phone_sha256": ""}]
     deliver_rows(s3_api, settings, "globex_retail", D, [for_csv(r) for r in others("globex_retail", forms["partner_person_id"], 60) + malformed])
-    # Acme's drop is quarantined whole (its manifest claims another row count); its copy holds the person
-    # in records whose quoted fields span lines, before and after the identifier columns
-    last = list(load_agreements(settings.agreements_dir)["acme_bank"].attributes)[-1]
+    # Acme's drop is quarantined whole; its copy holds the person the same two ways
     kept = [for_csv(r) for r in others("acme_bank", forms["partner_person_id"], 20)]
-    kept[3] = {**kept[3], "partner_record_id": "OTHER-3\nwith a newline", last: "a value\nover two lines"}
-    theirs = [{**for_csv(acme), "partner_record_id": "A-BEFORE\n", "email_sha256": acme["email_sha256"].upper(), "partner_person_id": "A-NEW-1"},
-              {**for_csv(acme), "partner_record_id": "A-AFTER", last: "spans\nlines"}]
-    deliver_rows(s3_api, settings, "acme_bank", D, kept[:10] + theirs[:1] + kept[10:15] + theirs[1:] + kept[15:], claimed_rows=999)
+    theirs = [{**for_csv(acme), "partner_record_id": "A-UPPER", "partner_person_id": "A-NEW-1", "email_sha256": acme["email_sha256"].upper(),
+               "phone_sha256": ""},
+              {**for_csv(acme), "partner_record_id": "A-SPACES", "partner_person_id": "A-NEW-2", "email_sha256": f" {acme['email_sha256']}\t",
+               "phone_sha256": ""}]
+    quarantine_whole(s3_api, settings, "acme_bank", kept[:5] + theirs[:1] + kept[5:12] + theirs[1:] + kept[12:])
     request_erasure(s3_api, settings, D, [{"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "profile_id": person}])
     night(D, "n2")
 
     assert query("SELECT partner_record_id FROM raw.quarantined_rows WHERE partner_record_id LIKE 'G-%'") == []
-    assert query("SELECT count(*) FROM raw.quarantined_rows WHERE drop_date = ?", [D]) == [(0,)]
-    assert query("""SELECT sum(rows) FROM audit.data_deletions WHERE location = 'raw.quarantined_rows' AND request_id = 'ER-1'""") == [(3,)]
+    assert query("SELECT sum(rows) FROM audit.data_deletions WHERE location = 'raw.quarantined_rows' AND request_id = 'ER-1' AND drop_date = ?",
+                 [D]) == [(3,)]
     [key] = quarantined_keys(s3_api, settings.quarantine_bucket, "acme_bank", D, ".csv")
-    rows = read_csv_object(s3_api, settings.quarantine_bucket, key)
-    header = [*RECORD_COLUMNS, *load_agreements(settings.agreements_dir)["acme_bank"].attributes]
-    assert rows == [header] + [[r.get(c) if r.get(c) is not None else "" for c in header] for r in kept]  # the others, as sent
+    assert read_csv_object(s3_api, settings.quarantine_bucket, key) == expected_csv("acme_bank", kept)
     assert scan_objects(s3_api, [settings.quarantine_bucket], forms) == []
     assert {"location": f"s3://{settings.quarantine_bucket}/{key}", "rows": 2, "action": "rows removed"} in receipt("ER-1")["objects_scrubbed"]
+
+
+def test_a_quarantined_csv_copy_is_scrubbed_record_by_record_not_line_by_line(two_nights, s3_api):
+    settings = two_nights["settings"]
+    person = someone_everywhere()
+    forms = every_form(person)
+    acme = for_csv(latest_record("acme_bank", person))
+    # quoted fields spanning lines, before and after the identifier columns, in the person's records
+    # and in others' (which must come through as sent)
+    last = list(load_agreements(settings.agreements_dir)["acme_bank"].attributes)[-1]
+    kept = [for_csv(r) for r in others("acme_bank", forms["partner_person_id"], 20)]
+    kept[3] = {**kept[3], "partner_record_id": "OTHER-3\nwith a newline", last: "a value\r\nover two lines"}
+    theirs = [{**acme, "partner_record_id": "A-BEFORE\n"}, {**acme, "partner_record_id": "A-AFTER", last: "spans\nlines"}]
+    quarantine_whole(s3_api, settings, "acme_bank", kept[:10] + theirs[:1] + kept[10:15] + theirs[1:] + kept[15:])
+    request_erasure(s3_api, settings, D, [{"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "profile_id": person}])
+    night(D, "n2")
+
+    [key] = quarantined_keys(s3_api, settings.quarantine_bucket, "acme_bank", D, ".csv")
+    assert read_csv_object(s3_api, settings.quarantine_bucket, key) == expected_csv("acme_bank", kept)
+    assert scan_objects(s3_api, [settings.quarantine_bucket], forms) == []
+    assert {"location": f"s3://{settings.quarantine_bucket}/{key}", "rows": 2, "action": "rows removed"} in receipt("ER-1")["objects_scrubbed"]
+
+
+def test_a_quarantined_parquet_copy_is_rewritten_without_the_person(tmp_path):
+    """The Parquet branch of the copy scrub (the drops of the night tests are CSV): read and written
+    through pyarrow with the path as an argument; the other rows and the schema are kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from partner_pipeline import privacy
+
+    email = _sha("someone@example.com")
+    table = pa.table({"partner_record_id": ["1", "2", "3"], "partner_person_id": ["P1", " P2 ", "P3"],
+                      "email_sha256": [_sha("a@example.com"), None, email.upper()], "consent_enrichment": [True, False, True]})
+    path = tmp_path / "it's a \"drop\".parquet"  # a partner's file name: quotes and all
+    pq.write_table(table, path)
+    suppressed = {"email_sha256": {privacy.suppression_key(email): {"ER-1"}}, "phone_sha256": {},
+                  "partner_person": {privacy.suppression_key("acme_bank:P2"): {"ER-1"}}, "profile_id": {}}
+    rows, dropped, body = privacy._scrub_file(path, "acme_bank", suppressed)
+    assert rows == 3 and [r["partner_record_id"] for r in dropped] == ["2", "3"]
+    out = tmp_path / "out.parquet"
+    out.write_bytes(body)
+    assert pq.read_table(out).equals(table.take([0]))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    assert privacy._scrub_file(tmp_path / "bad.parquet", "acme_bank", suppressed) is None
 
 
 def test_every_partner_whose_drop_held_the_person_is_told_and_told_again(two_nights, s3_api):
