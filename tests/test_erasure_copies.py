@@ -13,10 +13,21 @@ import io
 import json
 import re
 
+import pytest
+
 from partner_pipeline.agreements import RECORD_COLUMNS, load_agreements
 from partner_pipeline.settings import load_settings
 from test_privacy import (D, HASH_PROFILES, deliver_rows, identifiers_of, latest_record, night, query, request_erasure,  # noqa: F401
                           scan_objects, someone_everywhere, two_nights)
+
+
+@pytest.fixture(autouse=True)
+def own_outboxes(pipeline_env, agreements_dir):
+    """An agreement may name a fixed outbox bucket (Globex's does), shared by every test of the session:
+    point it into this test's own outbox bucket, so the notices written here are never read by another test."""
+    bucket = pipeline_env["PIPELINE_OUTBOX_BUCKET"]
+    for path in agreements_dir.glob("*.yaml"):
+        path.write_text(re.sub(r"^outbox_uri: .*$", f"outbox_uri: s3://{bucket}/{path.stem}/", path.read_text(), flags=re.M))
 
 
 def _sha(text: str) -> str:

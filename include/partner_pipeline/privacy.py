@@ -151,7 +151,7 @@ def _requests_of(row: dict, partner_id: str | None, suppressed: Suppressed) -> s
         if value:
             hits |= suppressed[kind].get(suppression_key(value), set())
     person = normal_person_id(row.get("partner_person_id"))
-    partner = row.get("partner_id") or partner_id
+    partner = partner_id or row.get("partner_id")  # a file's partner is its folder's, whatever its columns say
     if person and partner:
         hits |= suppressed["partner_person"].get(suppression_key(f"{partner}:{person}"), set())
     profile_id = row.get("profile_id")
@@ -192,8 +192,9 @@ def _scrub_file(path: Path, partner_id: str, suppressed: Suppressed) -> tuple[in
         if path.name.endswith(".parquet"):
             table = pq.read_table(path)  # a path argument, never SQL text
             rows = table.to_pylist()
-            keep = [i for i, r in enumerate(rows) if not hit(r)]
-            dropped = [r for r in rows if hit(r)]
+            hits = [hit(r) for r in rows]
+            keep = [i for i, h in enumerate(hits) if not h]
+            dropped = [r for r, h in zip(rows, hits) if h]
             if not dropped:
                 return len(rows), [], None
             out = io.BytesIO()
