@@ -274,25 +274,31 @@ def test_access_request_exports_everything_held_with_provenance(two_nights, s3_a
 
 # --- consent withdrawal -----------------------------------------------------------------------
 
-def deliver_rows(s3_api, settings, partner_id: str, day: dt.date, rows: list[dict]) -> None:
-    """A hand-made drop (spec layout: one CSV, manifest with sha256 and counts, _SUCCESS last)."""
+def deliver_rows(s3_api, settings, partner_id: str, day: dt.date, rows: list[dict], *, claimed_rows: int | None = None,
+                 gz: bool = False) -> None:
+    """A hand-made drop (spec layout: one CSV, manifest with sha256 and counts, _SUCCESS last); a partner
+    without an agreement sends the rows' own columns; claimed_rows != len(rows) makes the drop fail whole."""
+    import gzip
     import hashlib
 
     from partner_pipeline.agreements import RECORD_COLUMNS
 
-    agreement = load_agreements(settings.agreements_dir)[partner_id]
+    agreement = load_agreements(settings.agreements_dir).get(partner_id)
     out = io.StringIO()
-    writer = csv.DictWriter(out, [*RECORD_COLUMNS, *agreement.attributes], lineterminator="\n", extrasaction="ignore")
+    columns = [*RECORD_COLUMNS, *agreement.attributes] if agreement else list(rows[0])
+    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    data = out.getvalue().encode()
+    data = gzip.compress(out.getvalue().encode(), mtime=0) if gz else out.getvalue().encode()
+    name = "records-000.csv.gz" if gz else "records-000.csv"
     prefix = f"{partner_id}/{day}/"
     for obj in s3_api.list_objects_v2(Bucket=settings.landing_bucket, Prefix=prefix).get("Contents", []):
         s3_api.delete_object(Bucket=settings.landing_bucket, Key=obj["Key"])  # this delivery replaces the earlier one
-    manifest = {"partner_id": partner_id, "agreement_id": agreement.agreement_id, "drop_date": day.isoformat(), "schema_version": 1,
-                "files": [{"key": "records-000.csv", "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}],
-                "record_count": len(rows)}
-    s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + "records-000.csv", Body=data)
+    count = len(rows) if claimed_rows is None else claimed_rows
+    manifest = {"partner_id": partner_id, "agreement_id": agreement.agreement_id if agreement else f"{partner_id}-none",
+                "drop_date": day.isoformat(), "schema_version": 1,
+                "files": [{"key": name, "rows": count, "sha256": hashlib.sha256(data).hexdigest()}], "record_count": count}
+    s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + name, Body=data)
     s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
     s3_api.put_object(Bucket=settings.landing_bucket, Key=prefix + "_SUCCESS", Body=b"")
 

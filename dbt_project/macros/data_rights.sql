@@ -10,10 +10,13 @@
      the identifiers of the person: our profile ids, their email hashed under every hash
      profile, their phone under every (hash profile, country code) in use, and the partner
      persons whose records carry those hashes. Their keys, sha256('erasure:' || identifier) so that
-     the list itself holds no identifier, go to the suppression list audit.erasure_suppressions for good, and what each partner must be told goes to
-     audit.pending_erasure_notices (the DAG writes the outbox files, then empties it).
-  3. the suppression list is applied to the raw tables: whatever a later load, re-run or
-     backfill brought back of an erased person is deleted again before any model runs.
+     the list itself holds no identifier, go to the suppression list audit.erasure_suppressions for good.
+  3. the suppression list is applied to the raw tables and raw.quarantined_rows: whatever a later load,
+     re-run or backfill brought back of an erased person is deleted again before any model runs, and
+     each partner whose rows were deleted goes to audit.pending_erasure_notices (the DAG writes the
+     outbox files, then empties it): a partner that sends an erased person again is told again.
+  Identifiers are compared normalized (erasure_hash / erasure_person below), as privacy.py does for
+  the quarantined copies in object storage.
 
   Every deletion is counted in audit.data_deletions (counts, never identifiers).
 #}
@@ -63,6 +66,23 @@
 {%- endmacro %}
 
 
+{#- The one SQL definition of how an identifier is normalized before it is keyed or matched; the
+    Python twin is privacy.normal_hash / privacy.normal_person_id (keep both alike). A malformed row
+    (uppercase or padded hash, kept in quarantine as evidence) still names the person: hashes are
+    compared lowercased and trimmed, partner person ids trimmed, empty means absent. -#}
+{% macro erasure_hash(value) -%}
+    nullif(lower(trim({{ value }}, ' ' || chr(9) || chr(10) || chr(13))), '')
+{%- endmacro %}
+
+{% macro erasure_person_id(person) -%}
+    nullif(trim({{ person }}, ' ' || chr(9) || chr(10) || chr(13)), '')
+{%- endmacro %}
+
+{% macro erasure_person(partner_id, person) -%}
+    ({{ partner_id }} || ':' || {{ erasure_person_id(person) }})
+{%- endmacro %}
+
+
 {% macro _email_hashes(email) -%}
     [{% for profile in var('hash_profiles') %}sha256({{ normalize_email(email, "'" ~ profile ~ "'") }}){{ ", " if not loop.last }}{% endfor %}]
 {%- endmacro %}
@@ -108,25 +128,22 @@
         union select request_id, 'phone_sha256', sha256(""" ~ normalize_phone('phone', 'phone_settings.hash_profile', 'phone_settings.default_country_code') ~ """)
               from people cross join phone_settings
     """) %}
+    {#- the partner persons whose rows carry those hashes, in loaded and in quarantined rows -#}
+    {%- set sources = [] -%}
     {%- for table in partner_raw_tables() %}
+        {%- do sources.append(('raw."' ~ table ~ '"', 'email_sha256', 'phone_sha256', 'partner_person_id')) %}
+    {%- endfor %}
+    {%- do sources.append(('raw.quarantined_rows', "record->>'email_sha256'", "record->>'phone_sha256'", "record->>'partner_person_id'")) %}
+    {%- for table, email, phone, person in sources %}
         {% do run_query("""
             insert into erasure_identifiers
-            select distinct ids.request_id, 'partner_person', records.partner_id || ':' || records.partner_person_id
-            from raw.\"""" ~ table ~ """\" as records
+            select distinct ids.request_id, 'partner_person', records.person
+            from (select """ ~ erasure_person('partner_id', person) ~ """ as person, """ ~ erasure_hash(email) ~ """ as email,
+                         """ ~ erasure_hash(phone) ~ """ as phone from """ ~ table ~ """) as records
             join erasure_identifiers as ids
-              on ids.identifier in (records.email_sha256, records.phone_sha256)
+              on ids.identifier in (records.email, records.phone)
              and ids.identifier_kind in ('email_sha256', 'phone_sha256')
-            where records.partner_person_id is not null
-        """) %}
-        {% do run_query("""
-            insert into audit.pending_erasure_notices
-            select distinct ids.request_id, records.partner_id, records.partner_person_id,
-                   max(records.email_sha256) over (partition by ids.request_id, records.partner_id, records.partner_person_id)
-            from raw.\"""" ~ table ~ """\" as records
-            join erasure_identifiers as ids
-              on ids.identifier_kind = 'partner_person'
-             and ids.identifier = records.partner_id || ':' || records.partner_person_id
-            except select * from audit.pending_erasure_notices
+            where records.person is not null
         """) %}
     {%- endfor %}
     {% do run_query("""
@@ -144,16 +161,35 @@
     {%- set suppressed = "select request_id, identifier_kind, suppression_key from audit.erasure_suppressions" -%}
     {%- set targets = [] -%}
     {%- for table in partner_raw_tables() %}
-        {%- do targets.append(('raw.' ~ table, 'raw."' ~ table ~ '"',
-            "email_sha256", "phone_sha256", "partner_id || ':' || partner_person_id")) %}
+        {%- do targets.append(('raw.' ~ table, 'raw."' ~ table ~ '"', "email_sha256", "phone_sha256", "partner_person_id")) %}
     {%- endfor %}
     {%- do targets.append(('raw.quarantined_rows', 'raw.quarantined_rows', "record->>'email_sha256'", "record->>'phone_sha256'",
-        "partner_id || ':' || (record->>'partner_person_id')")) %}
+        "record->>'partner_person_id'")) %}
     {%- for location, table, email, phone, person in targets %}
-        {%- set hit = "(s.identifier_kind = 'email_sha256' and s.suppression_key = " ~ suppression_key(email) ~ ") or (s.identifier_kind = 'phone_sha256' and s.suppression_key = " ~ suppression_key(phone) ~ ") or (s.identifier_kind = 'partner_person' and s.suppression_key = " ~ suppression_key(person) ~ ")" %}
+        {#- each row's three keys once (an equi-join, not a key computed per row and suppression), then the
+            matches serve the audit count, the partner's notice and the delete -#}
+        {% do run_query("""
+            create or replace temp table erasure_hits as
+            select distinct t.rid, s.request_id, t.partner_id, t.drop_date, t.person, t.email
+            from (select rid, partner_id, drop_date, person, email, unnest([
+                         {'kind': 'email_sha256', 'key': """ ~ suppression_key('email') ~ """},
+                         {'kind': 'phone_sha256', 'key': """ ~ suppression_key('phone') ~ """},
+                         {'kind': 'partner_person', 'key': """ ~ suppression_key("partner_id || ':' || person") ~ """}]) as k
+                  from (select rowid as rid, partner_id, drop_date,
+                               """ ~ erasure_person_id(person) ~ """ as person,
+                               """ ~ erasure_hash(email) ~ """ as email, """ ~ erasure_hash(phone) ~ """ as phone
+                        from """ ~ table ~ """)) as t
+            join (""" ~ suppressed ~ """) as s on s.identifier_kind = t.k.kind and s.suppression_key = t.k.key
+        """) %}
         {%- do _audit_deletions('erasure', location,
-            "select {meta}, s.request_id, '" ~ location ~ "', t.partner_id, t.drop_date, count(distinct t.rowid) from " ~ table ~ " t join (" ~ suppressed ~ ") s on " ~ hit ~ " group by all") %}
-        {%- do run_query("delete from " ~ table ~ " t where exists (select 1 from (" ~ suppressed ~ ") s where " ~ hit ~ ")") %}
+            "select {meta}, request_id, '" ~ location ~ "', partner_id, drop_date, count(distinct rid) from erasure_hits group by all") %}
+        {% do run_query("""
+            insert into audit.pending_erasure_notices
+            select request_id, partner_id, person, max(email) from erasure_hits
+            group by all having person is not null or max(email) is not null
+            except select * from audit.pending_erasure_notices
+        """) %}
+        {%- do run_query("delete from " ~ table ~ " where rowid in (select rid from erasure_hits)") %}
     {%- endfor %}
     {#- first party: by profile id, or by the canonical email hash (the same person under a new profile id) -#}
     {%- set fp_hit = "(s.identifier_kind = 'profile_id' and s.suppression_key = " ~ suppression_key('t.profile_id') ~ ") or (s.identifier_kind = 'email_sha256' and s.suppression_key = " ~ suppression_key("sha256(" ~ normalize_email('t.email', "'canonical'") ~ ")") ~ ")" %}

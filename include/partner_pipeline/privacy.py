@@ -4,10 +4,12 @@ The deletions in the warehouse live in dbt (macros/data_rights.sql, run at the s
 build). This module does the rest:
 - load erasure and access requests from `s3://<first-party>/{erasure,access}_requests/<date>/*.csv`
   into raw tables (identifiers in clear only until the request is answered);
-- after the build: write each partner's erasure notice to its outbox (spec), scrub the
-  pipeline's quarantined copies of the person's rows, delete quarantined copies past retention,
-  write a receipt per erasure request, export what we hold about each access request's subject
-  as JSON (GDPR portability), then forget the requests' identifiers.
+- after the build: scrub the pipeline's quarantined copies of the person's rows and take them out
+  of earlier access exports, write each partner's erasure notice to its outbox (spec: every
+  partner whose data held them, and again whenever a partner sends them after being told), delete
+  quarantined copies past retention, write a receipt per erasure request, export what we hold
+  about each access request's subject as JSON (GDPR portability), then forget the requests'
+  identifiers.
 Every deletion and export is recorded in the audit tables with counts, never identifiers.
 """
 
@@ -24,7 +26,8 @@ import re
 import tempfile
 from pathlib import Path
 
-import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.storage import ensure_buckets, list_objects, list_prefixes
@@ -115,99 +118,247 @@ def suppression_key(identifier: str) -> str:
     return hashlib.sha256(f"erasure:{identifier}".encode()).hexdigest()
 
 
-def _suppressed(con) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {"email_sha256": set(), "phone_sha256": set(), "partner_person": set(), "profile_id": set()}
-    for kind, key in con.execute("SELECT identifier_kind, suppression_key FROM audit.erasure_suppressions").fetchall():
-        found[kind].add(key)
+# The one Python definition of how an identifier is normalized before it is matched; the SQL twin
+# is erasure_hash / erasure_person_id in macros/data_rights.sql (keep both alike). A malformed row
+# (uppercase or padded hash) still names the person; empty means absent.
+_BLANKS = " \t\r\n"
+
+
+def normal_hash(value) -> str | None:
+    return None if value is None else (str(value).strip(_BLANKS).lower() or None)
+
+
+def normal_person_id(value) -> str | None:
+    return None if value is None else (str(value).strip(_BLANKS) or None)
+
+
+Suppressed = dict[str, dict[str, set[str]]]  # identifier kind -> suppression key -> request ids
+
+
+def _suppressed(con) -> Suppressed:
+    found: Suppressed = {"email_sha256": {}, "phone_sha256": {}, "partner_person": {}, "profile_id": {}}
+    for request_id, kind, key in con.execute(
+            "SELECT request_id, identifier_kind, suppression_key FROM audit.erasure_suppressions").fetchall():
+        found[kind].setdefault(key, set()).add(request_id)
     return found
 
 
-def _rows_to_keep(path: Path, partner_id: str, suppressed: dict[str, set[str]]) -> tuple[int, int, bytes] | None:
-    """(rows before, rows after, rewritten bytes) of a data file without the suppressed people's rows;
-    None if the file cannot be read as a drop's data file."""
-    def hit(row: dict) -> bool:
-        email, phone, person = row.get("email_sha256"), row.get("phone_sha256"), row.get("partner_person_id")
-        return ((email is not None and suppression_key(email) in suppressed["email_sha256"])
-                or (phone is not None and suppression_key(phone) in suppressed["phone_sha256"])
-                or (person is not None and suppression_key(f"{partner_id}:{person}") in suppressed["partner_person"]))
+def _requests_of(row: dict, partner_id: str | None, suppressed: Suppressed) -> set[str]:
+    """The erasure requests whose suppressed identifiers one row (or JSON object) carries."""
+    hits: set[str] = set()
+    for kind in ("email_sha256", "phone_sha256"):
+        value = normal_hash(row.get(kind))
+        if value:
+            hits |= suppressed[kind].get(suppression_key(value), set())
+    person = normal_person_id(row.get("partner_person_id"))
+    partner = partner_id or row.get("partner_id")  # a file's partner is its folder's, whatever its columns say
+    if person and partner:
+        hits |= suppressed["partner_person"].get(suppression_key(f"{partner}:{person}"), set())
+    profile_id = row.get("profile_id")
+    if profile_id is not None:
+        hits |= suppressed["profile_id"].get(suppression_key(str(profile_id)), set())
+    return hits
 
+
+def _filter_csv(text: str, drop) -> tuple[int, list[dict], str]:
+    """(records, dropped records, text without them) of a whole CSV text, parsed as CSV so a quoted
+    field's newline stays inside its record; kept records keep their exact original text."""
+    lines = io.StringIO(text, newline="").readlines()
+    reader = csv.reader(iter(lines))
+    header = next(reader, None)
+    if header is None:
+        return 0, [], text
+    kept, dropped, total, start = ["".join(lines[:reader.line_num])], [], 0, reader.line_num
+    for values in reader:
+        record = "".join(lines[start:reader.line_num])
+        start = reader.line_num
+        if not values:
+            kept.append(record)  # a blank line is no record
+            continue
+        total += 1
+        row = dict(zip(header, values))
+        if drop(row):
+            dropped.append(row)
+        else:
+            kept.append(record)
+    return total, dropped, "".join(kept)
+
+
+def _scrub_file(path: Path, partner_id: str, suppressed: Suppressed) -> tuple[int, list[dict], bytes | None] | None:
+    """(rows before, the suppressed people's rows, the file's new bytes or None if unchanged) of a drop's
+    data file; None if the file cannot be read as what its name says it is."""
+    hit = lambda row: bool(_requests_of(row, partner_id, suppressed))  # noqa: E731
     try:
         if path.name.endswith(".parquet"):
-            with duckdb.connect() as con:
-                table = con.execute(f"SELECT * FROM read_parquet('{path}')").fetch_arrow_table()
-                rows = table.to_pylist()
-                keep = [i for i, r in enumerate(rows) if not hit(r)]
-                if len(keep) == len(rows):
-                    return len(rows), len(rows), b""
-                out = path.with_suffix(".kept.parquet")
-                con.register("kept", table.take(keep))
-                con.execute(f"COPY kept TO '{out}' (FORMAT parquet)")
-                return len(rows), len(keep), out.read_bytes()
+            table = pq.read_table(path)  # a path argument, never SQL text
+            rows = table.to_pylist()
+            hits = [hit(r) for r in rows]
+            keep = [i for i, h in enumerate(hits) if not h]
+            dropped = [r for r, h in zip(rows, hits) if h]
+            if not dropped:
+                return len(rows), [], None
+            out = io.BytesIO()
+            pq.write_table(table.take(keep), out)
+            return len(rows), dropped, out.getvalue()
         raw = path.read_bytes()
-        text = (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
-    except (OSError, EOFError, UnicodeDecodeError, duckdb.Error):
+        gz = path.name.endswith(".gz")
+        text = (gzip.decompress(raw) if gz else raw).decode("utf-8")
+        total, dropped, kept = _filter_csv(text, hit)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, pa.ArrowException):
         return None
-    lines = text.splitlines(keepends=True)
-    if not lines:
-        return 0, 0, b""
-    header = next(csv.reader([lines[0]]))
-    kept = [lines[0]]
-    for line in lines[1:]:
-        values = next(csv.reader([line]), [])
-        if not hit(dict(zip(header, values))):
-            kept.append(line)
-    if len(kept) == len(lines):
-        return len(lines) - 1, len(lines) - 1, b""
-    body = "".join(kept).encode("utf-8")
-    return len(lines) - 1, len(kept) - 1, gzip.compress(body, mtime=0) if path.name.endswith(".gz") else body
+    if not dropped:
+        return total, [], None
+    body = kept.encode("utf-8")
+    return total, dropped, gzip.compress(body, mtime=0) if gz else body
+
+
+def _pending_notices(con, partner_id: str, rows: list[dict], suppressed: Suppressed) -> None:
+    """What the partner must be told about the rows of theirs we deleted (written to its outbox tonight)."""
+    found = {}
+    for row in rows:
+        person, email = normal_person_id(row.get("partner_person_id")), normal_hash(row.get("email_sha256"))
+        for request_id in _requests_of(row, partner_id, suppressed):
+            if person or email:
+                found[(request_id, person)] = max(found.get((request_id, person)) or "", email or "") or None
+    for (request_id, person), email in sorted(found.items(), key=str):
+        con.execute("""INSERT INTO audit.pending_erasure_notices SELECT ?, ?, ?, ?
+                       EXCEPT SELECT * FROM audit.pending_erasure_notices""", [request_id, partner_id, person, email])
+
+
+def _log_deletion(con, run_id: str, change: dict, partner_id: str | None) -> None:
+    for request_id in sorted(change["requests"]) or [None]:
+        con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'erasure', ?, ?, ?, NULL, ?)",
+                    [run_id, request_id, change["location"], partner_id, change["rows"]])
 
 
 def scrub_quarantine(con, client, bucket: str, prefixes: list[str], run_id: str) -> list[dict]:
-    """Remove suppressed people's rows from quarantined copies under `prefixes` (rewritten in place);
-    a copy that cannot be read is deleted, as it cannot be shown to be free of them."""
+    """Remove suppressed people's rows from quarantined copies under `prefixes` (rewritten in place), of
+    any partner, with an agreement or without; each such partner is owed a notice. A copy that cannot
+    be read is deleted, as it cannot be shown to be free of them."""
     suppressed = _suppressed(con)
     if not any(suppressed.values()):
         return []
     changed = []
     with tempfile.TemporaryDirectory() as tmp:
         for prefix in prefixes:
-            for obj in list_objects(client, bucket, prefix):
+            for obj in list(list_objects(client, bucket, prefix)):  # listed before any is rewritten or deleted
                 name = obj.key.rsplit("/", 1)[-1]
                 if not name.endswith((".csv", ".csv.gz", ".parquet")):
                     continue
-                local = Path(tmp) / name
+                local = Path(tmp) / "copy" / name
+                local.parent.mkdir(exist_ok=True)
                 client.download_file(bucket, obj.key, str(local))
                 partner_id = obj.key.split("/", 1)[0]
-                result = _rows_to_keep(local, partner_id, suppressed)
+                result = _scrub_file(local, partner_id, suppressed)
                 location = f"s3://{bucket}/{obj.key}"
                 if result is None:
                     client.delete_object(Bucket=bucket, Key=obj.key)
-                    changed.append({"location": location, "rows": None, "action": "deleted (unreadable)"})
-                elif result[0] != result[1]:
+                    change = {"location": location, "rows": None, "action": "deleted (unreadable)", "requests": set()}
+                elif result[1]:
                     client.put_object(Bucket=bucket, Key=obj.key, Body=result[2])
-                    changed.append({"location": location, "rows": result[0] - result[1], "action": "rows removed"})
+                    requests = set().union(*(_requests_of(r, partner_id, suppressed) for r in result[1]))
+                    change = {"location": location, "rows": len(result[1]), "action": "rows removed", "requests": requests}
+                    _pending_notices(con, partner_id, result[1], suppressed)
+                else:
+                    continue
+                _log_deletion(con, run_id, change, partner_id)
+                changed.append(change)
+    return changed
+
+
+# --- objects: access exports ---------------------------------------------------------------
+
+def _objects_in(document) -> list[dict]:
+    """Every JSON object inside a document (an export's records, links, activation rows, ...)."""
+    if isinstance(document, dict):
+        return [document, *(o for v in document.values() for o in _objects_in(v))]
+    if isinstance(document, list):
+        return [o for v in document for o in _objects_in(v)]
+    return []
+
+
+def scrub_access_exports(con, client, bucket: str, run_id: str) -> list[dict]:
+    """Take erased people out of the access exports (access_exports/<date>/<request_id>.json) written
+    before their erasure: a subject is theirs if any identifier in it is on the suppression list (keys
+    computed here, never stored). An export left with no subject is deleted, with the access request's
+    row that named them (access_requests/, answered already)."""
+    suppressed = _suppressed(con)
+    if not any(suppressed.values()):
+        return []
+    changed, emptied = [], {}  # emptied: access request id -> the erasure requests that emptied its export
+    for obj in list(list_objects(client, bucket, "access_exports/")):  # listed before any is deleted
+        if not obj.key.endswith(".json"):
+            continue
+        location = f"s3://{bucket}/{obj.key}"
+        try:
+            document = json.loads(client.get_object(Bucket=bucket, Key=obj.key)["Body"].read())
+            subjects = document["subjects"]
+        except (ValueError, KeyError, TypeError):
+            client.delete_object(Bucket=bucket, Key=obj.key)  # cannot be shown to be free of them
+            changed.append({"location": location, "rows": None, "action": "deleted (unreadable)", "requests": set()})
+            continue
+        kept, requests, removed = [], set(), 0
+        for subject in subjects:
+            hits = set().union(*(_requests_of(o, None, suppressed) for o in _objects_in(subject)))
+            if hits:
+                requests |= hits
+                removed += 1
+            else:
+                kept.append(subject)
+        if not removed:
+            continue
+        if kept:
+            client.put_object(Bucket=bucket, Key=obj.key,
+                              Body=json.dumps({**document, "subjects": kept}, indent=2, default=str).encode())
+            action = "subjects removed"
+        else:
+            client.delete_object(Bucket=bucket, Key=obj.key)
+            emptied[document.get("request_id")] = requests
+            action = "deleted"
+        changed.append({"location": location, "rows": removed, "action": action, "requests": requests})
+    if emptied:  # the request that named only erased people names them too
+        for obj in list_objects(client, bucket, "access_requests/"):
+            if not obj.key.endswith(".csv"):
+                continue
+            text = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read().decode("utf-8-sig")
+            total, dropped, kept_text = _filter_csv(text, lambda row: (row.get("request_id") or "").strip() in emptied)
+            if dropped:
+                client.put_object(Bucket=bucket, Key=obj.key, Body=kept_text.encode())
+                requests = set().union(*(emptied[(row.get("request_id") or "").strip()] for row in dropped))
+                changed.append({"location": f"s3://{bucket}/{obj.key}", "rows": len(dropped), "action": "rows removed",
+                                "requests": requests})
     for change in changed:
-        con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'erasure', NULL, ?, ?, NULL, ?)",
-                    [run_id, change["location"], change["location"].split("/")[3], change["rows"]])
+        _log_deletion(con, run_id, change, None)
     return changed
 
 
 # --- erasure: notices, receipts -------------------------------------------------------------
 
 def complete_erasures(con, client, settings, agreements: dict[str, Agreement], day: dt.date, run_id: str) -> list[dict]:
-    """For each erasure request resolved by tonight's build: partner notices, scrubbed copies, a receipt."""
+    """For each erasure request resolved by tonight's build: scrubbed copies (quarantine, access exports),
+    partner notices, a receipt. Without a new request, tonight's quarantined copies are still scrubbed and
+    any partner whose data brought an erased person back is told again."""
     pending = con.execute("""SELECT DISTINCT request_id, request_date FROM raw.erasure_requests
                              WHERE request_id NOT IN (SELECT request_id FROM audit.data_subject_requests
                                                       WHERE request_type = 'erasure' AND status = 'done')
                              ORDER BY 1""").fetchall()
     quarantine_prefixes = [""] if pending else [f"{p}/{day}/" for p in list_prefixes(client, settings.quarantine_bucket, "")]
     objects = scrub_quarantine(con, client, settings.quarantine_bucket, quarantine_prefixes, run_id)
-    if not pending:
-        return []
+    exports = scrub_access_exports(con, client, settings.first_party_bucket, run_id) if pending else []
     notified = _write_notices(con, client, settings, agreements, day)
+    con.execute("DELETE FROM audit.pending_erasure_notices")  # written (a re-run merges into the same file)
+    if not pending:
+        if notified:
+            log.info("partners told again about erased people they sent: %s", notified)
+        return []
+
+    def of(request_id: str, changes: list[dict]) -> list[dict]:
+        return [{k: v for k, v in c.items() if k != "requests"} for c in changes if request_id in c["requests"] or not c["requests"]]
+
     receipts = []
     for request_id, request_date in pending:
-        tables = con.execute("""SELECT location, sum(rows) FROM audit.data_deletions WHERE request_id = ? AND rows > 0
+        tables = con.execute("""SELECT location, sum(rows) FROM audit.data_deletions
+                                WHERE request_id = ? AND rows > 0 AND location NOT LIKE 's3://%'
                                 GROUP BY 1 ORDER BY 1""", [request_id]).fetchall()
         profiles = con.execute("""SELECT count(*) FROM audit.erasure_suppressions
                                   WHERE request_id = ? AND identifier_kind = 'profile_id'""", [request_id]).fetchone()[0]
@@ -221,7 +372,8 @@ def complete_erasures(con, client, settings, agreements: dict[str, Agreement], d
                                                   "GROUP BY 1 ORDER BY 1", [request_id]).fetchall(),
             "rows_deleted": [{"table": t, "rows": int(n)} for t, n in tables],
             "rebuilt_without_them": ["staging.*", "intermediate.*", "marts.*", str(settings.published_path)],
-            "objects_scrubbed": objects,
+            "objects_scrubbed": of(request_id, objects),
+            "access_exports_scrubbed": of(request_id, exports),
             "partners_notified": notified.get(request_id, []),
             "destinations_sent_a_remove_tonight": [{"destination_id": d, "segment": s} for d, s in destinations],
         }
@@ -231,20 +383,25 @@ def complete_erasures(con, client, settings, agreements: dict[str, Agreement], d
         receipts.append(receipt)
     done = [r for r, _ in pending]
     con.execute("DELETE FROM raw.erasure_requests WHERE list_contains(?, request_id)", [done])
-    con.execute("DELETE FROM audit.pending_erasure_notices WHERE list_contains(?, request_id)", [done])
     log.info("erasure requests answered: %s", [r["request_id"] for r in receipts])
     return receipts
 
 
 def _write_notices(con, client, settings, agreements: dict[str, Agreement], day: dt.date) -> dict[str, list[str]]:
-    """Spec: s3://<outbox>/<partner_id>/erasure/<date>.csv (partner_person_id, email_sha256, request_id); a
-    re-run merges into the date's file rather than losing earlier lines."""
-    notified: dict[str, list[str]] = {}
-    by_partner: dict[str, list[tuple]] = {}
+    """Spec: s3://<outbox>/<partner_id>/erasure/<date>.csv (partner_person_id, email_sha256, request_id), one
+    line per (person, request); a partner without an agreement gets the default outbox. A re-run merges into
+    the date's file rather than losing earlier lines, and writes the same file again."""
+    notified: dict[str, set[str]] = {}
+    by_partner: dict[str, dict[tuple[str, str], str]] = {}
+
+    def add(partner_id: str, person: str, email: str, request_id: str) -> None:
+        lines = by_partner.setdefault(partner_id, {})
+        lines[(person, request_id)] = max(lines.get((person, request_id), ""), email)
+
     for request_id, partner_id, person, email_sha256 in con.execute(
             "SELECT request_id, partner_id, partner_person_id, email_sha256 FROM audit.pending_erasure_notices ORDER BY ALL").fetchall():
-        by_partner.setdefault(partner_id, []).append((person, email_sha256 or "", request_id))
-        notified.setdefault(request_id, []).append(partner_id)
+        add(partner_id, person or "", email_sha256 or "", request_id)
+        notified.setdefault(request_id, set()).add(partner_id)
     for partner_id, lines in by_partner.items():
         agreement = agreements.get(partner_id)
         outbox = agreement.outbox(settings.outbox_bucket) if agreement else f"s3://{settings.outbox_bucket}/{partner_id}/"
@@ -253,15 +410,16 @@ def _write_notices(con, client, settings, agreements: dict[str, Agreement], day:
         key = f"{prefix}erasure/{day}.csv"
         try:
             earlier = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-            lines += [tuple(r) for r in list(csv.reader(io.StringIO(earlier)))[1:]]
+            for row in csv.DictReader(io.StringIO(earlier)):
+                add(partner_id, row["partner_person_id"], row["email_sha256"], row["request_id"])
         except client.exceptions.NoSuchKey:
             pass
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["partner_person_id", "email_sha256", "request_id"])
-        writer.writerows(sorted(set(lines)))
+        writer.writerows(sorted((person, email, request_id) for (person, request_id), email in lines.items()))
         client.put_object(Bucket=bucket, Key=key, Body=out.getvalue().encode())
-    return {r: sorted(set(p)) for r, p in notified.items()}
+    return {r: sorted(p) for r, p in notified.items()}
 
 
 # --- access and portability ----------------------------------------------------------------
