@@ -29,6 +29,7 @@ import httpx
 
 from partner_pipeline.governance import Destination, Governance
 from partner_pipeline.storage import list_objects
+from partner_pipeline.warehouse import quote_path
 
 log = logging.getLogger(__name__)
 MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256")
@@ -310,7 +311,7 @@ class S3FileExport:
                 for number, first in enumerate(range(1, total + 1, size), start=1):
                     local = Path(tmp) / f"{name}-{number:05d}.{fmt}"
                     con.execute(f"""COPY (SELECT {', '.join(columns)} FROM {table} WHERE position BETWEEN {first} AND {first + size - 1}
-                                    ORDER BY position) TO '{local}' ({'FORMAT csv, HEADER true' if fmt == 'csv' else 'FORMAT parquet'})""")
+                                    ORDER BY position) TO {quote_path(local)} ({'FORMAT csv, HEADER true' if fmt == 'csv' else 'FORMAT parquet'})""")
                     data = local.read_bytes()
                     rows = min(size, total - first + 1)
                     self.s3.put_object(Bucket=self.bucket, Key=prefix + local.name, Body=data)
