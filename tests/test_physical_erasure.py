@@ -5,6 +5,8 @@ the day. Every night function as the DAG runs it, the real S3 server, real DuckD
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import hashlib
 import json
 import re
 
@@ -100,15 +102,74 @@ def activation_hashes(profile_id: str) -> set[str]:
                                [profile_id]) for h in row if h}
 
 
+# The spec's hash profiles, written out here from the spec's table (not from the pipeline's SQL), so
+# the search covers the person under every profile whether or not an agreement uses it.
+GMAIL_DOMAINS = {"canonical": {"gmail.com", "googlemail.com"}, "uid2": {"gmail.com"}, "basic": set(),
+                 "google": {"gmail.com", "googlemail.com"}}
+
+
+def spec_email(raw: str, profile: str) -> str:
+    email = re.sub(r"\s", "", raw) if profile == "google" else raw.strip(" \t")
+    local, _, domain = email.lower().partition("@")
+    if domain in GMAIL_DOMAINS[profile]:
+        local = local.replace(".", "")
+        if profile in ("canonical", "uid2"):
+            local = local.split("+", 1)[0]
+        if profile == "canonical":
+            domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def spec_phone_digits(raw: str, country_code: str = "1") -> str:
+    digits = re.sub(r"\D", "", raw)
+    if raw.strip().startswith("+"):
+        return digits
+    if digits.startswith("00"):
+        return digits[2:]
+    return country_code + digits.removeprefix("0")
+
+
+def every_form(profile_id: str) -> dict[str, set[bytes]]:
+    """The person under every hash profile: raw and normalized email and phone, their SHA-256 under
+    each profile, profile id and partner person ids, each as typed, lower and upper case."""
+    known = identifiers_of(profile_id)
+    email, phone = query("SELECT email, phone FROM raw.first_party_profiles WHERE profile_id = ?", [profile_id])[0]
+    digits = spec_phone_digits(phone)
+    emails = {spec_email(email, profile) for profile in GMAIL_DOMAINS}
+    phones = {digits, "+" + digits}
+    hashes = {hashlib.sha256(v.encode()).hexdigest() for v in emails | phones}
+    assert known["hash"] <= hashes, "the spec's normalization here must agree with the pipeline's"
+    values = {"profile_id": known["profile_id"], "email": {email} | emails, "phone": {phone} | phones, "hash": hashes,
+              "partner_person_id": known["partner_person_id"]}
+    return {f"{kind} {v}": {v.encode(), v.lower().encode(), v.upper().encode()} for kind, vs in values.items() for v in vs}
+
+
+def pipeline_objects(s3_api, settings) -> dict[str, bytes]:
+    """Every object the pipeline wrote, but those the spec or our CRM owns: the partners' landing
+    bucket, our first-party snapshots and requests, the erasure notices (the spec's instruction to
+    the partner) and tonight's remove files (the destination's instruction, deleted once confirmed)."""
+    found = {}
+    for bucket in (settings.quarantine_bucket, settings.activation_bucket, settings.reports_bucket, settings.outbox_bucket,
+                   settings.first_party_bucket):
+        for key, body in delivered_objects(s3_api, bucket).items():
+            if key.startswith(("profiles/", "erasure_requests/")) or "/erasure/" in key or re.search(r"/remove-\d{5}\.", key):
+                continue
+            found[f"s3://{bucket}/{key}"] = gzip.decompress(body) if key.endswith(".gz") else body
+    return found
+
+
 def test_no_byte_of_an_erased_person_stays_in_any_duckdb_file(first_night, s3_api):
     settings = first_night()
     person = someone_in_a_delivered_file()
     identifiers = forms(identifiers_of(person))
+    everywhere = every_form(person)
     delivered_hashes = activation_hashes(person)
     files = duckdb_files(settings)
     assert {settings.warehouse_path, settings.marts_path, settings.published_path} <= set(files)
     before = byte_search(files, identifiers)
     assert set(before) == set(identifiers), f"the byte search must see every identifier before: {set(identifiers) - set(before)}"
+    assert {f"profile_id {person}", *(f"hash {h}" for h in delivered_hashes)} <= set(byte_search(
+        [p for p in settings.data_dir.rglob("*") if p.is_file()], everywhere))
     adds = {k: v for k, v in delivered_objects(s3_api, settings.activation_bucket).items() if "/add-" in k}
     assert any(h.encode() in body for h in delivered_hashes for body in adds.values())
 
@@ -118,6 +179,11 @@ def test_no_byte_of_an_erased_person_stays_in_any_duckdb_file(first_night, s3_ap
 
     files = duckdb_files(settings)
     assert byte_search(files, identifiers) == {}
+    # every file and object the pipeline wrote (DuckDB, Parquet, CSV, JSON, HTML, logs), under every hash profile
+    local = [p for p in settings.data_dir.rglob("*") if p.is_file()]
+    assert byte_search(local, everywhere) == {}
+    objects = pipeline_objects(s3_api, settings)
+    assert {key for key, body in objects.items() if any(s in body for spellings in everywhere.values() for s in spellings)} == set()
     assert not [p for p in files if p.name.endswith((".wal", ".rewriting", ".building"))]
     # the add files delivered before hold them no more; only tonight's remove files name them (the instruction)
     holding = {k for k, body in delivered_objects(s3_api, settings.activation_bucket).items()
