@@ -15,10 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from partner_pipeline import nightly, synth
+from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 
 DAY = dt.date(2026, 11, 21)
 HEADER = ["partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", "consent_enrichment",

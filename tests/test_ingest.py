@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from partner_pipeline import nightly, synth
+from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 
 DAY = dt.date(2026, 11, 21)
 N_PROFILES = 500

@@ -104,14 +104,14 @@ def dag_parse_seconds() -> dict[str, float]:
 
 
 def bench_one(rows: int, args) -> dict:
-    from partner_pipeline import synth
     from partner_pipeline.agreements import load_agreements
-    from partner_pipeline.bench_floor import run_floor
     from partner_pipeline.governance import load_governance
-    from partner_pipeline.local_audience_api import AudienceApi
-    from partner_pipeline.local_s3 import local_s3
     from partner_pipeline.settings import load_settings
     from partner_pipeline.storage import s3_client
+    from partner_pipeline_dev import synth
+    from partner_pipeline_dev.bench_floor import run_floor
+    from partner_pipeline_dev.local_audience_api import AudienceApi
+    from partner_pipeline_dev.local_s3 import local_s3
 
     base = PROJECT_ROOT / "data" if (PROJECT_ROOT / "data").exists() else None
     work = Path(tempfile.mkdtemp(prefix=f"bench-{rows}-", dir=base))
@@ -135,7 +135,7 @@ def bench_one(rows: int, args) -> dict:
         print(f"{rows:,} rows: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
 
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "partner_pipeline.bench", "--child", "bench"], env=os.environ,
+        child = subprocess.Popen([sys.executable, "-m", "partner_pipeline_dev.bench", "--child", "bench"], env=os.environ,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         memory = TreeMemory(child.pid)
         stdout, stderr = child.communicate()

@@ -22,13 +22,13 @@ from typing import Iterator
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
-from partner_pipeline.local_airflow import run_nightly
-from partner_pipeline.local_audience_api import AudienceApi
-from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.settings import Settings, load_settings
 from partner_pipeline.storage import client_from_settings
 from partner_pipeline.transform import published_summary
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev.local_airflow import run_nightly
+from partner_pipeline_dev.local_audience_api import AudienceApi
+from partner_pipeline_dev.local_s3 import local_s3
 
 
 @contextmanager
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     with embedded_services(settings) as env:
         if args.upload:
-            from partner_pipeline.synth import upload_tree
+            from partner_pipeline_dev.synth import upload_tree
 
             if not args.upload.is_dir():
                 print(f"--upload {args.upload}: not a folder; lay it out as <bucket>/<key>", file=sys.stderr)

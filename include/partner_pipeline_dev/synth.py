@@ -1293,7 +1293,7 @@ def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: st
     segments, sendable = _segment_sizes(enriched_profiles, rules, refused)
     del enriched_profiles
     truth = {
-        "generator": "partner_pipeline.synth",
+        "generator": "partner_pipeline_dev.synth",
         "seed": seed,
         "drop_date": drop_date.isoformat(),
         "buckets": {"landing": landing_bucket, "first_party": first_party_bucket},
@@ -1330,7 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
     from partner_pipeline.settings import load_settings
 
     settings = load_settings()
-    parser = argparse.ArgumentParser(prog="python -m partner_pipeline.synth", description=(
+    parser = argparse.ArgumentParser(prog="python -m partner_pipeline_dev.synth", description=(
         "Write deterministic synthetic first-party profiles and one partner drop per agreement valid on --date "
         "into OUT/<bucket>/<key>, with OUT/ground_truth.json; optionally upload them to S3."))
     parser.add_argument("--out", type=Path, required=True, help="local output directory (mirrors object storage)")
