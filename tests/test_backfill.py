@@ -142,7 +142,7 @@ def drops(root: Path, first: dt.date, last: dt.date) -> None:
 
 def sequential_nights(data: Path, root: Path, days: list[dt.date]) -> Path:
     """The same drops, each date run after the other by `airflow dags test`, in a data dir of its own."""
-    from partner_pipeline_dev.run import embedded_services
+    from partner_pipeline_dev.services import embedded_services
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "AIRFLOW_CONN_"))}  # as the server's
     with mock.patch.dict(os.environ, {**clean, "PIPELINE_DATA_DIR": str(data)}, clear=True):

@@ -17,7 +17,8 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings
 from partner_pipeline_dev import synth
-from partner_pipeline_dev.run import embedded_services, report, run_night
+from partner_pipeline_dev.run import report, run_night
+from partner_pipeline_dev.services import embedded_services
 
 
 def main(argv: list[str] | None = None) -> int:

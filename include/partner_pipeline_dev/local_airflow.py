@@ -97,7 +97,7 @@ def serve(port: int = 8080) -> int:
     """`make airflow`: Airflow 3 standalone (api-server, scheduler, dag-processor, triggerer) and the
     embedded S3 server, on 127.0.0.1, until Ctrl-C stops them all."""
     from partner_pipeline.settings import load_settings
-    from partner_pipeline_dev.run import embedded_services
+    from partner_pipeline_dev.services import embedded_services
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
