@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.settings import PROJECT_ROOT
 
 DAY = dt.date(2026, 11, 21)
@@ -57,7 +58,7 @@ def _child(run_id: str) -> None:
     activated = timed("activate", lambda: nightly.activate(DAY, run_id))
     timed("share_overlap_reports", lambda: nightly.share_overlap_reports(DAY, run_id))
     published = timed("publish_marts", lambda: nightly.publish_marts(DAY, run_id))
-    print(json.dumps({"timings": timings, "outcomes": outcomes, "transform": transformed, "published": published,
+    print(json.dumps({"timings": timings, "outcomes": [o.to_xcom() for o in outcomes], "transform": transformed, "published": published,
                       "activation": activated}, default=str))
 
 
@@ -162,13 +163,13 @@ def bench_one(rows: int, args) -> dict:
         raise RuntimeError(f"the floor failed (work directory kept: {work})")
     floor_wall = floor_result["wall_seconds"]
 
-    outcome = measured["outcomes"][0]
+    outcome = DropOutcome.from_xcom(measured["outcomes"][0])
     [report] = [r for r in measured["published"]["match_report"] if r["partner_id"] == agreement.partner_id]
     expected = truth["expected_matches"]
     found = floor_result["found"]
     checks = {
-        "pipeline valid rows": (outcome["rows_valid"], truth["rows_valid"]),
-        "pipeline rows per rule": (outcome["failures_by_rule"], truth["invalid_by_rule"]),
+        "pipeline valid rows": (outcome.rows_valid, truth["rows_valid"]),
+        "pipeline rows per rule": (outcome.failures_by_rule, truth["invalid_by_rule"]),
         "pipeline matches (email, phone, none, ambiguous)": (
             (report["matched_by_email"], report["matched_by_phone"], report["unmatched"], report["ambiguous"]),
             (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)),
@@ -186,7 +187,7 @@ def bench_one(rows: int, args) -> dict:
         "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
                      "rows_per_second": round(rows / wall),
                      "stages": {t: round(measured["timings"].get(t, 0), 1) for t in TASKS},
-                     "ingest_steps": outcome.get("seconds", {}),
+                     "ingest_steps": outcome.seconds,
                      "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
         "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"]},
         "ratio_pipeline_to_floor": round(wall / floor_wall, 2),
