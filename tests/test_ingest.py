@@ -196,10 +196,10 @@ def test_redelivery_replaces_the_earlier_delivery_wholly(env):
     first = run(run_id="first")["acme_bank"]
     truth = deliver(env, rows=50, seed=2, bad_row_share=0.04)
     second = run(run_id="second")["acme_bank"]
-    assert second["delivery_id"] != first["delivery_id"]
-    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(second["delivery_id"],)]
+    assert second.delivery_id != first.delivery_id
+    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(second.delivery_id,)]
     assert raw_count(env) == truth["rows_valid"]
-    assert query(env, "SELECT DISTINCT delivery_id FROM raw.quarantined_rows") == [(second["delivery_id"],)]
+    assert query(env, "SELECT DISTINCT delivery_id FROM raw.quarantined_rows") == [(second.delivery_id,)]
 
 
 def test_bad_redelivery_keeps_the_earlier_good_one(env):
@@ -207,7 +207,7 @@ def test_bad_redelivery_keeps_the_earlier_good_one(env):
     first = run(run_id="first")["acme_bank"]
     deliver(env, rows=40, seed=2, corruption="checksum_mismatch")
     assert run(run_id="second")["acme_bank"].status == "quarantined"
-    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(first["delivery_id"],)]
+    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(first.delivery_id,)]
 
 
 def test_changed_agreement_reprocesses_an_unchanged_drop(env):
