@@ -21,17 +21,17 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP) ## create .venv with the pinned dependencies (requirements.txt)
 
 demo: install ## generate partner drops, run the nightly DAG on embedded defaults, print what it did
-	$(BIN)/python -m partner_pipeline.demo
+	$(BIN)/python -m partner_pipeline_dev.demo
 
 run: install ## run the nightly DAG for DATE=YYYY-MM-DD on your drops (UPLOAD=folder laid out <bucket>/<key>)
 	@test -n "$(DATE)" || { echo "usage: make run DATE=YYYY-MM-DD [UPLOAD=folder]"; exit 2; }
-	$(BIN)/python -m partner_pipeline.run --date $(DATE) $(if $(UPLOAD),--upload $(UPLOAD))
+	$(BIN)/python -m partner_pipeline_dev.run --date $(DATE) $(if $(UPLOAD),--upload $(UPLOAD))
 
 airflow: install ## Airflow 3 (UI on 127.0.0.1:8080, scheduler, dag-processor, triggerer) and the local S3 until Ctrl-C
-	$(BIN)/python -m partner_pipeline.local_airflow $(or $(PORT),8080)
+	$(BIN)/python -m partner_pipeline_dev.local_airflow $(or $(PORT),8080)
 
 s3: install ## serve the embedded S3 store (data/s3) on 127.0.0.1:8333 until Ctrl-C
-	$(BIN)/python -m partner_pipeline.local_s3 --port $(or $(PORT),8333)
+	$(BIN)/python -m partner_pipeline_dev.local_s3 --port $(or $(PORT),8333)
 
 # The run-report test loads the report in a real headless browser: Debian's chromium package.
 chromium: ## install Debian's chromium (the browser the run-report test uses), if missing
@@ -50,7 +50,7 @@ generate: install ## rebuild the files generated from the agreements (expectatio
 	$(BIN)/python -m partner_pipeline.codegen
 
 bench: install ## the whole night vs its single-DuckDB floor at ROWS (default "1000000 10000000"), checked against ground truth
-	$(BIN)/python -m partner_pipeline.bench --rows $(or $(ROWS),1000000 10000000)
+	$(BIN)/python -m partner_pipeline_dev.bench --rows $(or $(ROWS),1000000 10000000)
 
 clean: ## remove generated data (data/), keep .venv
 	rm -rf data

@@ -38,24 +38,27 @@ def partner_drops_nightly():
         from partner_pipeline import nightly
 
         with nightly.task_errors():
-            return nightly.discover(logical_date.date(), run_id)
+            return [drop.to_xcom() for drop in nightly.discover(logical_date.date(), run_id)]
 
     @task(map_index_template="{{ drop_name }}", on_success_callback=DropAlertNotifier())
     def ingest(drop: dict, run_id=None) -> dict:
         from airflow.sdk import get_current_context
 
         from partner_pipeline import nightly
+        from partner_pipeline.contracts import DropOutcome
 
-        get_current_context()["drop_name"] = f"{drop['partner_id']}/{drop['drop_date']} ({drop['status']})"
+        outcome = DropOutcome.from_xcom(drop)
+        get_current_context()["drop_name"] = f"{outcome.name} ({outcome.status})"
         with nightly.task_errors():
-            return nightly.ingest(drop, run_id)
+            return nightly.ingest(outcome, run_id).to_xcom()
 
     @task(pool=WAREHOUSE_POOL, trigger_rule="none_failed")
     def publish(outcomes: list[dict], logical_date=None, run_id=None) -> dict:
         from partner_pipeline import nightly
+        from partner_pipeline.contracts import DropOutcome
 
         with nightly.task_errors():
-            return nightly.publish(list(outcomes or []), logical_date.date(), run_id)
+            return nightly.publish([DropOutcome.from_xcom(o) for o in outcomes or []], logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
     def load_first_party(logical_date=None) -> dict:

@@ -18,10 +18,10 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow_home_"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 
-from partner_pipeline.local_audience_api import AudienceApi
-from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
 from partner_pipeline.storage import ensure_buckets, s3_client
+from partner_pipeline_dev.local_audience_api import AudienceApi
+from partner_pipeline_dev.local_s3 import local_s3
 
 _bucket_numbers = itertools.count()
 
@@ -112,8 +112,9 @@ BUILT_DAY = __import__("datetime").date(2026, 11, 21)
 def built(tmp_path_factory, s3_server):
     """One scenario ingested and built once (up to the dbt build) for the whole session; tests that
     only read or sync from it take a copy of its warehouse (warehouse_copy)."""
-    from partner_pipeline import nightly, synth
+    from partner_pipeline import nightly
     from partner_pipeline.agreements import load_agreements
+    from partner_pipeline_dev import synth
 
     root = tmp_path_factory.mktemp("built")
     with pytest.MonkeyPatch.context() as mp:

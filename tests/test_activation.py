@@ -13,13 +13,14 @@ import duckdb
 import pytest
 import yaml
 
-from partner_pipeline import activation, nightly, synth
+from partner_pipeline import activation, nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
-from partner_pipeline.local_audience_api import Fault
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import ModelBuildFailed
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
+from partner_pipeline_dev.local_audience_api import Fault
 
 DAY = dt.date(2026, 11, 21)
 HTTP = "personalization_api"

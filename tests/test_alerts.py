@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from partner_pipeline.alerts import post_alert, quarantine_message
+from partner_pipeline.contracts import DropOutcome
 
 
 class Webhook:
@@ -51,9 +52,10 @@ def webhook(monkeypatch):
 
 def test_quarantine_alert_names_partner_drop_and_reasons(webhook, monkeypatch):
     monkeypatch.setattr("partner_pipeline.alerts.time.sleep", lambda s: None)
-    outcome = {"partner_id": "acme_bank", "drop_date": "2026-11-21", "delivery_id": "d1", "quarantine_report": "s3://q/r.json",
-               "problems": [{"code": "checksum_mismatch", "file": "acme_bank/2026-11-21/records-000.csv.gz",
-                             "message": "file bytes hash to x, the manifest says y.", "fix": "Re-upload."}]}
+    outcome = DropOutcome(partner_id="acme_bank", drop_date="2026-11-21", prefix="acme_bank/2026-11-21/", delivery_id="d1",
+                          status="quarantined", run_id="run-1", quarantine_report="s3://q/r.json",
+                          problems=[{"code": "checksum_mismatch", "file": "acme_bank/2026-11-21/records-000.csv.gz",
+                                     "message": "file bytes hash to x, the manifest says y.", "fix": "Re-upload."}])
     assert post_alert(quarantine_message(outcome, "run-1")) is True
     assert len(webhook.received) == 2  # a 500, then accepted on the retry
     text = webhook.received[-1]["text"]

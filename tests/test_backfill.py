@@ -24,12 +24,12 @@ import pytest
 from browser import Chromium
 from test_local_airflow import free_port
 
-from partner_pipeline import synth
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.local_airflow import DAG_ID, run_nightly
-from partner_pipeline.local_s3 import ACCESS_KEY, SECRET_KEY
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import s3_client
+from partner_pipeline_dev import synth
+from partner_pipeline_dev.local_airflow import DAG_ID, run_nightly
+from partner_pipeline_dev.local_s3 import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -83,12 +83,12 @@ def wait(what: str, check, timeout: float, every: float = 2.0):
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
-    """`make airflow` (python -m partner_pipeline.local_airflow PORT) on a fresh data dir, stopped with SIGINT."""
+    """`make airflow` (python -m partner_pipeline_dev.local_airflow PORT) on a fresh data dir, stopped with SIGINT."""
     data = tmp_path_factory.mktemp("airflow-ui") / "data"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "AIRFLOW_CONN_"))}
     env["PIPELINE_DATA_DIR"] = str(data)  # no PIPELINE_S3_ENDPOINT_URL: the embedded S3 server and audience API
-    proc = subprocess.Popen([sys.executable, "-m", "partner_pipeline.local_airflow", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "partner_pipeline_dev.local_airflow", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -142,7 +142,7 @@ def drops(root: Path, first: dt.date, last: dt.date) -> None:
 
 def sequential_nights(data: Path, root: Path, days: list[dt.date]) -> Path:
     """The same drops, each date run after the other by `airflow dags test`, in a data dir of its own."""
-    from partner_pipeline.run import embedded_services
+    from partner_pipeline_dev.services import embedded_services
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "AIRFLOW_CONN_"))}  # as the server's
     with mock.patch.dict(os.environ, {**clean, "PIPELINE_DATA_DIR": str(data)}, clear=True):

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from partner_pipeline import bench
+from partner_pipeline_dev import bench
 
 pytestmark = pytest.mark.e2e
 

@@ -35,6 +35,6 @@ def test_compose_file_is_valid_and_has_the_stack():
     connection = json.loads(worker["AIRFLOW_CONN_PERSONALIZATION_API"])
     assert connection["host"] == "http://audience-api:8391"
     assert connection["password"] == services["audience-api"]["environment"]["AUDIENCE_API_TOKEN"]
-    assert services["audience-api"]["entrypoint"][-2:] == ["partner_pipeline.local_audience_api", "8391"]
+    assert services["audience-api"]["entrypoint"][-2:] == ["partner_pipeline_dev.local_audience_api", "8391"]
     assert "activation-exports" in services["minio-init"]["environment"]["BUCKETS"]
     assert "duckdb_warehouse" in str(services["airflow-init"]["command"]) + str(services["airflow-init"].get("entrypoint"))

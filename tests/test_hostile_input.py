@@ -15,10 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from partner_pipeline import nightly, synth
+from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 
 DAY = dt.date(2026, 11, 21)
 HEADER = ["partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", "consent_enrichment",
@@ -35,7 +36,7 @@ def env(pipeline_env, s3_api, tmp_path):
 def run(day=DAY, run_id="test_run") -> dict[str, dict]:
     outcomes = [nightly.ingest(drop, run_id) for drop in nightly.discover(day, run_id)]
     nightly.publish(outcomes, day, run_id)
-    return {o["partner_id"]: o for o in outcomes}
+    return {o.partner_id: o for o in outcomes}
 
 
 def query(env, sql, params=()):
@@ -134,17 +135,17 @@ def test_hostile_file_and_column_names_load_as_data_and_execute_nothing(env, nam
     outcomes = run()
 
     outcome = outcomes["acme_bank"]
-    assert outcome["status"] == "staged", outcome["problems"]
+    assert outcome.status == "staged", outcome.problems
     assert not marker.exists() and not list(tmp.rglob("marker*")) and not Path("marker-header.csv").exists()
-    assert outcome["rows_received"] == outcome["rows_valid"] == len(all_ids)
+    assert outcome.rows_received == outcome.rows_valid == len(all_ids)
     loaded = query(env, 'SELECT partner_record_id, source_file FROM raw."acme_bank__records"')
     assert {r for r, _ in loaded} == all_ids
     assert {f for _, f in loaded} == set(names)  # each row names its file exactly as delivered
-    assert outcome["dropped_columns"] == [HOSTILE_HEADER, "second\nline"]
+    assert list(outcome.dropped_columns) == [HOSTILE_HEADER, "second\nline"]
     [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE event = 'loaded'")
     assert {"code": "extra_column", "columns": [HOSTILE_HEADER, "second\nline"],
             "message": "columns not in the agreement were dropped on ingest"} in json.loads(reasons)
-    assert outcomes["evil'); --"]["problems"][0]["code"] == "unknown_partner"
+    assert outcomes["evil'); --"].problems[0]["code"] == "unknown_partner"
     assert query(env, "SELECT count(*) FROM audit.drop_events WHERE partner_id = ?", ["evil'); --"]) == [(2,)]
     assert warehouse_objects(settings) == expected_objects
     assert snapshot(tmp, skip={settings.data_dir}) == outside
@@ -154,7 +155,7 @@ def test_hostile_file_and_column_names_load_as_data_and_execute_nothing(env, nam
 def test_a_name_starting_with_two_dots_is_inside_the_folder(env):
     put_drop(env, {"..records-000.csv": (csv_file(["r1", "r2"]), 2)})
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "staged", outcome["problems"]
+    assert outcome.status == "staged", outcome.problems
     assert query(env, 'SELECT count(*), any_value(source_file) FROM raw."acme_bank__records"') == [(2, "..records-000.csv")]
 
 
@@ -190,36 +191,36 @@ def test_a_crashing_drop_is_quarantined_alone_and_the_night_goes_on(env, monkeyp
     outcomes = run(run_id="first")
 
     acme = outcomes["acme_bank"]
-    assert acme["status"] == "quarantined" and [p["code"] for p in acme["problems"]] == ["internal_error"]
-    message = acme["problems"][0]["message"]
+    assert acme.status == "quarantined" and [p["code"] for p in acme.problems] == ["internal_error"]
+    message = acme.problems[0]["message"]
     assert "InjectedFault: cannot handle acme_bank/2026-11-21/records-000.csv.gz" in message
-    assert str(env["settings"].data_dir) not in json.dumps(acme)
-    bucket, key = acme["quarantine_report"].removeprefix("s3://").split("/", 1)
-    assert json.loads(env["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())["problems"] == acme["problems"]
+    assert str(env["settings"].data_dir) not in json.dumps(acme.to_xcom())
+    bucket, key = acme.quarantine_report.removeprefix("s3://").split("/", 1)
+    assert json.loads(env["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())["problems"] == list(acme.problems)
     [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE partner_id = 'acme_bank' AND event = 'quarantined'")
-    assert json.loads(reasons) == acme["problems"]
-    assert outcomes["globex_retail"]["status"] == "staged"
+    assert json.loads(reasons) == list(acme.problems)
+    assert outcomes["globex_retail"].status == "staged"
     assert query(env, 'SELECT count(*) FROM raw."globex_retail__records"') == [(truths["globex_retail"]["rows_valid"],)]
     assert alerts_for(acme) and "internal_error" in alerts_for(acme)[0]["text"] and "InjectedFault" in alerts_for(acme)[0]["text"]
 
     monkeypatch.setattr(staging, "_load_file", load_file)  # the bug is fixed: the next run loads the drop
     again = run(run_id="second")
-    assert (again["acme_bank"]["status"], again["globex_retail"]["status"]) == ("staged", "skipped")
+    assert (again["acme_bank"].status, again["globex_retail"].status) == ("staged", "skipped")
     for partner, truth in truths.items():  # the state a clean night leaves
         assert query(env, f'SELECT count(*) FROM raw."{partner}__records"') == [(truth["rows_valid"],)]
         bad = query(env, "SELECT source_file, source_row, failed_rules FROM raw.quarantined_rows WHERE partner_id = ?", [partner])
         assert {(f, r, tuple(rules)) for f, r, rules in bad} == {(b["file"], b["row"], (b["rule"],)) for b in truth["bad_rows"]}
     assert not list(env["settings"].staging_dir.rglob("*.*"))
-    assert run(run_id="third")["acme_bank"]["status"] == "skipped"  # and it stays processed
+    assert run(run_id="third")["acme_bank"].status == "skipped"  # and it stays processed
 
 
-def alerts_for(outcome: dict) -> list[dict]:
-    """What the ingest task's on_success_callback posts for this outcome."""
+def alerts_for(outcome) -> list[dict]:
+    """What the ingest task's on_success_callback posts for this outcome (pulled from XCom as JSON)."""
     from partner_pipeline import alerts
 
     sent = []
     ti = SimpleNamespace(state="success", task_id="ingest", map_index=0, dag_id="partner_drops_nightly",
-                         xcom_pull=lambda task_ids, map_indexes: outcome)
+                         xcom_pull=lambda task_ids, map_indexes: outcome.to_xcom())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(alerts, "post_alert", lambda message: sent.append(message) or True)
         alerts.DropAlertNotifier().notify({"ti": ti, "run_id": "first"})
@@ -287,8 +288,8 @@ def test_truncated_gzip_reason_gives_the_gzip_error_and_the_key(env):
 
 def only_problem(env, name: str) -> dict:
     outcome = run()["acme_bank"]
-    [problem] = outcome["problems"]
+    [problem] = outcome.problems
     assert problem["code"] == "file_unreadable" and problem["file"] == f"acme_bank/{DAY}/{name}"
-    assert str(env["settings"].data_dir) not in json.dumps(outcome["problems"])
+    assert str(env["settings"].data_dir) not in json.dumps(outcome.problems)
     assert "staging" not in problem["message"] and "/files/" not in problem["message"]
     return problem

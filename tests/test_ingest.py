@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from partner_pipeline import nightly, synth
+from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 
 DAY = dt.date(2026, 11, 21)
 N_PROFILES = 500
@@ -35,7 +36,7 @@ def deliver(env, partner="acme_bank", day=DAY, seed=1, **spec) -> dict:
 def run(day=DAY, run_id="test_run") -> dict[str, dict]:
     outcomes = [nightly.ingest(drop, run_id) for drop in nightly.discover(day, run_id)]
     nightly.publish(outcomes, day, run_id)
-    return {o["partner_id"]: o for o in outcomes}
+    return {o.partner_id: o for o in outcomes}
 
 
 def query(env, sql, params=()):
@@ -50,20 +51,20 @@ def raw_count(env, partner="acme_bank"):
 
 
 def report(env, outcome) -> dict:
-    bucket, key = outcome["quarantine_report"].removeprefix("s3://").split("/", 1)
+    bucket, key = outcome.quarantine_report.removeprefix("s3://").split("/", 1)
     return json.loads(env["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def test_happy_path_matches_ground_truth_row_by_row(env):
     truth = deliver(env, rows=400, bad_row_share=0.03, files=2)
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "staged"
-    assert raw_count(env) == truth["rows_valid"] == outcome["rows_valid"]
-    assert outcome["rows_quarantined"] == truth["rows_invalid"] > 0
+    assert outcome.status == "staged"
+    assert raw_count(env) == truth["rows_valid"] == outcome.rows_valid
+    assert outcome.rows_quarantined == truth["rows_invalid"] > 0
     quarantined = query(env, "SELECT source_file, source_row, failed_rules FROM raw.quarantined_rows WHERE partner_id='acme_bank'")
     expected = {(b["file"], b["row"], b["rule"]) for b in truth["bad_rows"]}
     assert {(f, r, tuple(rules)) for f, r, rules in quarantined} == {(f, r, (rule,)) for f, r, rule in expected}
-    assert outcome["failures_by_rule"] == truth["invalid_by_rule"]
+    assert outcome.failures_by_rule == truth["invalid_by_rule"]
     [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE event = 'loaded'")
     fixes = {r["rule"]: r["fix"] for r in json.loads(reasons) if r["code"] == "rows_quarantined"}
     assert set(fixes) == set(truth["invalid_by_rule"])
@@ -72,15 +73,15 @@ def test_happy_path_matches_ground_truth_row_by_row(env):
     events = [e for (e,) in query(env, "SELECT event FROM audit.drop_events ORDER BY event_id")]
     assert events == ["seen", "verified", "loaded"]
     provenance = query(env, 'SELECT DISTINCT partner_id, drop_date, delivery_id, run_id FROM raw."acme_bank__records"')
-    assert provenance == [("acme_bank", DAY, outcome["delivery_id"], "test_run")]
+    assert provenance == [("acme_bank", DAY, outcome.delivery_id, "test_run")]
 
 
 def test_parquet_drop_loads(env):
     truth = deliver(env, partner="globex_retail", rows=120, file_format="parquet", bad_row_share=0.05)
     outcome = run()["globex_retail"]
-    assert outcome["status"] == "staged", outcome["problems"]
+    assert outcome.status == "staged", outcome.problems
     assert raw_count(env, "globex_retail") == truth["rows_valid"]
-    assert outcome["failures_by_rule"] == truth["invalid_by_rule"]
+    assert outcome.failures_by_rule == truth["invalid_by_rule"]
 
 
 @pytest.mark.parametrize(("corruption", "code", "where"), [
@@ -97,15 +98,15 @@ def test_parquet_drop_loads(env):
 def test_bad_drop_is_quarantined_whole_with_a_report(env, corruption, code, where):
     deliver(env, corruption=corruption)
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "quarantined"
-    problem = next(p for p in outcome["problems"] if p["code"] == code)
+    assert outcome.status == "quarantined"
+    problem = next(p for p in outcome.problems if p["code"] == code)
     assert where in problem["file"] and problem["fix"]
     assert raw_count(env) is None  # nothing of it reached the warehouse
     written = report(env, outcome)
-    assert written["problems"] == outcome["problems"]
+    assert written["problems"] == list(outcome.problems)
     quarantined = {o["Key"] for o in env["s3"].list_objects_v2(Bucket=env["settings"].quarantine_bucket)["Contents"]}
-    prefix = f"acme_bank/{DAY}/{outcome['delivery_id']}/"
-    assert quarantined == {prefix + key for key, _, _ in outcome["objects"]} | {prefix + "report.json"}
+    prefix = f"acme_bank/{DAY}/{outcome.delivery_id}/"
+    assert quarantined == {prefix + key for key, _, _ in outcome.objects} | {prefix + "report.json"}
     assert all(".." not in key for key in quarantined)
     assert query(env, "SELECT event FROM audit.drop_events ORDER BY event_id") == [("seen",), ("quarantined",)]
 
@@ -113,14 +114,14 @@ def test_bad_drop_is_quarantined_whole_with_a_report(env, corruption, code, wher
 def test_parquet_with_wrong_types_names_each_column(env):
     deliver(env, partner="globex_retail", file_format="parquet", corruption="parquet_wrong_types")
     outcome = run()["globex_retail"]
-    wrong = {p["field"] for p in outcome["problems"] if p["code"] == "parquet_wrong_type"}
+    wrong = {p["field"] for p in outcome.problems if p["code"] == "parquet_wrong_type"}
     assert "consent_enrichment" in wrong and len(wrong) == 2
 
 
 def test_missing_success_is_not_picked_up(env):
     deliver(env, corruption="missing_success")
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "incomplete"
+    assert outcome.status == "incomplete"
     assert raw_count(env) is None
     assert query(env, "SELECT event FROM audit.drop_events") == [("incomplete",)]
 
@@ -128,16 +129,16 @@ def test_missing_success_is_not_picked_up(env):
 def test_unknown_partner_and_agreement_not_valid(env):
     deliver(env, partner="acme_bank", partner_id="initech_media")
     deliver(env, partner="globex_retail", day=dt.date(2026, 2, 15))  # globex's agreement starts 2026-03-01
-    assert run()["initech_media"]["problems"][0]["code"] == "unknown_partner"
+    assert run()["initech_media"].problems[0]["code"] == "unknown_partner"
     outcome = run(dt.date(2026, 2, 15))["globex_retail"]
-    assert [p["code"] for p in outcome["problems"]] == ["agreement_not_valid"]
-    assert "2026-03-01" in outcome["problems"][0]["message"]
+    assert [p["code"] for p in outcome.problems] == ["agreement_not_valid"]
+    assert "2026-03-01" in outcome.problems[0]["message"]
 
 
 def test_extra_column_is_dropped_and_recorded(env):
     truth = deliver(env, corruption="extra_column")
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "staged" and outcome["dropped_columns"] == ["favourite_colour"]
+    assert outcome.status == "staged" and list(outcome.dropped_columns) == ["favourite_colour"]
     columns = {c for (c,) in query(env, "SELECT column_name FROM information_schema.columns WHERE table_name='acme_bank__records'")}
     assert "favourite_colour" not in columns
     assert raw_count(env) == truth["rows_valid"]
@@ -149,7 +150,7 @@ def test_extra_column_is_dropped_and_recorded(env):
 def test_csv_quirks_bom_quotes_and_newlines_survive(env):
     truth = deliver(env, corruption="csv_quirks", file_format="csv")
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "staged", outcome["problems"]
+    assert outcome.status == "staged", outcome.problems
     assert raw_count(env) == truth["rows_valid"] == 60
     quirky = query(env, """SELECT count(*) FILTER (WHERE partner_person_id LIKE '%' || chr(10) || '%'),
                                   count(*) FILTER (WHERE partner_person_id LIKE '%"%'),
@@ -165,14 +166,14 @@ def test_empty_drop_loads_nothing_and_replaces_the_previous_delivery(env):
     assert raw_count(env) == 30
     deliver(env, corruption="empty_drop", seed=2)
     outcome = run(run_id="second")["acme_bank"]
-    assert (outcome["status"], outcome["rows_received"]) == ("staged", 0)
+    assert (outcome.status, outcome.rows_received) == ("staged", 0)
     assert raw_count(env) == 0
 
 
 def test_too_many_bad_rows_rejects_the_drop(env):
     deliver(env, rows=100, bad_row_share=0.5)
     outcome = run()["acme_bank"]
-    assert [p["code"] for p in outcome["problems"]] == ["too_many_bad_rows"]
+    assert [p["code"] for p in outcome.problems] == ["too_many_bad_rows"]
     assert raw_count(env) is None
 
 
@@ -182,12 +183,12 @@ def test_rerun_skips_unchanged_drop_and_state_is_identical(env):
     snapshot = query(env, 'SELECT * FROM raw."acme_bank__records" ORDER BY partner_record_id')
     bad = query(env, "SELECT source_row, failed_rules FROM raw.quarantined_rows ORDER BY source_row")
     outcome = run(run_id="second")["acme_bank"]
-    assert outcome["status"] == "skipped"
+    assert outcome.status == "skipped"
     assert query(env, 'SELECT * FROM raw."acme_bank__records" ORDER BY partner_record_id') == snapshot
     assert query(env, "SELECT source_row, failed_rules FROM raw.quarantined_rows ORDER BY source_row") == bad
     # the same bytes uploaded again are still the same delivery
     synth.upload_tree(env["s3"], env["root"])
-    assert run(run_id="third")["acme_bank"]["status"] == "skipped"
+    assert run(run_id="third")["acme_bank"].status == "skipped"
 
 
 def test_redelivery_replaces_the_earlier_delivery_wholly(env):
@@ -195,18 +196,18 @@ def test_redelivery_replaces_the_earlier_delivery_wholly(env):
     first = run(run_id="first")["acme_bank"]
     truth = deliver(env, rows=50, seed=2, bad_row_share=0.04)
     second = run(run_id="second")["acme_bank"]
-    assert second["delivery_id"] != first["delivery_id"]
-    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(second["delivery_id"],)]
+    assert second.delivery_id != first.delivery_id
+    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(second.delivery_id,)]
     assert raw_count(env) == truth["rows_valid"]
-    assert query(env, "SELECT DISTINCT delivery_id FROM raw.quarantined_rows") == [(second["delivery_id"],)]
+    assert query(env, "SELECT DISTINCT delivery_id FROM raw.quarantined_rows") == [(second.delivery_id,)]
 
 
 def test_bad_redelivery_keeps_the_earlier_good_one(env):
     deliver(env, rows=40, seed=1)
     first = run(run_id="first")["acme_bank"]
     deliver(env, rows=40, seed=2, corruption="checksum_mismatch")
-    assert run(run_id="second")["acme_bank"]["status"] == "quarantined"
-    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(first["delivery_id"],)]
+    assert run(run_id="second")["acme_bank"].status == "quarantined"
+    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(first.delivery_id,)]
 
 
 def test_changed_agreement_reprocesses_an_unchanged_drop(env):
@@ -216,15 +217,15 @@ def test_changed_agreement_reprocesses_an_unchanged_drop(env):
     path.write_text(path.read_text().replace(
         "attributes:\n", "attributes:\n  favourite_colour:\n    type: string\n    usage_labels: [segmentation]\n", 1))
     outcome = run(run_id="second")["acme_bank"]
-    assert outcome["status"] == "staged" and outcome["dropped_columns"] == []
+    assert outcome.status == "staged" and list(outcome.dropped_columns) == []
     assert query(env, """SELECT count(*) FROM raw."acme_bank__records" WHERE favourite_colour IS NOT NULL""")[0][0] > 0
 
 
 def test_validation_results_hold_no_personal_values(env):
     truth = deliver(env, rows=200, bad_row_share=0.05)
     outcome = run()["acme_bank"]
-    result = open(outcome["validation_result"]).read()
-    docs = open(outcome["data_docs"]).read()
+    result = open(outcome.validation_result).read()
+    docs = open(outcome.data_docs).read()
     hashes = [h for (h,) in query(env, 'SELECT email_sha256 FROM raw."acme_bank__records" WHERE email_sha256 IS NOT NULL')]
     bad_values = [json.loads(r) for (r,) in query(env, "SELECT record FROM raw.quarantined_rows")]
     leaked = [v for v in hashes + [r["email_sha256"] for r in bad_values if r["email_sha256"]] if v in result or v in docs]
@@ -261,8 +262,8 @@ HEADER = "partner_record_id,partner_person_id,email_sha256,phone_sha256,consent_
 def test_unreadable_csv_is_quarantined_with_the_file_named(env, body, code, says):
     put_drop(env, {"records.csv": body})
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "quarantined"
-    problem = next(p for p in outcome["problems"] if p["code"] == code)
+    assert outcome.status == "quarantined"
+    problem = next(p for p in outcome.problems if p["code"] == code)
     assert problem["file"] == f"acme_bank/{DAY}/records.csv"
     assert says in problem["message"] + problem["file"] and problem["fix"]
 
@@ -280,7 +281,7 @@ def test_mixed_csv_and_parquet_files_in_one_drop(env, tmp_path):
     pq.write_table(table, tmp_path / "part.parquet")
     put_drop(env, {"a/records.csv": csv, "b/records.parquet": (tmp_path / "part.parquet").read_bytes()}, rows=1)
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "staged", outcome["problems"]
+    assert outcome.status == "staged", outcome.problems
     assert query(env, 'SELECT partner_record_id, household_income, consent_ts FROM raw."acme_bank__records" ORDER BY 1') == [
         ("r1", None, "2026-11-20T10:00:00Z"), ("r2", "120000", "2026-11-20 09:00:00+00")]
 
@@ -298,8 +299,8 @@ def test_parquet_consent_ts_as_iso_text_is_judged_per_row(env, tmp_path):
     pq.write_table(table, tmp_path / "records.parquet")
     put_drop(env, {"records.parquet": (tmp_path / "records.parquet").read_bytes()}, rows=n)
     outcome = run()["acme_bank"]
-    assert outcome["status"] == "staged", outcome["problems"]
-    assert outcome["failures_by_rule"] == {"consent_ts_invalid": 1}
+    assert outcome.status == "staged", outcome.problems
+    assert outcome.failures_by_rule == {"consent_ts_invalid": 1}
     assert query(env, 'SELECT count(*), min(consent_ts), max(consent_ts) FROM raw."acme_bank__records"') == [
         (n - 1, "2026-11-20T10:00:00Z", "2026-11-20T10:00:00Z")]
     assert query(env, "SELECT partner_record_id, failed_rules FROM raw.quarantined_rows") == [(f"r{n - 1:02d}", ["consent_ts_invalid"])]

@@ -41,7 +41,7 @@ def test_airflow_serves_the_dag_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data")}
     env.pop("PIPELINE_S3_ENDPOINT_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "partner_pipeline.local_airflow", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "partner_pipeline_dev.local_airflow", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline, health = time.monotonic() + 240, None

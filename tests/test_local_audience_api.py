@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from partner_pipeline.agreements import HASH_PROFILES
-from partner_pipeline.local_audience_api import HASH_PROFILES as API_HASH_PROFILES
-from partner_pipeline.local_audience_api import AudienceApi, Fault
+from partner_pipeline_dev.local_audience_api import HASH_PROFILES as API_HASH_PROFILES
+from partner_pipeline_dev.local_audience_api import AudienceApi, Fault
 
 TOKEN = "test-token"
 PATH = "/audiences/aud_1/members"
@@ -240,7 +240,7 @@ def test_stop_closes_idle_keep_alive_connections():
 
 
 def test_requests_are_logged_without_member_hashes(api, caplog):
-    with caplog.at_level(logging.INFO, logger="partner_pipeline.local_audience_api"):
+    with caplog.at_level(logging.INFO, logger="partner_pipeline_dev.local_audience_api"):
         call(api, body=batch([{"email_sha256": A, "phone_sha256": C}]))
         call(api, body=batch([{"email_sha256": "X" * 64}]), key="key-2")
     assert f"POST {PATH} -> 200" in caplog.text and f"POST {PATH} -> 400" in caplog.text

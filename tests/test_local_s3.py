@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.storage import s3_client
+from partner_pipeline_dev.local_s3 import local_s3
 
 
 def alive(pid: int) -> bool:
@@ -43,7 +43,7 @@ def test_server_dies_with_a_killed_parent(tmp_path):
     """SIGKILL leaves no time for cleanup; the kernel's parent-death signal stops the server."""
     script = (
         "import sys, time, pathlib\n"
-        "from partner_pipeline.local_s3 import local_s3\n"
+        "from partner_pipeline_dev.local_s3 import local_s3\n"
         f"with local_s3(pathlib.Path({str(tmp_path / 's3')!r})) as s:\n"
         "    print(s.pid, flush=True)\n"
         "    time.sleep(300)\n"

@@ -8,11 +8,11 @@ import datetime as dt
 import duckdb
 import pytest
 
-from partner_pipeline import synth
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.local_airflow import run_nightly
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
+from partner_pipeline_dev.local_airflow import run_nightly
 
 pytestmark = pytest.mark.e2e
 DAY = dt.date(2026, 11, 21)
@@ -123,9 +123,9 @@ def test_a_date_with_no_drops_ends_green(airflow_home, pipeline_env):
 
 
 def test_make_run_uploads_a_folder_and_reports_the_night(airflow_home, pipeline_env, tmp_path, monkeypatch, capsys):
-    """`make run DATE=... UPLOAD=...` (partner_pipeline.run) on a folder laid out <bucket>/<key>; the
+    """`make run DATE=... UPLOAD=...` (partner_pipeline_dev.run) on a folder laid out <bucket>/<key>; the
     quarantined drop is also alerted to a webhook by the DAG's callback."""
-    from partner_pipeline import run
+    from partner_pipeline_dev import run
     from test_alerts import Webhook
 
     settings = load_settings()

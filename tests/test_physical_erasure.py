@@ -13,9 +13,9 @@ import re
 import pytest
 import yaml
 
-from partner_pipeline import synth
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from partner_pipeline_dev import synth
 from conftest import run_night as night
 from test_privacy import D, identifiers_of, query, request_erasure
 

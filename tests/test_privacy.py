@@ -12,10 +12,11 @@ import re
 import duckdb
 import pytest
 
-from partner_pipeline import ingest, synth
+from partner_pipeline import ingest
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 from conftest import run_night as night
 
 D = dt.date(2026, 11, 21)

@@ -14,10 +14,11 @@ import sys
 import duckdb
 import pytest
 
-from partner_pipeline import run_report, synth
+from partner_pipeline import run_report
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 from conftest import run_night as night
 
 DAYS = (dt.date(2026, 11, 20), dt.date(2026, 11, 21))

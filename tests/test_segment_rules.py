@@ -13,11 +13,12 @@ import duckdb
 import pytest
 import yaml
 
-from partner_pipeline import activation, nightly, synth, transform
+from partner_pipeline import activation, nightly, transform
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import ModelBuildFailed
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 
 DAY = dt.date(2026, 11, 21)
 # household_income may not go to email (crm_email): each rule reads it without naming its column

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from partner_pipeline import synth
 from partner_pipeline.agreements import HASH_PROFILES, load_agreements, special_category_term
-from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.storage import list_objects, read_bytes, s3_client
+from partner_pipeline_dev import synth
+from partner_pipeline_dev.local_s3 import local_s3
 
 PROJECT = Path(__file__).resolve().parents[1]
 AGREEMENTS = load_agreements(PROJECT / "include" / "agreements")
@@ -817,7 +817,7 @@ def test_upload_tree_puts_success_last(tmp_path, s3):
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "partner_pipeline.synth", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "partner_pipeline_dev.synth", *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(PROJECT / "include"), **(env or {})}, timeout=120)
 
 

@@ -12,12 +12,13 @@ import duckdb
 import pytest
 import yaml
 
-from partner_pipeline import nightly, synth
+from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
 from partner_pipeline.warehouse import warehouse
+from partner_pipeline_dev import synth
 
 DAY = dt.date(2026, 11, 21)
 

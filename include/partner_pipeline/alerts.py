@@ -16,6 +16,8 @@ import urllib.request
 
 from airflow.sdk import BaseNotifier
 
+from partner_pipeline.contracts import DropOutcome
+
 log = logging.getLogger(__name__)
 
 
@@ -39,14 +41,14 @@ def post_alert(message: dict, attempts: int = 3) -> bool:
     return False
 
 
-def quarantine_message(outcome: dict, run_id: str) -> dict:
-    problems = outcome.get("problems", [])
+def quarantine_message(outcome: DropOutcome, run_id: str) -> dict:
+    problems = list(outcome.problems)
     reasons = "; ".join(f"{p['code']}: {p.get('file', '')} {p['message']}".replace("  ", " ") for p in problems)
     return {
-        "text": f"Partner drop {outcome['partner_id']}/{outcome['drop_date']} (delivery {outcome.get('delivery_id')}) "
+        "text": f"Partner drop {outcome.partner_id}/{outcome.drop_date} (delivery {outcome.delivery_id}) "
                 f"was quarantined in run {run_id}: {reasons}",
-        "kind": "drop_quarantined", "partner_id": outcome["partner_id"], "drop_date": outcome["drop_date"],
-        "delivery_id": outcome.get("delivery_id"), "run_id": run_id, "report": outcome.get("quarantine_report"),
+        "kind": "drop_quarantined", "partner_id": outcome.partner_id, "drop_date": outcome.drop_date,
+        "delivery_id": outcome.delivery_id, "run_id": run_id, "report": outcome.quarantine_report,
         "problems": problems,
     }
 
@@ -64,6 +66,7 @@ class DropAlertNotifier(BaseNotifier):
                 "kind": "task_failed", "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": run_id,
             })
             return
-        outcome = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)
-        if isinstance(outcome, dict) and outcome.get("status") == "quarantined":
+        pulled = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)
+        outcome = DropOutcome.from_xcom(pulled) if isinstance(pulled, (dict, DropOutcome)) else None
+        if outcome is not None and outcome.status == "quarantined":
             post_alert(quarantine_message(outcome, run_id))

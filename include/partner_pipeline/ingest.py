@@ -1,6 +1,6 @@
 """One drop, end to end up to the warehouse door: agreement, manifest, files, columns, rows.
 
-Returns a JSON-serialisable outcome; `warehouse.publish` applies it. A bad drop never raises:
+Returns a `contracts.DropOutcome`; `warehouse.publish_outcome` applies it. A bad drop never raises:
 it is quarantined (its objects copied beside a machine-readable report) and reported. Nor does a
 pipeline fault confined to one drop (code `internal_error`): only a fault of the infrastructure
 every drop shares (object storage, disk, memory) raises, so the task retries.
@@ -22,6 +22,7 @@ import botocore.exceptions
 import duckdb
 
 from partner_pipeline.agreements import Agreement
+from partner_pipeline.contracts import DropOutcome, StageFile
 from partner_pipeline.drops import MANIFEST, DropRef, check_agreement, parse_manifest
 from partner_pipeline.problems import DropRejected, Problem, internal_error
 from partner_pipeline.staging import connect, local_paths, stage_drop
@@ -44,14 +45,10 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id: str, settings) -> dict:
+def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id: str, settings) -> DropOutcome:
     agreement = agreements.get(drop.partner_id)
     work_dir, files = None, []  # no local path exists before the folder name is checked
-    outcome = {
-        **drop.as_dict(), "run_id": run_id, "processing_key": processing_key(drop, agreement),
-        "rows_received": 0, "rows_valid": 0, "rows_quarantined": 0, "failures_by_rule": {},
-        "dropped_columns": [], "absent_attributes": [], "checksums": {}, "problems": [],
-    }
+    outcome = DropOutcome.of_drop(drop, status="new", run_id=run_id, processing_key=processing_key(drop, agreement))
     try:
         agreement = check_agreement(drop, agreements)
         work_dir = _work_dir(settings, drop)
@@ -59,27 +56,27 @@ def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id:
         files = parse_manifest(drop, manifest, agreement)
         started = time.perf_counter()
         staged = stage_drop(client, drop, files, agreement, work_dir, settings)
-        outcome["seconds"] = {"download_verify_load": round(time.perf_counter() - started, 2)}
-        outcome.update(rows_received=staged.rows_received, checksums=staged.checksums,
-                       dropped_columns=staged.dropped_columns, absent_attributes=staged.absent_attributes)
+        seconds = {"download_verify_load": round(time.perf_counter() - started, 2)}
+        outcome = outcome.but(rows_received=staged.rows_received, checksums=staged.checksums, seconds=seconds,
+                              dropped_columns=staged.dropped_columns, absent_attributes=staged.absent_attributes)
         started = time.perf_counter()
-        _validate(staged.path, agreement, drop, run_id, settings, outcome)
-        outcome["seconds"]["validate"] = round(time.perf_counter() - started, 2)
-        outcome.update(status="staged", staging_path=str(staged.path))
+        outcome = _validate(staged.path, agreement, drop, run_id, settings, outcome)
+        outcome = outcome.but(seconds={**seconds, "validate": round(time.perf_counter() - started, 2)})
+        _check_bad_row_share(outcome, agreement, drop)
+        outcome = outcome.but(status="staged", staging_path=str(staged.path))
     except DropRejected as rejected:
-        outcome.update(status="quarantined", problems=[p.as_dict() for p in rejected.problems])
+        outcome = outcome.but(status="quarantined", problems=[p.as_dict() for p in rejected.problems])
     except Exception as exc:  # one drop is its own failure domain; see the module docstring
         if is_infrastructure_fault(exc):
             raise
         log.exception("internal error on drop %s (delivery %s); quarantining it", drop.name, drop.delivery_id)
         local = {str(path): drop.prefix + key for path, key in local_paths(work_dir, files).items()} if work_dir else {}
-        outcome.update(status="quarantined", problems=[internal_error(exc, drop.prefix, {
-            **local, str(settings.data_dir): "<data dir>"}).as_dict()])
         # no processing key: an unchanged drop is not "already processed" after a fault of ours, the next run retries it
-        outcome["processing_key"] = None
+        outcome = outcome.but(status="quarantined", processing_key=None, problems=[internal_error(exc, drop.prefix, {
+            **local, str(settings.data_dir): "<data dir>"}).as_dict()])
     else:
         return outcome
-    outcome["quarantine_report"] = quarantine_drop(client, drop, outcome, settings)
+    outcome = outcome.but(quarantine_report=quarantine_drop(client, drop, outcome, settings))
     if work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)
     return outcome
@@ -118,7 +115,7 @@ def _read_manifest(client, drop: DropRef) -> bytes | None:
     return read_bytes(client, drop.bucket, drop.prefix + MANIFEST)
 
 
-def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str, settings, outcome: dict) -> None:
+def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str, settings, outcome: DropOutcome) -> DropOutcome:
     con = connect(stage_path, settings)
     con.execute(validation_view_sql(agreement, drop.delivered_at))
     con.close()
@@ -127,26 +124,30 @@ def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str
                                       settings.duckdb_config(stage_path.parent / "tmp"))
     con = connect(stage_path, settings)
     try:
-        con.execute("CREATE OR REPLACE TABLE row_failures (_row BIGINT, rule VARCHAR)")
+        con.execute(StageFile.row_failures_ddl())
         for rule, select_rows in failing:
-            con.execute(f"INSERT INTO row_failures SELECT _row, ? FROM ({select_rows})", [rule])
-        bad = con.execute("SELECT count(DISTINCT _row) FROM row_failures").fetchone()[0]
+            con.execute(f"INSERT INTO {StageFile.ROW_FAILURES} SELECT {StageFile.ROW}, ? FROM ({select_rows})", [rule])
+        bad = con.execute(f"SELECT count(DISTINCT {StageFile.ROW}) FROM {StageFile.ROW_FAILURES}").fetchone()[0]
     finally:
         con.close()
-    outcome.update(rows_valid=outcome["rows_received"] - bad, rows_quarantined=bad,
-                   failures_by_rule=result.failures_by_rule, fixes_by_rule=result.fixes,
-                   validation_result=str(result.result_path), data_docs=str(result.docs_path))
-    received = outcome["rows_received"]
+    outcome = outcome.but(rows_valid=outcome.rows_received - bad, rows_quarantined=bad,
+                          failures_by_rule=result.failures_by_rule, fixes_by_rule=result.fixes,
+                          validation_result=str(result.result_path), data_docs=str(result.docs_path))
+    return outcome
+
+
+def _check_bad_row_share(outcome: DropOutcome, agreement: Agreement, drop: DropRef) -> None:
+    received, bad = outcome.rows_received, outcome.rows_quarantined
     if received and bad / received > agreement.max_bad_row_share:
-        top = ", ".join(f"{rule} ({n})" for rule, n in sorted(result.failures_by_rule.items(), key=lambda kv: -kv[1])[:5])
+        top = ", ".join(f"{rule} ({n})" for rule, n in sorted(outcome.failures_by_rule.items(), key=lambda kv: -kv[1])[:5])
         raise DropRejected([Problem(
             "too_many_bad_rows",
             f"{bad} of {received} rows ({bad / received:.1%}) break the row rules, over the agreement's "
             f"max_bad_row_share of {agreement.max_bad_row_share:.1%}; most frequent: {top}.",
-            f"Fix the rows (see {result.docs_path.name}) and re-deliver the drop.", file=drop.prefix)])
+            f"Fix the rows (see {Path(outcome.data_docs).name}) and re-deliver the drop.", file=drop.prefix)])
 
 
-def quarantine_drop(client, drop: DropRef, outcome: dict, settings) -> str:
+def quarantine_drop(client, drop: DropRef, outcome: DropOutcome, settings) -> str:
     """Copy the drop's objects into the quarantine area with report.json beside them."""
     target = f"{drop.partner_id}/{drop.drop_date}/{drop.delivery_id}/"
     copied = []
@@ -157,7 +158,7 @@ def quarantine_drop(client, drop: DropRef, outcome: dict, settings) -> str:
     report = {
         "partner_id": drop.partner_id, "drop_date": drop.drop_date, "delivery_id": drop.delivery_id,
         "delivered_at": drop.delivered_at, "source": f"s3://{drop.bucket}/{drop.prefix}",
-        "run_id": outcome["run_id"], "status": "quarantined", "problems": outcome["problems"],
+        "run_id": outcome.run_id, "status": "quarantined", "problems": list(outcome.problems),
         "objects": copied, "reported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     client.put_object(Bucket=settings.quarantine_bucket, Key=target + "report.json",

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 
 from partner_pipeline import activation, first_party, insights, privacy, retention
 from partner_pipeline.agreements import AgreementError, load_agreements
+from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.governance import GovernanceError, load_governance
-from partner_pipeline.drops import DropRef, find_complete_drops
+from partner_pipeline.drops import find_complete_drops
 from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
@@ -46,9 +47,9 @@ def task_errors():
                                    f"then clear the task)") from exc
 
 
-def discover(day: dt.date, run_id: str) -> list[dict]:
+def discover(day: dt.date, run_id: str) -> list[DropOutcome]:
     """Every drop folder of `day`, marked `new` (to ingest), `skipped` (unchanged since processed)
-    or `incomplete` (no `_SUCCESS` yet: left for a later run)."""
+    or `incomplete` (no `_SUCCESS` yet: left for a later run). The DAG passes them on as XCom (to_xcom)."""
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)  # a bad agreement file fails the run here, loudly
     client = client_from_settings(settings)
@@ -60,30 +61,29 @@ def discover(day: dt.date, run_id: str) -> list[dict]:
     for drop in complete:
         key = processing_key(drop, agreements.get(drop.partner_id))
         status = "skipped" if done.get(drop.partner_id) == key else "new"
-        found.append({**drop.as_dict(), "status": status, "processing_key": key, "run_id": run_id})
-    found += [{"partner_id": prefix.split("/")[0], "drop_date": day.isoformat(), "prefix": prefix,
-               "status": "incomplete", "run_id": run_id} for prefix in incomplete]
-    log.info("%s: %s", day, {s: sum(d["status"] == s for d in found) for s in ("new", "skipped", "incomplete")})
+        found.append(DropOutcome.of_drop(drop, status=status, run_id=run_id, processing_key=key))
+    found += [DropOutcome(partner_id=prefix.split("/")[0], drop_date=day.isoformat(), prefix=prefix, status="incomplete",
+                          run_id=run_id) for prefix in incomplete]
+    log.info("%s: %s", day, {s: sum(d.status == s for d in found) for s in ("new", "skipped", "incomplete")})
     return found
 
 
-def ingest(drop: dict, run_id: str) -> dict:
+def ingest(drop: DropOutcome, run_id: str) -> DropOutcome:
     """Ingest a `new` drop; pass the others through to publish unchanged. A drop's own faults, ours included
     (internal_error), quarantine it; only faults every drop shares raise (see ingest.is_infrastructure_fault)."""
-    if drop["status"] != "new":
+    if drop.status != "new":
         return drop
     settings = load_settings()
-    drop = {k: v for k, v in drop.items() if k in DropRef.__dataclass_fields__}
-    outcome = ingest_drop(client_from_settings(settings), DropRef.from_dict(drop), load_agreements(settings.agreements_dir),
+    outcome = ingest_drop(client_from_settings(settings), drop.drop_ref(), load_agreements(settings.agreements_dir),
                           run_id, settings)
-    log.info("%s/%s delivery %s: %s, %d rows received, %d valid, %d quarantined%s", outcome["partner_id"],
-             outcome["drop_date"], outcome["delivery_id"], outcome["status"], outcome["rows_received"],
-             outcome["rows_valid"], outcome["rows_quarantined"],
-             "".join(f"\n  {p['code']}: {p.get('file', '')} {p['message']}" for p in outcome["problems"]))
+    log.info("%s/%s delivery %s: %s, %d rows received, %d valid, %d quarantined%s", outcome.partner_id,
+             outcome.drop_date, outcome.delivery_id, outcome.status, outcome.rows_received,
+             outcome.rows_valid, outcome.rows_quarantined,
+             "".join(f"\n  {p['code']}: {p.get('file', '')} {p['message']}" for p in outcome.problems))
     return outcome
 
 
-def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
+def publish(outcomes: list[DropOutcome], day: dt.date, run_id: str) -> dict:
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     governance = load_governance(settings.governance_dir, agreements)
@@ -94,9 +94,10 @@ def publish(outcomes: list[dict], day: dt.date, run_id: str) -> dict:
         publish_governance(con, governance, settings.activation_bucket)
     summary = {
         "drop_date": day.isoformat(), "run_id": run_id,
-        "drops": {o["partner_id"]: {k: o.get(k) for k in ("status", "delivery_id", "rows_received", "rows_valid",
-                                                             "rows_quarantined", "failures_by_rule", "dropped_columns")}
-                  | {"problems": [p["code"] for p in o.get("problems", [])]} for o in outcomes},
+        "drops": {o.partner_id: {"status": o.status, "delivery_id": o.delivery_id, "rows_received": o.rows_received,
+                                 "rows_valid": o.rows_valid, "rows_quarantined": o.rows_quarantined,
+                                 "failures_by_rule": o.failures_by_rule, "dropped_columns": list(o.dropped_columns),
+                                 "problems": [p["code"] for p in o.problems]} for o in outcomes},
     }
     log.info("published %s", summary)
     return summary

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, Agreement, special_category_term
+from partner_pipeline.contracts import StageFile
 from partner_pipeline.drops import DropRef, ManifestFile, data_suffix
 from partner_pipeline.problems import DropRejected, Problem, scrub_paths
 from partner_pipeline.storage import download_with_sha256
@@ -69,14 +70,11 @@ def stage_drop(client, drop: DropRef, files: list[ManifestFile], agreement: Agre
     paths = list(local_paths(work_dir, files))
     checksums = _download_and_verify(client, drop, files, paths)
     columns = [*RECORD_COLUMNS, *agreement.attributes]
-    staged = StagedDrop(work_dir / "stage.duckdb", 0, columns, checksums=checksums)
+    staged = StagedDrop(work_dir / StageFile.FILE_NAME, 0, columns, checksums=checksums)
     problems: list[Problem] = []
     con = connect(staged.path, settings)
     try:
-        con.execute(
-            "CREATE TABLE records (" + ", ".join(f"{quote_ident(c)} VARCHAR" for c in columns)
-            + ", _source_file VARCHAR, _source_row BIGINT, _row BIGINT)"
-        )
+        con.execute(StageFile.records_ddl(columns, quote_ident))
         for path, f in zip(paths, files):
             problems += _load_file(con, path, f, drop, agreement, staged)
     finally:
@@ -149,13 +147,13 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
     select = ", ".join(f"NULLIF(CAST({quote_ident(c)} AS VARCHAR), '') AS {quote_ident(c)}" for c in kept)
     try:
         con.execute(
-            f"INSERT INTO records BY NAME SELECT {select}, ? AS _source_file, "
-            f"row_number() OVER () AS _source_row, ? + row_number() OVER () AS _row FROM {_source(path)}",
+            f"INSERT INTO {StageFile.RECORDS} BY NAME SELECT {select}, ? AS {StageFile.SOURCE_FILE}, "
+            f"row_number() OVER () AS {StageFile.SOURCE_ROW}, ? + row_number() OVER () AS {StageFile.ROW} FROM {_source(path)}",
             [f.key, staged.rows_received, str(path)],
         )
     except duckdb.Error as exc:
         return [_unreadable("failed while reading rows", exc, path, where)]
-    loaded = con.execute("SELECT count(*) FROM records WHERE _source_file = ?", [f.key]).fetchone()[0]
+    loaded = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS} WHERE {StageFile.SOURCE_FILE} = ?", [f.key]).fetchone()[0]
     staged.rows_received += loaded
     if loaded != f.rows:
         return [Problem("row_count_mismatch", f"the file has {loaded} data rows, the manifest says {f.rows}.",

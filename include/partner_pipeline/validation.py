@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from partner_pipeline.agreements import CONSENT_COLUMNS, Agreement
+from partner_pipeline.contracts import StageFile
 from partner_pipeline.warehouse import quote_ident
 
 VALIDATION_VIEW = "validation_input"
@@ -36,7 +37,7 @@ def validation_view_sql(agreement: Agreement, delivered_at: str) -> str:
     # a view takes no bound parameters: re-rendering the parsed time leaves only digits and - : . + T
     delivered = dt.datetime.fromisoformat(delivered_at).isoformat()
     return (f"CREATE OR REPLACE VIEW {VALIDATION_VIEW} AS SELECT *, "
-            f"TIMESTAMPTZ '{delivered}' AS _delivered_at{extra} FROM records")
+            f"TIMESTAMPTZ '{delivered}' AS _delivered_at{extra} FROM {StageFile.RECORDS}")
 
 
 def build_suite(agreement: Agreement):
@@ -49,7 +50,7 @@ def build_suite(agreement: Agreement):
 
     def rows(rule: str, where: str, fix: str):
         return gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=f"SELECT _row FROM {{batch}} WHERE {where}", description=fix, meta=meta(rule, fix))
+            unexpected_rows_query=f"SELECT {StageFile.ROW} FROM {{batch}} WHERE {where}", description=fix, meta=meta(rule, fix))
 
     e = [
         gxe.ExpectColumnValuesToNotBeNull(column="partner_record_id", meta=meta(
@@ -170,7 +171,7 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
     try:
         result = definition.run(result_format={
             "result_format": "SUMMARY", "partial_unexpected_count": 0,
-            "unexpected_index_column_names": ["_row"], "return_unexpected_index_query": True,
+            "unexpected_index_column_names": [StageFile.ROW], "return_unexpected_index_query": True,
         })
     finally:
         _close(source)
@@ -194,7 +195,7 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
             count = r.result["unexpected_count"]
         failures[rule] = count
         fixes[rule] = r.expectation_config.meta["fix"]
-        failing_rows.append((rule, f"SELECT _row FROM ({query})"))
+        failing_rows.append((rule, f"SELECT {StageFile.ROW} FROM ({query})"))
     out_dir.mkdir(parents=True, exist_ok=True)
     document = _without_values(result.to_json_dict())
     result_path = out_dir / f"{name}.json"

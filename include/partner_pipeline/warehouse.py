@@ -22,6 +22,7 @@ from typing import Iterator
 import duckdb
 
 from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
+from partner_pipeline.contracts import DropOutcome, StageFile
 from partner_pipeline.governance import Governance
 from partner_pipeline.settings import WAREHOUSE_POOL
 
@@ -254,38 +255,38 @@ def _ensure_raw_table(con, agreement: Agreement) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} VARCHAR")
 
 
-def _audit(con, outcome: dict, event: str, **values) -> None:
+def _audit(con, outcome: DropOutcome, event: str, **values) -> None:
     con.execute(
         """INSERT INTO audit.drop_events (recorded_at, run_id, partner_id, drop_date, delivery_id, processing_key,
                event, rows_received, rows_loaded, rows_quarantined, checksums, reasons, details)
            VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [outcome["run_id"], outcome["partner_id"], outcome["drop_date"], outcome.get("delivery_id"),
-         outcome.get("processing_key"), event, values.get("rows_received"), values.get("rows_loaded"),
+        [outcome.run_id, outcome.partner_id, outcome.drop_date, outcome.delivery_id,
+         outcome.processing_key, event, values.get("rows_received"), values.get("rows_loaded"),
          values.get("rows_quarantined"), json.dumps(values.get("checksums")), json.dumps(values.get("reasons")),
          json.dumps(values.get("details"))])
 
 
-def publish_outcome(con, outcome: dict, agreements: dict[str, Agreement]) -> None:
+def publish_outcome(con, outcome: DropOutcome, agreements: dict[str, Agreement]) -> None:
     """Apply one drop's outcome in one transaction; re-applying the same outcome is a no-op in effect."""
-    status = outcome["status"]
+    status = outcome.status
     if status == "incomplete":
         _audit(con, outcome, "incomplete", reasons=[{
             "code": "missing_success",
-            "message": f"{outcome['prefix']} has no _SUCCESS yet; it is picked up by the first run after the partner writes it."}])
+            "message": f"{outcome.prefix} has no _SUCCESS yet; it is picked up by the first run after the partner writes it."}])
         return
     if status == "staged":  # ATTACH cannot run inside a transaction
-        con.execute(f"ATTACH {quote_path(Path(outcome['staging_path']))} AS stage (READ_ONLY)")
+        con.execute(f"ATTACH {quote_path(Path(outcome.staging_path))} AS stage (READ_ONLY)")
     con.execute("BEGIN TRANSACTION")
     try:
-        _audit(con, outcome, "seen", details={"objects": [list(o) for o in outcome.get("objects", [])],
-                                              "delivered_at": outcome.get("delivered_at")})
+        _audit(con, outcome, "seen", details={"objects": [list(o) for o in outcome.objects],
+                                              "delivered_at": outcome.delivered_at})
         if status == "skipped":
             _audit(con, outcome, "skipped", details={"why": "this delivery was already processed under the same agreement and rules"})
         elif status == "quarantined":
-            _audit(con, outcome, "quarantined", rows_received=outcome["rows_received"], checksums=outcome["checksums"],
-                   reasons=outcome["problems"], details={"report": outcome.get("quarantine_report")})
+            _audit(con, outcome, "quarantined", rows_received=outcome.rows_received, checksums=outcome.checksums,
+                   reasons=list(outcome.problems), details={"report": outcome.quarantine_report})
         elif status == "staged":
-            _load_staged(con, outcome, agreements[outcome["partner_id"]])
+            _load_staged(con, outcome, agreements[outcome.partner_id])
         else:
             raise ValueError(f"unknown drop status {status!r}")
         con.execute("COMMIT")
@@ -296,35 +297,36 @@ def publish_outcome(con, outcome: dict, agreements: dict[str, Agreement]) -> Non
         if status == "staged":
             con.execute("DETACH stage")
     if status == "staged":
-        shutil.rmtree(Path(outcome["staging_path"]).parent, ignore_errors=True)
+        shutil.rmtree(Path(outcome.staging_path).parent, ignore_errors=True)
 
 
-def _load_staged(con, outcome: dict, agreement: Agreement) -> None:
-    _audit(con, outcome, "verified", rows_received=outcome["rows_received"], checksums=outcome["checksums"],
-           details={"dropped_columns": outcome["dropped_columns"], "absent_attributes": outcome["absent_attributes"]})
+def _load_staged(con, outcome: DropOutcome, agreement: Agreement) -> None:
+    _audit(con, outcome, "verified", rows_received=outcome.rows_received, checksums=outcome.checksums,
+           details={"dropped_columns": list(outcome.dropped_columns), "absent_attributes": list(outcome.absent_attributes)})
     _ensure_raw_table(con, agreement)
     table = raw_table(agreement.partner_id)
     columns = ", ".join(quote_ident(c) for c in (*RECORD_COLUMNS, *agreement.attributes))
-    drop = [outcome["partner_id"], outcome["drop_date"], outcome["delivery_id"]]
-    con.execute(f"DELETE FROM {table} WHERE drop_date = ?", [outcome["drop_date"]])
+    drop = [outcome.partner_id, outcome.drop_date, outcome.delivery_id]
+    con.execute(f"DELETE FROM {table} WHERE drop_date = ?", [outcome.drop_date])
     con.execute(
             f"""INSERT INTO {table} ({columns}, partner_id, drop_date, delivery_id, delivered_at, source_file, source_row, loaded_at, run_id)
-                SELECT {columns}, ?, ?, ?, ?, _source_file, _source_row, now(), ?
-                FROM stage.records r ANTI JOIN stage.row_failures f USING (_row)""", [*drop, outcome["delivered_at"], outcome["run_id"]])
+                SELECT {columns}, ?, ?, ?, ?, {StageFile.SOURCE_FILE}, {StageFile.SOURCE_ROW}, now(), ?
+                FROM stage.{StageFile.RECORDS} r ANTI JOIN stage.{StageFile.ROW_FAILURES} f USING ({StageFile.ROW})""", [*drop, outcome.delivered_at, outcome.run_id])
     con.execute("DELETE FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2])
     con.execute(
             f"""INSERT INTO raw.quarantined_rows
-                SELECT ?, ?, ?, r._source_file, r._source_row, r.partner_record_id, f.rules,
+                SELECT ?, ?, ?, r.{StageFile.SOURCE_FILE}, r.{StageFile.SOURCE_ROW}, r.partner_record_id, f.rules,
                        to_json(struct_pack({', '.join(f'{quote_ident(c)} := r.{quote_ident(c)}' for c in (*RECORD_COLUMNS, *agreement.attributes))})),
                        ?, now()
-                FROM stage.records r
-                JOIN (SELECT _row, list(DISTINCT rule ORDER BY rule) AS rules FROM stage.row_failures GROUP BY _row) f USING (_row)
-            ORDER BY r._row""", [*drop, outcome["run_id"]])
-    reasons = [{"code": "rows_quarantined", "rule": rule, "rows": n, "fix": outcome["fixes_by_rule"][rule]}
-               for rule, n in sorted(outcome["failures_by_rule"].items())]
-    if outcome["dropped_columns"]:
-        reasons.append({"code": "extra_column", "columns": outcome["dropped_columns"],
+                FROM stage.{StageFile.RECORDS} r
+                JOIN (SELECT {StageFile.ROW}, list(DISTINCT {StageFile.RULE} ORDER BY {StageFile.RULE}) AS rules
+                      FROM stage.{StageFile.ROW_FAILURES} GROUP BY {StageFile.ROW}) f USING ({StageFile.ROW})
+            ORDER BY r.{StageFile.ROW}""", [*drop, outcome.run_id])
+    reasons = [{"code": "rows_quarantined", "rule": rule, "rows": n, "fix": outcome.fixes_by_rule[rule]}
+               for rule, n in sorted(outcome.failures_by_rule.items())]
+    if outcome.dropped_columns:
+        reasons.append({"code": "extra_column", "columns": list(outcome.dropped_columns),
                         "message": "columns not in the agreement were dropped on ingest"})
-    _audit(con, outcome, "loaded", rows_received=outcome["rows_received"], rows_loaded=outcome["rows_valid"],
-           rows_quarantined=outcome["rows_quarantined"], checksums=outcome["checksums"], reasons=reasons,
-           details={"validation_result": outcome.get("validation_result"), "data_docs": outcome.get("data_docs")})
+    _audit(con, outcome, "loaded", rows_received=outcome.rows_received, rows_loaded=outcome.rows_valid,
+           rows_quarantined=outcome.rows_quarantined, checksums=outcome.checksums, reasons=reasons,
+           details={"validation_result": outcome.validation_result, "data_docs": outcome.data_docs})

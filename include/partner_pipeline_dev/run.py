@@ -12,50 +12,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import textwrap
-import secrets
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from partner_pipeline.agreements import load_agreements
-from partner_pipeline.governance import load_governance
-from partner_pipeline.local_airflow import run_nightly
-from partner_pipeline.local_audience_api import AudienceApi
-from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.settings import Settings, load_settings
 from partner_pipeline.storage import client_from_settings
 from partner_pipeline.transform import published_summary
 from partner_pipeline.warehouse import warehouse
-
-
-@contextmanager
-def embedded_services(settings: Settings) -> Iterator[dict[str, str]]:
-    """The embedded defaults for what is not configured: the S3 server over data/s3 (unless
-    PIPELINE_S3_ENDPOINT_URL is set) and a local audience API for each HTTP destination whose
-    Airflow connection is not set (AIRFLOW_CONN_<ID>). Yields the environment the run needs."""
-    env: dict[str, str] = {}
-    with ExitStack() as stack:
-        if not settings.s3_endpoint_url:
-            buckets = [settings.landing_bucket, settings.first_party_bucket, settings.quarantine_bucket,
-                       settings.outbox_bucket, settings.activation_bucket, settings.reports_bucket]
-            server = stack.enter_context(local_s3(settings.data_dir / "s3", buckets))
-            env.update(server.env())
-            print(f"S3 server (SeaweedFS) on {server.endpoint_url}, store in {settings.data_dir / 's3'}")
-        governance = load_governance(settings.governance_dir, load_agreements(settings.agreements_dir))
-        for destination_id, destination in governance.destinations.items():
-            variable = f"AIRFLOW_CONN_{destination.connection_id.upper()}" if destination.connection_id else None
-            if variable is None or variable in os.environ:
-                continue
-            state = settings.data_dir / "audience_api" / f"{destination_id}.json"
-            api = stack.enter_context(AudienceApi(token=secrets.token_urlsafe(16), hash_profile=destination.hash_profile,
-                                                  state_file=state, max_batch_size=destination.rows_per_batch))
-            env[variable] = json.dumps({"conn_type": "http", "host": api.url, "password": api.token})
-            print(f"audience API for destination {destination_id} on {api.url}, audiences in {state}")
-        os.environ.update(env)
-        yield env
+from partner_pipeline_dev.local_airflow import run_nightly
+from partner_pipeline_dev.services import embedded_services
+from partner_pipeline_dev.upload import upload_tree
 
 
 def run_night(settings: Settings, day: dt.date, env: dict[str, str]) -> tuple[int, Path]:
@@ -77,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     with embedded_services(settings) as env:
         if args.upload:
-            from partner_pipeline.synth import upload_tree
-
             if not args.upload.is_dir():
                 print(f"--upload {args.upload}: not a folder; lay it out as <bucket>/<key>", file=sys.stderr)
                 return 2

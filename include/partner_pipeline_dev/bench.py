@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.settings import PROJECT_ROOT
 
 DAY = dt.date(2026, 11, 21)
@@ -57,7 +58,7 @@ def _child(run_id: str) -> None:
     activated = timed("activate", lambda: nightly.activate(DAY, run_id))
     timed("share_overlap_reports", lambda: nightly.share_overlap_reports(DAY, run_id))
     published = timed("publish_marts", lambda: nightly.publish_marts(DAY, run_id))
-    print(json.dumps({"timings": timings, "outcomes": outcomes, "transform": transformed, "published": published,
+    print(json.dumps({"timings": timings, "outcomes": [o.to_xcom() for o in outcomes], "transform": transformed, "published": published,
                       "activation": activated}, default=str))
 
 
@@ -104,14 +105,14 @@ def dag_parse_seconds() -> dict[str, float]:
 
 
 def bench_one(rows: int, args) -> dict:
-    from partner_pipeline import synth
     from partner_pipeline.agreements import load_agreements
-    from partner_pipeline.bench_floor import run_floor
     from partner_pipeline.governance import load_governance
-    from partner_pipeline.local_audience_api import AudienceApi
-    from partner_pipeline.local_s3 import local_s3
     from partner_pipeline.settings import load_settings
     from partner_pipeline.storage import s3_client
+    from partner_pipeline_dev import synth
+    from partner_pipeline_dev.bench_floor import run_floor
+    from partner_pipeline_dev.local_audience_api import AudienceApi
+    from partner_pipeline_dev.local_s3 import local_s3
 
     base = PROJECT_ROOT / "data" if (PROJECT_ROOT / "data").exists() else None
     work = Path(tempfile.mkdtemp(prefix=f"bench-{rows}-", dir=base))
@@ -135,7 +136,7 @@ def bench_one(rows: int, args) -> dict:
         print(f"{rows:,} rows: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
 
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "partner_pipeline.bench", "--child", "bench"], env=os.environ,
+        child = subprocess.Popen([sys.executable, "-m", "partner_pipeline_dev.bench", "--child", "bench"], env=os.environ,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         memory = TreeMemory(child.pid)
         stdout, stderr = child.communicate()
@@ -162,13 +163,13 @@ def bench_one(rows: int, args) -> dict:
         raise RuntimeError(f"the floor failed (work directory kept: {work})")
     floor_wall = floor_result["wall_seconds"]
 
-    outcome = measured["outcomes"][0]
+    outcome = DropOutcome.from_xcom(measured["outcomes"][0])
     [report] = [r for r in measured["published"]["match_report"] if r["partner_id"] == agreement.partner_id]
     expected = truth["expected_matches"]
     found = floor_result["found"]
     checks = {
-        "pipeline valid rows": (outcome["rows_valid"], truth["rows_valid"]),
-        "pipeline rows per rule": (outcome["failures_by_rule"], truth["invalid_by_rule"]),
+        "pipeline valid rows": (outcome.rows_valid, truth["rows_valid"]),
+        "pipeline rows per rule": (outcome.failures_by_rule, truth["invalid_by_rule"]),
         "pipeline matches (email, phone, none, ambiguous)": (
             (report["matched_by_email"], report["matched_by_phone"], report["unmatched"], report["ambiguous"]),
             (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)),
@@ -186,7 +187,7 @@ def bench_one(rows: int, args) -> dict:
         "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
                      "rows_per_second": round(rows / wall),
                      "stages": {t: round(measured["timings"].get(t, 0), 1) for t in TASKS},
-                     "ingest_steps": outcome.get("seconds", {}),
+                     "ingest_steps": outcome.seconds,
                      "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
         "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"]},
         "ratio_pipeline_to_floor": round(wall / floor_wall, 2),

@@ -13,11 +13,12 @@ import argparse
 import datetime as dt
 import sys
 
-from partner_pipeline import synth
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.run import embedded_services, report, run_night
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings
+from partner_pipeline_dev import synth
+from partner_pipeline_dev.run import report, run_night
+from partner_pipeline_dev.services import embedded_services
 
 
 def main(argv: list[str] | None = None) -> int:

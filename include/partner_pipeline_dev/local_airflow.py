@@ -96,8 +96,8 @@ def _group_alive(pgid: int) -> bool:
 def serve(port: int = 8080) -> int:
     """`make airflow`: Airflow 3 standalone (api-server, scheduler, dag-processor, triggerer) and the
     embedded S3 server, on 127.0.0.1, until Ctrl-C stops them all."""
-    from partner_pipeline.run import embedded_services
     from partner_pipeline.settings import load_settings
+    from partner_pipeline_dev.services import embedded_services
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt

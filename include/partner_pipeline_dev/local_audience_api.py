@@ -367,7 +367,7 @@ def _count_members(body: bytes) -> int:
 
 
 def main() -> None:
-    """`python -m partner_pipeline.local_audience_api PORT`: serve until SIGTERM/SIGINT, token from
+    """`python -m partner_pipeline_dev.local_audience_api PORT`: serve until SIGTERM/SIGINT, token from
     $AUDIENCE_API_TOKEN, audiences kept in $AUDIENCE_API_STATE_FILE (the docker-compose stand-in)."""
     import signal
     import sys
