@@ -92,7 +92,7 @@ def parquet_file(ids: list[str]) -> bytes:
         "partner_record_id": ids, "partner_person_id": [f"p-{i}" for i in ids],
         "email_sha256": [hashlib.sha256(f"{i}@example.com".encode()).hexdigest() for i in ids], "phone_sha256": [None] * len(ids),
         "consent_enrichment": [True] * len(ids), "consent_activation": [False] * len(ids),
-        "consent_ts": pa.array([dt.datetime(2026, 11, 20, 10, tzinfo=dt.timezone.utc)] * len(ids), pa.timestamp("us", tz="UTC"))}),
+        "consent_ts": pa.array([dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)] * len(ids), pa.timestamp("us", tz="UTC"))}),
         out)
     return out.getvalue()
 

@@ -18,7 +18,7 @@ import textwrap
 import secrets
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
