@@ -20,6 +20,8 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 HEADER = ["partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", "consent_enrichment",
           "consent_activation", "consent_ts"]

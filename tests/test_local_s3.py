@@ -6,8 +6,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.storage import s3_client
+
+pytestmark = pytest.mark.slow
 
 
 def alive(pid: int) -> bool:

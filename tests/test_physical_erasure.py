@@ -17,6 +17,8 @@ from partner_pipeline.settings import load_settings
 from conftest import run_night as night
 from test_privacy import D, identifiers_of, query, request_erasure
 
+pytestmark = pytest.mark.slow
+
 S3_FILE_DESTINATIONS = ("crm_email", "ads_customer_list")
 
 

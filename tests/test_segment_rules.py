@@ -19,6 +19,8 @@ from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import ModelBuildFailed
 from partner_pipeline.warehouse import warehouse
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 # household_income may not go to email (crm_email): each rule reads it without naming its column
 FORMS = {

@@ -29,6 +29,8 @@ from partner_pipeline.agreements import HASH_PROFILES, load_agreements, special_
 from partner_pipeline.local_s3 import local_s3
 from partner_pipeline.storage import list_objects, read_bytes, s3_client
 
+pytestmark = pytest.mark.slow
+
 PROJECT = Path(__file__).resolve().parents[1]
 AGREEMENTS = load_agreements(PROJECT / "include" / "agreements")
 ACME, GLOBEX = AGREEMENTS["acme_bank"], AGREEMENTS["globex_retail"]

@@ -19,6 +19,8 @@ from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
 from partner_pipeline.warehouse import warehouse
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 
 
