@@ -22,6 +22,8 @@ from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_audience_api import Fault
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 HTTP = "personalization_api"
 

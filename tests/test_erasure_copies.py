@@ -20,6 +20,8 @@ from partner_pipeline.settings import load_settings
 from test_privacy import (D, HASH_PROFILES, deliver_rows, identifiers_of, latest_record, night, query, request_erasure,  # noqa: F401
                           scan_objects, someone_everywhere, two_nights)
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def own_outboxes(pipeline_env, agreements_dir):

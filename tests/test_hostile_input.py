@@ -21,6 +21,8 @@ from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 HEADER = ["partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", "consent_enrichment",
           "consent_activation", "consent_ts"]
@@ -93,7 +95,7 @@ def parquet_file(ids: list[str]) -> bytes:
         "partner_record_id": ids, "partner_person_id": [f"p-{i}" for i in ids],
         "email_sha256": [hashlib.sha256(f"{i}@example.com".encode()).hexdigest() for i in ids], "phone_sha256": [None] * len(ids),
         "consent_enrichment": [True] * len(ids), "consent_activation": [False] * len(ids),
-        "consent_ts": pa.array([dt.datetime(2026, 11, 20, 10, tzinfo=dt.timezone.utc)] * len(ids), pa.timestamp("us", tz="UTC"))}),
+        "consent_ts": pa.array([dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)] * len(ids), pa.timestamp("us", tz="UTC"))}),
         out)
     return out.getvalue()
 

@@ -14,6 +14,8 @@ from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 N_PROFILES = 500
 
@@ -276,7 +278,7 @@ def test_mixed_csv_and_parquet_files_in_one_drop(env, tmp_path):
     csv = (HEADER + f"\nr1,p1,{digest},,true,false,2026-11-20T10:00:00Z\n").encode()
     table = pa.table({"partner_record_id": ["r2"], "partner_person_id": ["p2"], "email_sha256": [None], "phone_sha256": [digest],
                       "consent_enrichment": [True], "consent_activation": [True],
-                      "consent_ts": pa.array([dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc)], pa.timestamp("us", tz="UTC")),
+                      "consent_ts": pa.array([dt.datetime(2026, 11, 20, 9, tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC")),
                       "household_income": pa.array([120000], pa.int64())})
     pq.write_table(table, tmp_path / "part.parquet")
     put_drop(env, {"a/records.csv": csv, "b/records.parquet": (tmp_path / "part.parquet").read_bytes()}, rows=1)

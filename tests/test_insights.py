@@ -17,6 +17,8 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 
 

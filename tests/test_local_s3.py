@@ -6,8 +6,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from partner_pipeline.storage import s3_client
 from partner_pipeline_dev.local_s3 import local_s3
+
+pytestmark = pytest.mark.slow
 
 
 def alive(pid: int) -> bool:

@@ -19,6 +19,8 @@ from partner_pipeline_dev import synth
 from conftest import run_night as night
 from test_privacy import D, identifiers_of, query, request_erasure
 
+pytestmark = pytest.mark.slow
+
 S3_FILE_DESTINATIONS = ("crm_email", "ads_customer_list")
 
 
@@ -258,7 +260,7 @@ def test_copies_past_their_declared_retention_are_deleted_on_the_day(pipeline_en
         copies.append(("file", settings.validation_dir, key, day, str(settings.validation_dir / key)))
         copies.append(("file", settings.reports_dir, f"{day}.html", day, str(settings.reports_dir / f"{day}.html")))
         copies.append(("s3", settings.reports_bucket, f"{day}/report.html", day, f"s3://{settings.reports_bucket}/{day}/"))
-    for store, where, key, day, _ in copies:
+    for store, where, key, _day, _ in copies:
         if store == "s3":
             s3_api.put_object(Bucket=where, Key=key, Body=b"{}")
         else:

@@ -19,6 +19,8 @@ from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from conftest import run_night as night
 
+pytestmark = pytest.mark.slow
+
 D = dt.date(2026, 11, 21)
 HASH_PROFILES = ("canonical", "uid2", "basic", "google")
 

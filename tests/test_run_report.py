@@ -21,6 +21,8 @@ from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from conftest import run_night as night
 
+pytestmark = pytest.mark.slow
+
 DAYS = (dt.date(2026, 11, 20), dt.date(2026, 11, 21))
 _buckets = itertools.count()
 FIGURES = {"match-rate", "rows-acme_bank", "rows-globex_retail", "segment-sizes", "activation"}

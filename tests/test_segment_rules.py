@@ -20,6 +20,8 @@ from partner_pipeline.transform import ModelBuildFailed
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 # household_income may not go to email (crm_email): each rule reads it without naming its column
 FORMS = {

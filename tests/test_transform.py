@@ -20,6 +20,8 @@ from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 
+pytestmark = pytest.mark.slow
+
 DAY = dt.date(2026, 11, 21)
 
 

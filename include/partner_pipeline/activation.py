@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 import httpx
@@ -260,7 +260,7 @@ class HttpAudience:
                 body = {"operation": operation, "hash_profile": self.destination.hash_profile,
                         "members": [{k: v for k, v in zip(MEMBER_COLUMNS[1:], m[1:]) if v is not None} for m in members]}
                 response = self.request("POST", path, key, body,
-                                        lambda **a: log_.write(operation, batch_number, *counts, key=key, **a), run)
+                                        lambda **a: log_.write(operation, batch_number, *counts, key=key, **a), run)  # noqa: B023 (called within this iteration)
                 con.execute("BEGIN TRANSACTION")
                 _apply(con, self.destination_id, segment, operation, table, run, (first, first + len(members) - 1))
                 _advance(con, self.destination_id, segment, run)

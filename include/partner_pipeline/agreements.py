@@ -43,7 +43,7 @@ class Attribute(BaseModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _fits_type(self) -> "Attribute":
+    def _fits_type(self) -> Attribute:
         if self.allowed_values is not None and self.type != "string":
             raise ValueError("allowed_values only applies to type 'string'; use min/max for numbers")
         if (self.min is not None or self.max is not None) and self.type not in ("integer", "number"):
@@ -67,7 +67,7 @@ class DifferentialPrivacy(BaseModel):
     period: Literal["month", "quarter", "year"] = "month"
 
     @model_validator(mode="after")
-    def _budget_fits_one(self) -> "DifferentialPrivacy":
+    def _budget_fits_one(self) -> DifferentialPrivacy:
         if self.epsilon_per_release > self.budget_per_period:
             raise ValueError(f"epsilon_per_release ({self.epsilon_per_release}) exceeds budget_per_period "
                              f"({self.budget_per_period}): not even one release would fit")
@@ -128,7 +128,7 @@ class Agreement(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _overlap_dimensions(self) -> "Agreement":
+    def _overlap_dimensions(self) -> Agreement:
         for name in self.overlap_dimensions:
             attribute = self.attributes.get(name)
             if attribute is not None and not (attribute.type == "boolean" or attribute.allowed_values):
@@ -139,7 +139,7 @@ class Agreement(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _window(self) -> "Agreement":
+    def _window(self) -> Agreement:
         if self.valid_to is not None and self.valid_to < self.valid_from:
             raise ValueError(f"valid_to ({self.valid_to}) is before valid_from ({self.valid_from})")
         return self

@@ -43,7 +43,7 @@ class DropRef:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DropRef":
+    def from_dict(cls, data: dict) -> DropRef:
         return cls(**{**data, "objects": tuple(tuple(o) for o in data["objects"])})
 
     @property

@@ -37,7 +37,7 @@ class Policy(BaseModel):
     denied_label: str | None = None  # an attribute with this label may not be used for the actions
 
     @model_validator(mode="after")
-    def _one_condition(self) -> "Policy":
+    def _one_condition(self) -> Policy:
         if (self.requires_label is None) == (self.denied_label is None):
             raise ValueError("give exactly one of requires_label (the label an attribute needs) or denied_label "
                              "(the label that forbids the actions)")
@@ -68,7 +68,7 @@ class Destination(BaseModel):
     batch_size: Annotated[int | None, Field(ge=1)] = None
 
     @model_validator(mode="after")
-    def _fits_type(self) -> "Destination":
+    def _fits_type(self) -> Destination:
         if self.type == "http_audience" and not self.connection_id:
             raise ValueError("an http_audience destination needs connection_id (the Airflow connection holding "
                              "its base URL as host and its bearer token as password)")

@@ -159,7 +159,7 @@ def quarantine_drop(client, drop: DropRef, outcome: DropOutcome, settings) -> st
         "partner_id": drop.partner_id, "drop_date": drop.drop_date, "delivery_id": drop.delivery_id,
         "delivered_at": drop.delivered_at, "source": f"s3://{drop.bucket}/{drop.prefix}",
         "run_id": outcome.run_id, "status": "quarantined", "problems": list(outcome.problems),
-        "objects": copied, "reported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "objects": copied, "reported_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     client.put_object(Bucket=settings.quarantine_bucket, Key=target + "report.json",
                       Body=json.dumps(report, indent=2, sort_keys=True).encode(), ContentType="application/json")

@@ -119,7 +119,7 @@ def read_published(published: Path, day: dt.date) -> dict | None:
                     SELECT DISTINCT run_date FROM activation_log WHERE run_date <= ? ORDER BY 1 DESC LIMIT ?)
                 GROUP BY ALL ORDER BY 1, 2, 3""", [day, RUNS]),
             "activation": published_summary(published, day)["activation"],
-            "published_at": dt.datetime.fromtimestamp(published.stat().st_mtime, dt.timezone.utc),
+            "published_at": dt.datetime.fromtimestamp(published.stat().st_mtime, dt.UTC),
         }
 
 
@@ -131,7 +131,7 @@ def render(day: dt.date, run_id: str, data: dict | None, segment_history: list[t
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Run report {day}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Partner pipeline: run report for {day}</h1>",
-             f"<p>Airflow run <code>{e(run_id)}</code>, written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."]
+             f"<p>Airflow run <code>{e(run_id)}</code>, written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC."]
     if data is None:
         parts.append(" <span class='note'>No published marts yet: this run (or every run so far) built no models; "
                      "see its transform task.</span></p></body></html>")

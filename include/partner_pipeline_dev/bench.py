@@ -50,7 +50,7 @@ def _child(run_id: str) -> None:
 
     drops = timed("discover", lambda: nightly.discover(DAY, run_id))
     for drop in drops:
-        outcomes.append(timed("ingest", lambda: nightly.ingest(drop, run_id)))
+        outcomes.append(timed("ingest", lambda: nightly.ingest(drop, run_id)))  # noqa: B023 (called within this iteration)
     timed("publish", lambda: nightly.publish(outcomes, DAY, run_id))
     timed("load_first_party", lambda: nightly.load_first_party(DAY))
     transformed = timed("transform", lambda: nightly.transform(DAY, run_id))

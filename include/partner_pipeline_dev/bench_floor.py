@@ -161,7 +161,7 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     (work / "exports").mkdir(exist_ok=True)
     for name, segment in sorted(segments.items()):
         # sent: our marketing consent, and the partner's consent_activation when the rule reads its attributes
-        refusal = f"coalesce(_consent_activation, 'true') = 'true'" if f"{agreement.partner_id}__" in segment["rule"] else "true"
+        refusal = "coalesce(_consent_activation, 'true') = 'true'" if f"{agreement.partner_id}__" in segment["rule"] else "true"
         for destination_id in segment["destinations"]:
             destination = destinations[destination_id]
             email, phone = normalizations[(destination.hash_profile, destination.default_country_code)]

@@ -17,7 +17,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 ACCESS_KEY = "local-access-key"
 SECRET_KEY = "local-secret-key"

@@ -1,0 +1,52 @@
+"""A warehouse with the pipeline's schema and no partner data: what `make lint` (sqlfluff's dbt
+templater compiles every model, and some models query their inputs while compiling) and the fast
+tier's dbt unit tests (they read their inputs' columns) need, in seconds instead of a scenario build.
+
+    python tests/schema_warehouse.py DIR   # writes DIR/warehouse.duckdb and DIR/marts.duckdb
+
+Built as the nightly run builds it, minus the drops: the schema (warehouse.warehouse), the
+agreements and governance mirrored into raw, an empty raw table per partner, an empty first-party
+snapshot, then `dbt run` (on no rows: seconds) so every model exists with its columns. Not `dbt run --empty`:
+models that query their inputs while compiling (enriched_profiles reads the agreed attributes
+through ref()) would see the empty stand-ins --empty puts in place of ref() and lose their columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from partner_pipeline.agreements import load_agreements
+from partner_pipeline.first_party import REQUIRED
+from partner_pipeline.governance import load_governance
+from partner_pipeline.settings import load_settings
+from partner_pipeline.transform import run_dbt
+from partner_pipeline.warehouse import _ensure_raw_table, publish_agreements, publish_governance, warehouse
+
+
+def build_schema_warehouse(directory: Path) -> tuple[Path, Path]:
+    """Build (or rebuild) DIR/warehouse.duckdb and DIR/marts.duckdb; returns their paths."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    warehouse_path, marts_path = directory / "warehouse.duckdb", directory / "marts.duckdb"
+    for path in (warehouse_path, marts_path):
+        path.unlink(missing_ok=True)
+    settings = dataclasses.replace(load_settings(), warehouse_path=warehouse_path, marts_path=marts_path)
+    agreements = load_agreements(settings.agreements_dir)
+    with warehouse(settings) as con:
+        publish_agreements(con, agreements, settings.outbox_bucket)
+        publish_governance(con, load_governance(settings.governance_dir, agreements), settings.activation_bucket)
+        for agreement in agreements.values():
+            _ensure_raw_table(con, agreement)
+        con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles ("
+                    + ", ".join(f"{c} VARCHAR" for c in REQUIRED) + ", snapshot_date DATE)")
+    result = run_dbt(["run"], directory / "dbt" / "target", warehouse_path, marts_path)
+    if result.returncode != 0:
+        raise RuntimeError("dbt run failed on the schema-only warehouse:\n" + result.stdout[-5000:])
+    return warehouse_path, marts_path
+
+
+if __name__ == "__main__":
+    for built in build_schema_warehouse(Path(sys.argv[1] if len(sys.argv) > 1 else "data/lint")):
+        print(built)
