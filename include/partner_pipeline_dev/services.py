@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance

@@ -79,8 +79,8 @@ class DropSpec:
     @property
     def effective_delivered_at(self) -> dt.datetime:
         if self.delivered_at is not None:
-            return self.delivered_at.astimezone(dt.timezone.utc)
-        return dt.datetime.combine(self.drop_date, dt.time(0, 0), tzinfo=dt.timezone.utc)
+            return self.delivered_at.astimezone(dt.UTC)
+        return dt.datetime.combine(self.drop_date, dt.time(0, 0), tzinfo=dt.UTC)
 
     @property
     def prefix(self) -> str:
@@ -303,7 +303,7 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
     delivered = int(spec.effective_delivered_at.timestamp())
     ts = delivered - rng.integers(3600, 3 * 365 * 86400, n)  # strictly before delivery
     future = broke("consent_ts_in_future")
-    ts = np.where(future, int(dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc).timestamp()) + rng.integers(0, 86400 * 300, n), ts)
+    ts = np.where(future, int(dt.datetime(2099, 1, 1, tzinfo=dt.UTC).timestamp()) + rng.integers(0, 86400 * 300, n), ts)
     if csv:
         ts_arr = _join(pc.replace_substring(pc.cast(pa.array(ts, pa.timestamp("s")), pa.string()), " ", "T"), "Z")
         invalid = broke("consent_ts_invalid")

@@ -70,7 +70,7 @@ class _DataFile:
             self._out.write("\ufeff".encode())
         self._out.write(_csv_bytes([pa.array([name], pa.string()) for name in names], eol))
 
-    def __enter__(self) -> "_DataFile":
+    def __enter__(self) -> _DataFile:
         return self
 
     def __exit__(self, *exc) -> None:
