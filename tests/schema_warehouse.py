@@ -4,9 +4,9 @@ tier's dbt unit tests (they read their inputs' columns) need, in seconds instead
 
     python tests/schema_warehouse.py DIR   # writes DIR/warehouse.duckdb and DIR/marts.duckdb
 
-Built as the nightly run builds it, minus the drops: the schema (warehouse.warehouse), the
-agreements and governance mirrored into raw, an empty raw table per partner, an empty first-party
-snapshot, then `dbt run` (on no rows: seconds) so every model exists with its columns. Not `dbt run --empty`:
+Built as the nightly run builds it, minus the drops: the schema every write session declares
+(warehouse._SCHEMA: raw.partner_records, an empty first-party snapshot, the audit tables), the
+agreements and governance mirrored into raw, then `dbt run` (on no rows: seconds) so every model exists with its columns. Not `dbt run --empty`:
 models that query their inputs while compiling (enriched_profiles reads the agreed attributes
 through ref()) would see the empty stand-ins --empty puts in place of ref() and lose their columns.
 """
@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.first_party import REQUIRED
 from partner_pipeline.governance import load_governance
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import run_dbt
-from partner_pipeline.warehouse import _ensure_raw_table, publish_agreements, publish_governance, warehouse
+from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
 
 
 def build_schema_warehouse(directory: Path) -> tuple[Path, Path]:
@@ -37,10 +36,6 @@ def build_schema_warehouse(directory: Path) -> tuple[Path, Path]:
     with warehouse(settings) as con:
         publish_agreements(con, agreements, settings.outbox_bucket)
         publish_governance(con, load_governance(settings.governance_dir, agreements), settings.activation_bucket)
-        for agreement in agreements.values():
-            _ensure_raw_table(con, agreement)
-        con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles ("
-                    + ", ".join(f"{c} VARCHAR" for c in REQUIRED) + ", snapshot_date DATE)")
     result = run_dbt(["run"], directory / "dbt" / "target", warehouse_path, marts_path)
     if result.returncode != 0:
         raise RuntimeError("dbt run failed on the schema-only warehouse:\n" + result.stdout[-5000:])

@@ -64,8 +64,9 @@ def every_form(profile_id: str) -> dict[str, set[str]]:
 
 def others(partner_id: str, persons: set[str], n: int) -> list[dict]:
     """n raw records of the partner about other people (valid rows to surround the person's)."""
-    rows = query(f"""SELECT {', '.join(RECORD_COLUMNS)} FROM raw.{partner_id}__records
-                     WHERE NOT list_contains(?, partner_person_id) ORDER BY partner_record_id LIMIT ?""", [sorted(persons), n])
+    rows = query(f"""SELECT {', '.join(RECORD_COLUMNS)} FROM raw.partner_records
+                     WHERE partner_id = ? AND NOT list_contains(?, partner_person_id) ORDER BY partner_record_id LIMIT ?""",
+                 [partner_id, sorted(persons), n])
     columns = list(RECORD_COLUMNS)
     return [{**dict(zip(columns, r)), "partner_record_id": f"OTHER-{i}"} for i, r in enumerate(rows)]
 
@@ -201,7 +202,7 @@ def test_a_quarantined_parquet_copy_is_rewritten_without_the_person(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from partner_pipeline import privacy
+    from partner_pipeline import data_rights as privacy
 
     email = _sha("someone@example.com")
     table = pa.table({"partner_record_id": ["1", "2", "3"], "partner_person_id": ["P1", " P2 ", "P3"],
@@ -248,7 +249,7 @@ def test_every_partner_whose_drop_held_the_person_is_told_and_told_again(two_nig
     for partner_id, sent in (("globex_retail", globex), ("acme_bank", acme)):
         assert notice(s3_api, settings, partner_id, later) == [
             {"partner_person_id": sent["partner_person_id"], "email_sha256": sent["email_sha256"], "request_id": "ER-1"}], partner_id
-    assert query("SELECT count(*) FROM raw.globex_retail__records WHERE partner_record_id = 'G-AGAIN'") == [(0,)]
+    assert query("SELECT count(*) FROM raw.partner_records WHERE partner_id = 'globex_retail' AND partner_record_id = 'G-AGAIN'") == [(0,)]
     assert scan_objects(s3_api, [settings.quarantine_bucket], forms) == []
 
     # a re-run of that night writes the same notices

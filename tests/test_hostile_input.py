@@ -131,7 +131,7 @@ def test_hostile_file_and_column_names_load_as_data_and_execute_nothing(env, nam
     put_drop(env, files)
     put_drop(env, {"a.csv": (csv_file(["z1"]), 1)}, folder="evil'); --")  # a folder name is partner input too
     nightly.publish([], DAY, "baseline")  # the warehouse with nothing of the drop in it
-    expected_objects = warehouse_objects(settings) | {("table", "raw", "acme_bank__records")}
+    expected_objects = warehouse_objects(settings)  # partner rows go to raw.partner_records: no table is created
     outside = snapshot(tmp, skip={settings.data_dir})
 
     outcomes = run()
@@ -140,7 +140,7 @@ def test_hostile_file_and_column_names_load_as_data_and_execute_nothing(env, nam
     assert outcome.status == "staged", outcome.problems
     assert not marker.exists() and not list(tmp.rglob("marker*")) and not Path("marker-header.csv").exists()
     assert outcome.rows_received == outcome.rows_valid == len(all_ids)
-    loaded = query(env, 'SELECT partner_record_id, source_file FROM raw."acme_bank__records"')
+    loaded = query(env, "SELECT partner_record_id, source_file FROM raw.partner_records WHERE partner_id = 'acme_bank'")
     assert {r for r, _ in loaded} == all_ids
     assert {f for _, f in loaded} == set(names)  # each row names its file exactly as delivered
     assert list(outcome.dropped_columns) == [HOSTILE_HEADER, "second\nline"]
@@ -158,7 +158,7 @@ def test_a_name_starting_with_two_dots_is_inside_the_folder(env):
     put_drop(env, {"..records-000.csv": (csv_file(["r1", "r2"]), 2)})
     outcome = run()["acme_bank"]
     assert outcome.status == "staged", outcome.problems
-    assert query(env, 'SELECT count(*), any_value(source_file) FROM raw."acme_bank__records"') == [(2, "..records-000.csv")]
+    assert query(env, "SELECT count(*), any_value(source_file) FROM raw.partner_records WHERE partner_id = 'acme_bank'") == [(2, "..records-000.csv")]
 
 
 @pytest.mark.parametrize("key", ["../records-000.csv", "a/../../records-000.csv", "/records-000.csv", "a\\records-000.csv"])
@@ -202,14 +202,14 @@ def test_a_crashing_drop_is_quarantined_alone_and_the_night_goes_on(env, monkeyp
     [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE partner_id = 'acme_bank' AND event = 'quarantined'")
     assert json.loads(reasons) == list(acme.problems)
     assert outcomes["globex_retail"].status == "staged"
-    assert query(env, 'SELECT count(*) FROM raw."globex_retail__records"') == [(truths["globex_retail"]["rows_valid"],)]
+    assert query(env, "SELECT count(*) FROM raw.partner_records WHERE partner_id = 'globex_retail'") == [(truths["globex_retail"].rows_valid,)]
     assert alerts_for(acme) and "internal_error" in alerts_for(acme)[0]["text"] and "InjectedFault" in alerts_for(acme)[0]["text"]
 
     monkeypatch.setattr(staging, "_load_file", load_file)  # the bug is fixed: the next run loads the drop
     again = run(run_id="second")
     assert (again["acme_bank"].status, again["globex_retail"].status) == ("staged", "skipped")
     for partner, truth in truths.items():  # the state a clean night leaves
-        assert query(env, f'SELECT count(*) FROM raw."{partner}__records"') == [(truth["rows_valid"],)]
+        assert query(env, "SELECT count(*) FROM raw.partner_records WHERE partner_id = ?", [partner]) == [(truth["rows_valid"],)]
         bad = query(env, "SELECT source_file, source_row, failed_rules FROM raw.quarantined_rows WHERE partner_id = ?", [partner])
         assert {(f, r, tuple(rules)) for f, r, rules in bad} == {(b["file"], b["row"], (b["rule"],)) for b in truth["bad_rows"]}
     assert not list(env["settings"].staging_dir.rglob("*.*"))

@@ -47,9 +47,14 @@ def query(env, sql, params=()):
 
 
 def raw_count(env, partner="acme_bank"):
-    exists = query(env, "SELECT count(*) FROM information_schema.tables WHERE table_schema='raw' AND table_name=?",
-                   [f"{partner}__records"])[0][0]
-    return query(env, f'SELECT count(*) FROM raw."{partner}__records"')[0][0] if exists else None
+    """The partner's rows in raw.partner_records; None if no drop of theirs was ever loaded."""
+    loaded = query(env, "SELECT count(*) FROM audit.drop_events WHERE event = 'loaded' AND partner_id = ?", [partner])[0][0]
+    return query(env, "SELECT count(*) FROM raw.partner_records WHERE partner_id = ?", [partner])[0][0] if loaded else None
+
+
+def attribute(name: str) -> str:
+    """SQL for one agreed attribute's value in a raw.partner_records row (NULL if it gives none)."""
+    return f"list_filter(attributes, a -> a.attribute = '{name}')[1].value"
 
 
 def report(env, outcome) -> dict:
@@ -74,7 +79,7 @@ def test_happy_path_matches_ground_truth_row_by_row(env):
         assert fixes["net_worth_band_not_allowed"].endswith("under_100k, 100k_500k, 500k_1m, over_1m.")
     events = [e for (e,) in query(env, "SELECT event FROM audit.drop_events ORDER BY event_id")]
     assert events == ["seen", "verified", "loaded"]
-    provenance = query(env, 'SELECT DISTINCT partner_id, drop_date, delivery_id, run_id FROM raw."acme_bank__records"')
+    provenance = query(env, 'SELECT DISTINCT partner_id, drop_date, delivery_id, run_id FROM raw.partner_records')
     assert provenance == [("acme_bank", DAY, outcome.delivery_id, "test_run")]
 
 
@@ -141,8 +146,7 @@ def test_extra_column_is_dropped_and_recorded(env):
     truth = deliver(env, corruption="extra_column")
     outcome = run()["acme_bank"]
     assert outcome.status == "staged" and list(outcome.dropped_columns) == ["favourite_colour"]
-    columns = {c for (c,) in query(env, "SELECT column_name FROM information_schema.columns WHERE table_name='acme_bank__records'")}
-    assert "favourite_colour" not in columns
+    assert query(env, f"SELECT count({attribute('favourite_colour')}) FROM raw.partner_records") == [(0,)]
     assert raw_count(env) == truth["rows_valid"]
     [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE event='loaded'")
     assert {"code": "extra_column", "columns": ["favourite_colour"],
@@ -158,7 +162,7 @@ def test_csv_quirks_bom_quotes_and_newlines_survive(env):
                                   count(*) FILTER (WHERE partner_person_id LIKE '%"%'),
                                   count(*) FILTER (WHERE partner_person_id LIKE '%,%'),
                                   count(*) FILTER (WHERE partner_record_id LIKE chr(65279) || '%')
-                           FROM raw.acme_bank__records""")[0]
+                           FROM raw.partner_records""")[0]
     assert min(quirky[:3]) > 0 and quirky[3] == 0  # newlines, quotes and commas kept; the BOM is not data
 
 
@@ -182,11 +186,11 @@ def test_too_many_bad_rows_rejects_the_drop(env):
 def test_rerun_skips_unchanged_drop_and_state_is_identical(env):
     deliver(env, rows=80, bad_row_share=0.05)
     run(run_id="first")
-    snapshot = query(env, 'SELECT * FROM raw."acme_bank__records" ORDER BY partner_record_id')
+    snapshot = query(env, 'SELECT * FROM raw.partner_records ORDER BY partner_record_id')
     bad = query(env, "SELECT source_row, failed_rules FROM raw.quarantined_rows ORDER BY source_row")
     outcome = run(run_id="second")["acme_bank"]
     assert outcome.status == "skipped"
-    assert query(env, 'SELECT * FROM raw."acme_bank__records" ORDER BY partner_record_id') == snapshot
+    assert query(env, 'SELECT * FROM raw.partner_records ORDER BY partner_record_id') == snapshot
     assert query(env, "SELECT source_row, failed_rules FROM raw.quarantined_rows ORDER BY source_row") == bad
     # the same bytes uploaded again are still the same delivery
     synth.upload_tree(env["s3"], env["root"])
@@ -199,7 +203,7 @@ def test_redelivery_replaces_the_earlier_delivery_wholly(env):
     truth = deliver(env, rows=50, seed=2, bad_row_share=0.04)
     second = run(run_id="second")["acme_bank"]
     assert second.delivery_id != first.delivery_id
-    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(second.delivery_id,)]
+    assert query(env, 'SELECT DISTINCT delivery_id FROM raw.partner_records') == [(second.delivery_id,)]
     assert raw_count(env) == truth["rows_valid"]
     assert query(env, "SELECT DISTINCT delivery_id FROM raw.quarantined_rows") == [(second.delivery_id,)]
 
@@ -209,7 +213,7 @@ def test_bad_redelivery_keeps_the_earlier_good_one(env):
     first = run(run_id="first")["acme_bank"]
     deliver(env, rows=40, seed=2, corruption="checksum_mismatch")
     assert run(run_id="second")["acme_bank"].status == "quarantined"
-    assert query(env, 'SELECT DISTINCT delivery_id FROM raw."acme_bank__records"') == [(first.delivery_id,)]
+    assert query(env, 'SELECT DISTINCT delivery_id FROM raw.partner_records') == [(first.delivery_id,)]
 
 
 def test_changed_agreement_reprocesses_an_unchanged_drop(env):
@@ -220,7 +224,7 @@ def test_changed_agreement_reprocesses_an_unchanged_drop(env):
         "attributes:\n", "attributes:\n  favourite_colour:\n    type: string\n    usage_labels: [segmentation]\n", 1))
     outcome = run(run_id="second")["acme_bank"]
     assert outcome.status == "staged" and list(outcome.dropped_columns) == []
-    assert query(env, """SELECT count(*) FROM raw."acme_bank__records" WHERE favourite_colour IS NOT NULL""")[0][0] > 0
+    assert query(env, f"SELECT count(*) FROM raw.partner_records WHERE {attribute('favourite_colour')} IS NOT NULL")[0][0] > 0
 
 
 def test_validation_results_hold_no_personal_values(env):
@@ -228,7 +232,7 @@ def test_validation_results_hold_no_personal_values(env):
     outcome = run()["acme_bank"]
     result = open(outcome.validation_result).read()
     docs = open(outcome.data_docs).read()
-    hashes = [h for (h,) in query(env, 'SELECT email_sha256 FROM raw."acme_bank__records" WHERE email_sha256 IS NOT NULL')]
+    hashes = [h for (h,) in query(env, 'SELECT email_sha256 FROM raw.partner_records WHERE email_sha256 IS NOT NULL')]
     bad_values = [json.loads(r) for (r,) in query(env, "SELECT record FROM raw.quarantined_rows")]
     leaked = [v for v in hashes + [r["email_sha256"] for r in bad_values if r["email_sha256"]] if v in result or v in docs]
     assert leaked == []
@@ -284,7 +288,7 @@ def test_mixed_csv_and_parquet_files_in_one_drop(env, tmp_path):
     put_drop(env, {"a/records.csv": csv, "b/records.parquet": (tmp_path / "part.parquet").read_bytes()}, rows=1)
     outcome = run()["acme_bank"]
     assert outcome.status == "staged", outcome.problems
-    assert query(env, 'SELECT partner_record_id, household_income, consent_ts FROM raw."acme_bank__records" ORDER BY 1') == [
+    assert query(env, f"SELECT partner_record_id, {attribute('household_income')}, consent_ts FROM raw.partner_records ORDER BY 1") == [
         ("r1", None, "2026-11-20T10:00:00Z"), ("r2", "120000", "2026-11-20 09:00:00+00")]
 
 
@@ -303,6 +307,6 @@ def test_parquet_consent_ts_as_iso_text_is_judged_per_row(env, tmp_path):
     outcome = run()["acme_bank"]
     assert outcome.status == "staged", outcome.problems
     assert outcome.failures_by_rule == {"consent_ts_invalid": 1}
-    assert query(env, 'SELECT count(*), min(consent_ts), max(consent_ts) FROM raw."acme_bank__records"') == [
+    assert query(env, 'SELECT count(*), min(consent_ts), max(consent_ts) FROM raw.partner_records') == [
         (n - 1, "2026-11-20T10:00:00Z", "2026-11-20T10:00:00Z")]
     assert query(env, "SELECT partner_record_id, failed_rules FROM raw.quarantined_rows") == [(f"r{n - 1:02d}", ["consent_ts_invalid"])]

@@ -57,13 +57,13 @@ def test_retention_at_the_boundary_in_tables_quarantine_and_backfills(pipeline_e
     synth.upload_tree(s3_api, root)
     night(expiring, "n1")
     night(staying, "n2")
-    loaded = dict(query("SELECT drop_date, count(*) FROM raw.acme_bank__records GROUP BY 1"))
+    loaded = dict(query("SELECT drop_date, count(*) FROM raw.partner_records WHERE partner_id = 'acme_bank' GROUP BY 1"))
     quarantined = dict(query("SELECT drop_date, count(*) FROM raw.quarantined_rows GROUP BY 1"))
     assert set(loaded) == set(quarantined) == {expiring, staying}
     assert s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"globex_retail/{expiring}/")["KeyCount"] > 0
 
     night(D, "n3")
-    assert dict(query("SELECT drop_date, count(*) FROM raw.acme_bank__records GROUP BY 1")) == {staying: loaded[staying]}
+    assert dict(query("SELECT drop_date, count(*) FROM raw.partner_records WHERE partner_id = 'acme_bank' GROUP BY 1")) == {staying: loaded[staying]}
     assert dict(query("SELECT drop_date, count(*) FROM raw.quarantined_rows GROUP BY 1")) == {staying: quarantined[staying]}
     assert s3_api.list_objects_v2(Bucket=settings.quarantine_bucket, Prefix=f"globex_retail/{expiring}/")["KeyCount"] == 0
     for table in ("marts.profile_partner_attributes", "intermediate.int_partner_records_matched", "staging.stg_pipeline__partner_records"):
@@ -71,13 +71,13 @@ def test_retention_at_the_boundary_in_tables_quarantine_and_backfills(pipeline_e
     assert query("SELECT count(*) FROM marts.profile_partner_attributes WHERE drop_date = ?", [staying])[0][0] > 0
     deleted = {(loc, day): n for loc, day, n in query(
         "SELECT location, drop_date, sum(rows) FROM audit.data_deletions WHERE reason = 'retention' GROUP BY ALL")}
-    assert deleted[("raw.acme_bank__records", expiring)] == loaded[expiring]
+    assert deleted[("raw.partner_records", expiring)] == loaded[expiring]  # Globex's drop of that date was quarantined whole
     assert deleted[("raw.quarantined_rows", expiring)] == quarantined[expiring]
     assert (f"s3://{settings.quarantine_bucket}/globex_retail/{expiring}/", expiring) in deleted
 
     # a backfill of D-1 counts retention from D, the latest date built: D-2 stays gone, D-1 stays
     night(staying, "backfill")
-    assert dict(query("SELECT drop_date, count(*) FROM raw.acme_bank__records GROUP BY 1")) == {staying: loaded[staying]}
+    assert dict(query("SELECT drop_date, count(*) FROM raw.partner_records WHERE partner_id = 'acme_bank' GROUP BY 1")) == {staying: loaded[staying]}
     with duckdb.connect(str(settings.published_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM profile_partner_attributes WHERE drop_date = ?", [expiring]).fetchone()[0] == 0
 
@@ -230,7 +230,9 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     receipt = json.loads(receipt)
     assert status == "done" and location.endswith(f"erasure_receipts/{D}/ER-1.json")
     tables = {t["table"]: t["rows"] for t in receipt["rows_deleted"]}
-    assert tables["raw.first_party_profiles"] == 1 and tables["raw.acme_bank__records"] >= 1 and tables["raw.globex_retail__records"] >= 1
+    assert tables["raw.first_party_profiles"] == 1 and tables["raw.partner_records"] >= 2
+    assert {p for (p,) in query("""SELECT DISTINCT partner_id FROM audit.data_deletions WHERE request_id = 'ER-1'
+                                   AND location = 'raw.partner_records' AND rows > 0""")} >= {"acme_bank", "globex_retail"}
     assert sorted(receipt["partners_notified"]) == sorted(notices_expected)
     assert {d["destination_id"] for d in receipt["destinations_sent_a_remove_tonight"]} == held_by
     [rejected] = query("SELECT receipt FROM audit.data_subject_requests WHERE status = 'rejected'")
@@ -246,8 +248,9 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     leaks = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
     leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
     assert leaks == []
-    again = query("SELECT location, sum(rows) FROM audit.data_deletions WHERE run_id = 'reprocessed' AND reason = 'erasure' GROUP BY 1")
-    assert dict(again).get("raw.acme_bank__records", 0) >= 1  # the reloaded rows were suppressed again
+    again = query("""SELECT location, sum(rows) FROM audit.data_deletions WHERE run_id = 'reprocessed' AND reason = 'erasure'
+                     AND partner_id = 'acme_bank' GROUP BY 1""")
+    assert dict(again).get("raw.partner_records", 0) >= 1  # the reloaded rows were suppressed again
 
 
 def test_access_request_exports_everything_held_with_provenance(two_nights, s3_api):
@@ -308,10 +311,11 @@ def deliver_rows(s3_api, settings, partner_id: str, day: dt.date, rows: list[dic
 
 def latest_record(partner_id: str, profile_id: str) -> dict:
     with warehouse(load_settings(), read_only=True) as con:
-        cursor = con.execute(f"""SELECT r.* FROM raw.{partner_id}__records r JOIN intermediate.int_partner_records_matched m
-                                 USING (partner_id, drop_date, partner_record_id) WHERE m.profile_id = ?
-                                 ORDER BY r.drop_date DESC LIMIT 1""", [profile_id])
-        return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
+        cursor = con.execute("""SELECT r.* FROM raw.partner_records r JOIN intermediate.int_partner_records_matched m
+                                USING (partner_id, drop_date, partner_record_id) WHERE m.profile_id = ? AND r.partner_id = ?
+                                ORDER BY r.drop_date DESC LIMIT 1""", [profile_id, partner_id])
+        row = dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
+        return {**row, **{a["attribute"]: a["value"] for a in row.pop("attributes")}}  # as the partner delivered it
 
 
 def test_a_later_withdrawal_removes_attributes_and_stops_sending(two_nights, audience_api, s3_api):
@@ -340,4 +344,4 @@ def test_a_later_withdrawal_removes_attributes_and_stops_sending(two_nights, aud
     for segment in ("upsell_prospects", "high_earning_homeowners"):
         assert not {e for e, _ in audience_api.members(segment)} & set(uid2.values())
     # the raw records stay: evidence of the partner's consent state
-    assert query("SELECT count(*) FROM raw.globex_retail__records WHERE partner_record_id = 'G-W1' AND consent_enrichment = 'false'") == [(1,)]
+    assert query("SELECT count(*) FROM raw.partner_records WHERE partner_id = 'globex_retail' AND partner_record_id = 'G-W1' AND consent_enrichment = 'false'") == [(1,)]

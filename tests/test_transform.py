@@ -17,7 +17,8 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
-from partner_pipeline.warehouse import warehouse
+from partner_pipeline.governance import load_governance
+from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
 from partner_pipeline_dev import synth
 
 pytestmark = pytest.mark.slow
@@ -175,7 +176,8 @@ def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value
     model may read it: not the enrichment, not the scorecard's fill rate."""
     with warehouse(warehouse_copy) as con:
         before = con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall()
-        con.execute('ALTER TABLE raw."acme_bank__records" ADD COLUMN "dropped_attribute" VARCHAR DEFAULT \'x\'')
+        con.execute("""UPDATE raw.partner_records SET attributes = list_append(attributes, {'attribute': 'dropped_attribute', 'value': 'x'})
+                       WHERE partner_id = 'acme_bank'""")
     result = run_dbt(["run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard", "profile_partner_attributes"],
                      tmp_path / "target", warehouse_copy.warehouse_path, warehouse_copy.marts_path, PIPELINE_RUN_DATE=DAY.isoformat())
     assert result.returncode == 0, result.stdout[-5000:]
@@ -186,3 +188,74 @@ def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value
         assert listed and listed <= agreed
         assert not con.execute("SELECT count(*) FROM marts.profile_partner_attributes WHERE attribute = 'dropped_attribute'").fetchone()[0]
         assert con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall() == before
+
+
+def test_dbt_compiles_and_builds_empty_on_a_fresh_warehouse(pipeline_env, tmp_path):
+    """Every table dbt reads is declared with the warehouse (warehouse._SCHEMA), one partner table for all
+    partners: `dbt compile` and `dbt build --empty` need no data, only the agreements and governance files."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    with warehouse(settings) as con:
+        publish_agreements(con, agreements, settings.outbox_bucket)
+        publish_governance(con, load_governance(settings.governance_dir, agreements), settings.activation_bucket)
+        assert con.execute("SELECT count(*) FROM raw.partner_records").fetchone()[0] == 0
+    for command in (["compile"], ["build", "--empty", "--exclude-resource-type", "unit_test"]):
+        result = run_dbt(command, tmp_path / "target", settings.warehouse_path, settings.marts_path, PIPELINE_RUN_DATE=DAY.isoformat())
+        assert result.returncode == 0, (command, result.stdout[-5000:])
+    with warehouse(settings, read_only=True) as con:
+        columns = {c for (c,) in con.execute("""SELECT column_name FROM duckdb_columns()
+                                                WHERE database_name = 'marts' AND table_name = 'enriched_profiles'""").fetchall()}
+    assert {f"{p}__{a}" for p, agreement in agreements.items() for a in agreement.attributes} <= columns
+
+
+def _raw_and_audit(settings) -> dict:
+    with warehouse(settings, read_only=True) as con:
+        names = con.execute("""SELECT schema_name, table_name FROM duckdb_tables()
+                               WHERE database_name = 'warehouse' AND schema_name IN ('raw', 'audit') ORDER BY ALL""").fetchall()
+        return {f"{s}.{t}": con.execute(f'SELECT count(*), sum(hash(t)) FROM "{s}"."{t}" AS t').fetchone() for s, t in names}
+
+
+def test_a_hand_typed_dbt_build_changes_no_raw_or_audit_table(built, warehouse_copy, tmp_path):
+    """dbt only reads: a `dbt build` typed by hand, with no run date (retention counted from today) and an erasure
+    request pending, deletes and inserts nothing; the data-rights step of the night does that."""
+    with warehouse(warehouse_copy) as con:
+        profile_id = con.execute("SELECT min(profile_id) FROM raw.first_party_profiles").fetchone()[0]
+        con.execute("INSERT INTO raw.erasure_requests VALUES ('ER-HAND', '2026-11-21T09:00:00Z', DATE '2026-11-21', 'by hand', 2, ?, NULL, NULL)",
+                    [profile_id])
+    before = _raw_and_audit(warehouse_copy)
+    result = run_dbt(["build", "--exclude-resource-type", "unit_test"], tmp_path / "target", warehouse_copy.warehouse_path,
+                     warehouse_copy.marts_path)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert _raw_and_audit(warehouse_copy) == before
+    with warehouse(warehouse_copy, read_only=True) as con:  # yet the models already leave the person out
+        assert con.execute("SELECT count(*) FROM marts.enriched_profiles WHERE profile_id = ?", [profile_id]).fetchone()[0] == 0
+
+
+def test_a_warehouse_with_a_table_per_partner_is_migrated_once(pipeline_env):
+    """A warehouse from before raw.partner_records: its raw."<partner>__records" tables are copied in, attributes
+    as (attribute, value) pairs, and dropped, on the first write."""
+    from partner_pipeline.agreements import RECORD_COLUMNS
+    from partner_pipeline.warehouse import PROVENANCE_COLUMNS
+
+    settings = load_settings()
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute("CREATE SCHEMA raw")
+        con.execute('CREATE TABLE raw."acme_bank__records" (' + ", ".join(f"{c} VARCHAR" for c in RECORD_COLUMNS)
+                    + ", household_income VARCHAR, homeowner VARCHAR, "
+                    + ", ".join(f"{n} {k}" for n, k in PROVENANCE_COLUMNS) + ")")
+        con.execute("""INSERT INTO raw."acme_bank__records" BY NAME SELECT 'r' || i AS partner_record_id, 'p' || i AS partner_person_id,
+                       'true' AS consent_enrichment, CASE WHEN i = 1 THEN '120000' END AS household_income, 'true' AS homeowner,
+                       'acme_bank' AS partner_id, DATE '2026-11-20' AS drop_date, 'file.csv' AS source_file, i AS source_row
+                       FROM range(1, 4) AS r(i)""")
+    with warehouse(settings) as con:
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '%\\_\\_records' ESCAPE '\\'").fetchone() == (0,)
+        rows = con.execute("""SELECT partner_id, partner_record_id, drop_date, source_row, attributes FROM raw.partner_records
+                              ORDER BY partner_record_id""").fetchall()
+    assert rows == [
+        ("acme_bank", "r1", DAY - dt.timedelta(days=1), 1,
+         [{"attribute": "household_income", "value": "120000"}, {"attribute": "homeowner", "value": "true"}]),
+        ("acme_bank", "r2", DAY - dt.timedelta(days=1), 2, [{"attribute": "homeowner", "value": "true"}]),
+        ("acme_bank", "r3", DAY - dt.timedelta(days=1), 3, [{"attribute": "homeowner", "value": "true"}])]
+    with warehouse(settings) as con:  # once: nothing left to migrate
+        assert con.execute("SELECT count(*) FROM raw.partner_records").fetchone() == (3,)

@@ -29,7 +29,7 @@ import httpx
 
 from partner_pipeline.governance import Destination, Governance
 from partner_pipeline.storage import list_objects
-from partner_pipeline.warehouse import quote_path
+from partner_pipeline.warehouse import SUPPRESSION_KEY_MACRO, quote_path
 
 log = logging.getLogger(__name__)
 MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256")
@@ -361,7 +361,7 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
     """Rewrite the add (and full-refresh members) files still in every s3_file destination's folder
     without the rows of the people whose erasure is answered tonight, and their manifests to match.
 
-    A row is theirs when the suppression key of its email or phone hash (sha256('erasure:' || hash),
+    A row is theirs when the suppression key of its email or phone hash (audit.suppression_key(hash),
     audit.erasure_suppressions, which holds their hashes under every hash profile and country code
     in use) is listed for a request not yet done; files written after tonight never hold them (the
     audiences are built without them). Remove files are left whole: they carry the instruction to
@@ -377,6 +377,7 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
     delivered = re.compile(r"(?P<folder>[^/]+/(?P<date>\d{4}-\d{2}-\d{2})/\d{6}/)(add|members)-\d{5}\.(csv|parquet)")
     scrubbed = []
     with duckdb.connect() as local, tempfile.TemporaryDirectory() as tmp:
+        local.execute(f"CREATE SCHEMA audit; {SUPPRESSION_KEY_MACRO}")
         local.execute("CREATE TABLE erased AS SELECT unnest(?::VARCHAR[]) AS suppression_key", [keys])
         for destination_id, destination in sorted(governance.destinations.items()):
             if destination.type != "s3_file":
@@ -394,7 +395,7 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
                 local.execute(f"CREATE OR REPLACE TABLE delivered AS SELECT * FROM {reader}", [str(source)])
                 columns = [c for (c,) in local.execute("SELECT column_name FROM (DESCRIBE delivered)").fetchall()
                            if c in ("email_sha256", "phone_sha256")]
-                erased = " OR ".join(f"coalesce(sha256('erasure:' || {c}) IN (SELECT suppression_key FROM erased), false)"
+                erased = " OR ".join(f"coalesce(audit.suppression_key({c}) IN (SELECT suppression_key FROM erased), false)"
                                      for c in columns)
                 removed = local.execute(f"SELECT count(*) FROM delivered WHERE {erased}").fetchone()[0] if columns else 0
                 if not removed:

@@ -7,7 +7,7 @@ import json
 import logging
 from contextlib import contextmanager
 
-from partner_pipeline import activation, first_party, insights, privacy, retention
+from partner_pipeline import activation, data_rights as rights, first_party, insights, retention
 from partner_pipeline.agreements import AgreementError, load_agreements
 from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.governance import GovernanceError, load_governance
@@ -109,8 +109,8 @@ def load_first_party(day: dt.date) -> dict:
     client = client_from_settings(settings)
     with warehouse(settings) as con:
         loaded = first_party.load_snapshot(con, client, settings.first_party_bucket, day, settings.staging_dir / "first_party")
-        for kind in privacy.REQUEST_KINDS:
-            loaded[f"{kind}_requests"] = privacy.load_requests(con, client, settings.first_party_bucket, kind, day)
+        for kind in rights.REQUEST_KINDS:
+            loaded[f"{kind}_requests"] = rights.load_requests(con, client, settings.first_party_bucket, kind, day)
     return loaded
 
 
@@ -136,10 +136,11 @@ def retention_clock(con, day: dt.date) -> dt.date:
 
 
 def data_rights(day: dt.date, run_id: str) -> dict:
-    """After the build deleted what retention and erasure require from the tables (dbt): partner
-    notices and receipts for erasures, access requests' exports, the copies outside the
-    warehouse past their declared retention (retention.py), delivered activation files scrubbed
-    of the erased; then the warehouse file rewritten if rows were deleted tonight."""
+    """After the build (which resolved, and left out of every model, what retention and erasure take
+    away: dbt only reads), delete it from the raw tables with the suppression list and the deletion log
+    (data_rights.apply_deletions); then partner notices and receipts for erasures, access requests'
+    exports, the copies outside the warehouse past their declared retention (retention.py), delivered
+    activation files scrubbed of the erased; then the warehouse file rewritten if rows were deleted tonight."""
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     governance = load_governance(settings.governance_dir, agreements)
@@ -148,9 +149,10 @@ def data_rights(day: dt.date, run_id: str) -> dict:
     with warehouse(settings) as con:
         retention_date = retention_clock(con, day)
         summary = {
+            "rows_deleted": rights.apply_deletions(con, run_id),
             "activation_files_scrubbed": activation.scrub_delivered_files(con, client, governance, settings.activation_bucket, run_id),
-            "erasures": privacy.complete_erasures(con, client, settings, agreements, day, run_id),
-            "access_exports": privacy.answer_access_requests(con, client, settings, day, run_id),
+            "erasures": rights.complete_erasures(con, client, settings, agreements, day, run_id),
+            "access_exports": rights.answer_access_requests(con, client, settings, day, run_id),
             "expired": retention.enforce(con, client, settings, agreements, governance, retention_date, run_id),
         }
         # deleted rows keep their bytes in freed blocks until the file is rewritten: a full copy, so only

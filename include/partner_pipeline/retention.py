@@ -6,7 +6,7 @@ request date), and for how many days it is kept. A copy dated `d` kept `n` days 
 the nightly data-rights step on the first night whose retention date (see
 nightly.retention_clock: never before the latest date built, so a backfill brings nothing back)
 is on or after `d + n` days, the same boundary as the partner rows in the tables
-(macros/data_rights.sql). Every deletion is one row in audit.data_deletions: reason 'retention',
+(dbt macros expires_on / is_expired, per drop in stg_pipeline__partner_drops). Every deletion is one row in audit.data_deletions: reason 'retention',
 the location (a folder or a file), the partner and date where known, the number of objects,
 never an identifier.
 
@@ -16,8 +16,9 @@ Two periods are declared elsewhere because their owner negotiates them, and refe
 - the files delivered to an s3_file destination: its `file_retention_days` (destinations.yaml,
   default governance.DEFAULT_FILE_RETENTION_DAYS); remove files go sooner, once confirmed
   (activation.S3FileExport).
-The tables themselves follow the agreements (dbt); the DuckDB files are rewritten after a night
-that deleted rows (warehouse.rewrite_warehouse).
+The tables themselves follow the agreements (resolved by the models, deleted by
+data_rights.apply_deletions); the DuckDB files are rewritten after a night that deleted rows
+(warehouse.rewrite_warehouse).
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ from partner_pipeline.settings import WAREHOUSE_POOL
 
 log = logging.getLogger(__name__)
 
+# The suppression key, defined once: the suppression list holds sha256('erasure:' || identifier), never the
+# identifier (a profile id, partner_id || ':' || partner_person_id, or a normalized email/phone hash). A SQL
+# macro of the warehouse (created with its tables, below) that the dbt models and the pipeline's SQL call;
+# data_rights.suppression_key runs the same macro for what is keyed outside the warehouse.
+SUPPRESSION_KEY_MACRO = "CREATE OR REPLACE MACRO audit.suppression_key(identifier) AS sha256('erasure:' || identifier)"
 PROVENANCE_COLUMNS = (
     ("partner_id", "VARCHAR"), ("drop_date", "DATE"), ("delivery_id", "VARCHAR"), ("delivered_at", "TIMESTAMPTZ"),
     ("source_file", "VARCHAR"), ("source_row", "BIGINT"), ("loaded_at", "TIMESTAMPTZ"), ("run_id", "VARCHAR"),
@@ -35,6 +40,15 @@ PROVENANCE_COLUMNS = (
 _SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS audit;
+-- every partner's valid rows, one table for all partners: the spec's record columns as delivered (text),
+-- the agreed attributes the row gives a value for as (attribute, value) pairs, and provenance; an
+-- agreement amended or a partner added needs no DDL
+CREATE TABLE IF NOT EXISTS raw.partner_records (
+    partner_record_id VARCHAR, partner_person_id VARCHAR, email_sha256 VARCHAR, phone_sha256 VARCHAR,
+    consent_enrichment VARCHAR, consent_activation VARCHAR, consent_ts VARCHAR,
+    attributes STRUCT(attribute VARCHAR, value VARCHAR)[],
+    partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, delivered_at TIMESTAMPTZ,
+    source_file VARCHAR, source_row BIGINT, loaded_at TIMESTAMPTZ, run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS raw.quarantined_rows (
     partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, source_file VARCHAR, source_row BIGINT,
     partner_record_id VARCHAR, failed_rules VARCHAR[], record JSON, run_id VARCHAR, quarantined_at TIMESTAMPTZ);
@@ -61,8 +75,8 @@ CREATE TABLE IF NOT EXISTS raw.erasure_requests (
 CREATE TABLE IF NOT EXISTS raw.access_requests (
     request_id VARCHAR, received_at VARCHAR, request_date DATE, source_file VARCHAR, source_row BIGINT,
     profile_id VARCHAR, email VARCHAR);
--- never an identifier itself: suppression_key = sha256('erasure:' || x), x being a profile id,
--- partner_id || ':' || partner_person_id, or an email/phone hash (see macros/data_rights.sql)
+-- never an identifier itself: suppression_key = audit.suppression_key(x) (SUPPRESSION_KEY_MACRO), x being a
+-- profile id, partner_id || ':' || partner_person_id, or an email/phone hash
 CREATE TABLE IF NOT EXISTS audit.erasure_suppressions (
     request_id VARCHAR, identifier_kind VARCHAR, suppression_key VARCHAR, added_at TIMESTAMPTZ);
 -- what each partner's outbox notice must say; emptied once the notices are written
@@ -71,6 +85,22 @@ CREATE TABLE IF NOT EXISTS audit.pending_erasure_notices (
 CREATE TABLE IF NOT EXISTS audit.data_subject_requests (
     request_id VARCHAR, request_type VARCHAR, request_date DATE, run_id VARCHAR, answered_at TIMESTAMPTZ,
     status VARCHAR, profiles_found INTEGER, receipt JSON, location VARCHAR);
+-- mirrored from the agreement and governance files on every run (publish_agreements, publish_governance)
+CREATE TABLE IF NOT EXISTS raw.agreements (partner_id VARCHAR, agreement_id VARCHAR, valid_from DATE,
+    valid_to DATE, hash_profile VARCHAR, default_country_code VARCHAR, required_consents VARCHAR[],
+    retention_days INTEGER, max_bad_row_share DOUBLE, min_group_size INTEGER, outbox_uri VARCHAR,
+    overlap_dimensions VARCHAR[], dp_epsilon_per_release DOUBLE, dp_budget_per_period DOUBLE, dp_period VARCHAR);
+CREATE TABLE IF NOT EXISTS raw.agreement_attributes (partner_id VARCHAR, attribute VARCHAR, type VARCHAR,
+    allowed_values VARCHAR[], min_value DOUBLE, max_value DOUBLE, usage_labels VARCHAR[], special_category BOOLEAN,
+    description VARCHAR);
+CREATE TABLE IF NOT EXISTS raw.destinations (destination_id VARCHAR, destination_type VARCHAR,
+    marketing_actions VARCHAR[], hash_profile VARCHAR, default_country_code VARCHAR, identifiers VARCHAR[],
+    export_uri VARCHAR, export_format VARCHAR, connection_id VARCHAR);
+CREATE TABLE IF NOT EXISTS raw.usage_policies (policy_id VARCHAR, description VARCHAR,
+    marketing_actions VARCHAR[], requires_label VARCHAR, denied_label VARCHAR);
+-- the first-party snapshot in force; first_party.load_snapshot replaces it with the snapshot's own columns
+CREATE TABLE IF NOT EXISTS raw.first_party_profiles (profile_id VARCHAR, email VARCHAR, phone VARCHAR, country VARCHAR,
+    consent_marketing VARCHAR, snapshot_date DATE);
 CREATE SCHEMA IF NOT EXISTS activation;
 CREATE TABLE IF NOT EXISTS activation.destination_members (
     destination_id VARCHAR, segment_name VARCHAR, profile_id VARCHAR, email_sha256 VARCHAR, phone_sha256 VARCHAR,
@@ -83,7 +113,7 @@ CREATE TABLE IF NOT EXISTS activation.activation_log (
     log_id BIGINT DEFAULT nextval('activation.log_seq'), logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
     destination_id VARCHAR, segment_name VARCHAR, operation VARCHAR, batch_number INTEGER, adds BIGINT, removes BIGINT,
     attempt INTEGER, status VARCHAR, response_code INTEGER, idempotency_key VARCHAR, detail VARCHAR);
-"""
+""" + SUPPRESSION_KEY_MACRO + ";\n"
 
 
 # What may be spliced into SQL as an identifier: our own names (record columns, agreement attributes,
@@ -125,6 +155,7 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
             ) from exc
         if not read_only:
             con.execute(_SCHEMA)
+            migrate_partner_tables(con)
             # a warehouse from before the marts had their own file holds a `marts` schema that would shadow them
             con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
     # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
@@ -150,7 +181,7 @@ def rewrite_if_owed(settings) -> dict | None:
 
 def erased_people_still_on_destinations(con) -> int:
     return con.execute("""SELECT count(*) FROM activation.destination_members
-                          WHERE sha256('erasure:' || profile_id) IN (SELECT suppression_key FROM audit.erasure_suppressions
+                          WHERE audit.suppression_key(profile_id) IN (SELECT suppression_key FROM audit.erasure_suppressions
                                                                    WHERE identifier_kind = 'profile_id')""").fetchone()[0]
 
 
@@ -193,13 +224,8 @@ def rewrite_warehouse(settings) -> dict:
 
 def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str) -> None:
     """Mirror the agreements into raw.agreements / raw.agreement_attributes for the dbt models."""
-    con.execute("""CREATE OR REPLACE TABLE raw.agreements (partner_id VARCHAR, agreement_id VARCHAR, valid_from DATE,
-        valid_to DATE, hash_profile VARCHAR, default_country_code VARCHAR, required_consents VARCHAR[],
-        retention_days INTEGER, max_bad_row_share DOUBLE, min_group_size INTEGER, outbox_uri VARCHAR,
-        overlap_dimensions VARCHAR[], dp_epsilon_per_release DOUBLE, dp_budget_per_period DOUBLE, dp_period VARCHAR)""")
-    con.execute("""CREATE OR REPLACE TABLE raw.agreement_attributes (partner_id VARCHAR, attribute VARCHAR, type VARCHAR,
-        allowed_values VARCHAR[], min_value DOUBLE, max_value DOUBLE, usage_labels VARCHAR[], special_category BOOLEAN,
-        description VARCHAR)""")
+    con.execute("DELETE FROM raw.agreements")
+    con.execute("DELETE FROM raw.agreement_attributes")
     for a in agreements.values():
         dp = a.differential_privacy
         con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -214,11 +240,8 @@ def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str
 
 def publish_governance(con, governance: Governance, activation_bucket: str) -> None:
     """Mirror destinations and usage policies into raw.destinations / raw.usage_policies for the dbt models."""
-    con.execute("""CREATE OR REPLACE TABLE raw.destinations (destination_id VARCHAR, destination_type VARCHAR,
-        marketing_actions VARCHAR[], hash_profile VARCHAR, default_country_code VARCHAR, identifiers VARCHAR[],
-        export_uri VARCHAR, export_format VARCHAR, connection_id VARCHAR)""")
-    con.execute("""CREATE OR REPLACE TABLE raw.usage_policies (policy_id VARCHAR, description VARCHAR,
-        marketing_actions VARCHAR[], requires_label VARCHAR, denied_label VARCHAR)""")
+    con.execute("DELETE FROM raw.destinations")
+    con.execute("DELETE FROM raw.usage_policies")
     for destination_id, d in governance.destinations.items():
         con.execute("INSERT INTO raw.destinations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [destination_id, d.type, list(d.marketing_actions), d.hash_profile, d.default_country_code,
@@ -229,10 +252,6 @@ def publish_governance(con, governance: Governance, activation_bucket: str) -> N
                     [p.id, p.description, list(p.marketing_actions), p.requires_label, p.denied_label])
 
 
-def raw_table(partner_id: str) -> str:
-    return f"raw.{quote_ident(partner_id + '__records')}"
-
-
 def last_processing_keys(con, day: dt.date) -> dict[str, str]:
     """partner_id -> processing key of the last loaded or quarantined delivery of `day`."""
     rows = con.execute(
@@ -241,18 +260,38 @@ def last_processing_keys(con, day: dt.date) -> dict[str, str]:
     return dict(rows)
 
 
-def _ensure_raw_table(con, agreement: Agreement) -> None:
-    columns = [*RECORD_COLUMNS, *agreement.attributes]
-    table = raw_table(agreement.partner_id)
-    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
-                + ", ".join(f"{quote_ident(c)} VARCHAR" for c in columns)
-                + ", " + ", ".join(f"{name} {kind}" for name, kind in PROVENANCE_COLUMNS) + ")")
-    existing = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ?",
-        [f"{agreement.partner_id}__records"]).fetchall()}
-    for column in columns:
-        if column not in existing:  # an agreement amended with a new attribute
-            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(column)} VARCHAR")
+def migrate_partner_tables(con) -> list[str]:
+    """Once, on the first write to a warehouse from before raw.partner_records: each partner's own table
+    (raw."<partner_id>__records", agreed columns only) copied into raw.partner_records, its attribute
+    columns as (attribute, value) pairs, then dropped; in one transaction. Returns the tables migrated."""
+    old = [t for (t,) in con.execute("""SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'
+                                        AND table_name LIKE '%\\_\\_records' ESCAPE '\\' ORDER BY 1""").fetchall()]
+    if not old:
+        return []
+    fixed = {*RECORD_COLUMNS, *(name for name, _ in PROVENANCE_COLUMNS)}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in old:
+            columns = [c for (c,) in con.execute("""SELECT column_name FROM information_schema.columns
+                WHERE table_schema = 'raw' AND table_name = ? ORDER BY ordinal_position""", [table]).fetchall()]
+            con.execute(f"""INSERT INTO raw.partner_records BY NAME
+                SELECT {', '.join(quote_ident(c) for c in columns if c in fixed)},
+                       {_attribute_pairs([c for c in columns if c not in fixed], "t")} AS attributes
+                FROM raw.{quote_ident(table)} t""")
+            con.execute(f"DROP TABLE raw.{quote_ident(table)}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("migrated %s into raw.partner_records", old)
+    return old
+
+
+def _attribute_pairs(attributes, alias: str) -> str:
+    """SQL for a row's agreed attributes that have a value, as a list of {attribute, value}."""
+    pairs = ", ".join(f"{{'attribute': '{a}', 'value': CAST({alias}.{quote_ident(a)} AS VARCHAR)}}" for a in attributes)
+    return (f"list_filter([{pairs}], v -> v.value IS NOT NULL)" if attributes
+            else "CAST([] AS STRUCT(attribute VARCHAR, value VARCHAR)[])")
 
 
 def _audit(con, outcome: DropOutcome, event: str, **values) -> None:
@@ -303,15 +342,16 @@ def publish_outcome(con, outcome: DropOutcome, agreements: dict[str, Agreement])
 def _load_staged(con, outcome: DropOutcome, agreement: Agreement) -> None:
     _audit(con, outcome, "verified", rows_received=outcome.rows_received, checksums=outcome.checksums,
            details={"dropped_columns": list(outcome.dropped_columns), "absent_attributes": list(outcome.absent_attributes)})
-    _ensure_raw_table(con, agreement)
-    table = raw_table(agreement.partner_id)
-    columns = ", ".join(quote_ident(c) for c in (*RECORD_COLUMNS, *agreement.attributes))
+    columns = ", ".join(quote_ident(c) for c in RECORD_COLUMNS)
     drop = [outcome.partner_id, outcome.drop_date, outcome.delivery_id]
-    con.execute(f"DELETE FROM {table} WHERE drop_date = ?", [outcome.drop_date])
+    con.execute("DELETE FROM raw.partner_records WHERE partner_id = ? AND drop_date = ?", drop[:2])
     con.execute(
-            f"""INSERT INTO {table} ({columns}, partner_id, drop_date, delivery_id, delivered_at, source_file, source_row, loaded_at, run_id)
-                SELECT {columns}, ?, ?, ?, ?, {StageFile.SOURCE_FILE}, {StageFile.SOURCE_ROW}, now(), ?
-                FROM stage.{StageFile.RECORDS} r ANTI JOIN stage.{StageFile.ROW_FAILURES} f USING ({StageFile.ROW})""", [*drop, outcome.delivered_at, outcome.run_id])
+            f"""INSERT INTO raw.partner_records ({columns}, attributes, partner_id, drop_date, delivery_id, delivered_at, source_file,
+                                                 source_row, loaded_at, run_id)
+                SELECT {columns}, {_attribute_pairs(agreement.attributes, "r")}, ?, ?, ?, ?, {StageFile.SOURCE_FILE},
+                       {StageFile.SOURCE_ROW}, now(), ?
+                FROM stage.{StageFile.RECORDS} r ANTI JOIN stage.{StageFile.ROW_FAILURES} f USING ({StageFile.ROW})""",
+            [*drop, outcome.delivered_at, outcome.run_id])
     con.execute("DELETE FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2])
     con.execute(
             f"""INSERT INTO raw.quarantined_rows

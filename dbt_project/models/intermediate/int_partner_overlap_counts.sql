@@ -1,5 +1,3 @@
--- depends_on: {{ ref('stg_pipeline__agreements') }}
--- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
 -- depends_on: {{ ref('enriched_profiles') }}
 -- Exact overlap counts between our profiles and each partner's consented records (the profiles the
 -- partner enriches), over EVERY group of the agreement's overlap_dimensions (zero counts
@@ -7,11 +5,12 @@
 -- set of groups reveals nothing. Internal only: shared reports are built from it with
 -- suppression (partner_overlap) and, where the agreement asks, noise (the DAG's insights task).
 {%- set agreements = [] %}
+{%- set agreements_table, attributes_table = configuration_table('agreements'), configuration_table('agreement_attributes') %}
 {%- if execute %}
-    {%- set found = run_query("select partner_id, to_json(overlap_dimensions) from " ~ ref('stg_pipeline__agreements') ~ " order by 1") %}
+    {%- set found = run_query("select partner_id, to_json(overlap_dimensions) from " ~ agreements_table ~ " order by 1") %}
     {%- for row in found.rows %}{% do agreements.append((row[0], fromjson(row[1]))) %}{% endfor %}
     {%- set attributes = {} %}
-    {%- for row in run_query("select partner_id, attribute, attribute_type, to_json(allowed_values) from " ~ ref('stg_pipeline__agreement_attributes')).rows %}
+    {%- for row in run_query("select partner_id, attribute, type, to_json(allowed_values) from " ~ attributes_table).rows %}
         {%- do attributes.update({row[0] ~ '.' ~ row[1]: (row[2], fromjson(row[3]) if row[3] else [])}) %}
     {%- endfor %}
 {%- endif %}

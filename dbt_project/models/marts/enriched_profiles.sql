@@ -1,4 +1,3 @@
--- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
 -- One row per profile: our first-party attributes (no raw email or phone) beside every partner
 -- attribute, named <partner_id>__<attribute> so nobody mistakes one for the other.
 {%- set attributes = agreement_attributes() %}

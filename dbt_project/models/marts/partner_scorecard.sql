@@ -1,4 +1,3 @@
--- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
 -- Is this partner worth it? Per partner and drop: volume, quarantine rate, match rate, how full
 -- its attributes are, how often it tells us something new about a matched profile, and how
 -- fresh its deliveries are.

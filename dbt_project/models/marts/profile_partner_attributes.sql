@@ -27,12 +27,12 @@ latest_records as (
 usable_records as (
     select
         latest_records.*,
-        cast(latest_records.drop_date + agreements.retention_days * interval 1 day as date) as expires_at
+        {{ expires_on('latest_records.drop_date', 'agreements.retention_days') }} as expires_at
     from latest_records
     inner join agreements using (partner_id)
     where latest_records.has_consent_enrichment
         and (latest_records.has_consent_activation or not list_contains(agreements.required_consents, 'consent_activation'))
-        and latest_records.drop_date + agreements.retention_days * interval 1 day > {{ retention_date() }}
+        and not {{ is_expired('latest_records.drop_date', 'agreements.retention_days') }}
 ),
 
 -- the records joined first and their values unnested after: a join per record, not per value

@@ -10,13 +10,15 @@
         (values {% for s in segments %}({{ sql_literal(s.name) }}, {{ sql_literal(s.rule) }}){{ ", " if not loop.last }}{% endfor %})
             as declared (segment_name, rule)
     {%- endset %}
-    {%- set available = adapter.get_columns_in_relation(ref('enriched_profiles')) | map(attribute='name') | map('lower') | list %}
+    {#- enriched_profiles is built before this model; a `dbt compile` of a warehouse never built has none to check against #}
+    {%- set built = load_relation(ref('enriched_profiles')) %}
+    {%- set available = adapter.get_columns_in_relation(built) | map(attribute='name') | map('lower') | list if built else none %}
     {%- set problems, unknown, refused = [], [], [] %}
     {%- for segment_name, column_name, rule_problem in run_query(segment_rule_reads(declared)).rows %}
         {%- if rule_problem %}
             {%- do problems.append("segment " ~ segment_name ~ ": " ~ rule_problem) %}
             {%- do refused.append(segment_name) %}
-        {%- elif column_name not in available %}
+        {%- elif available is not none and column_name not in available %}
             {%- do unknown.append((segment_name, column_name)) %}
         {%- elif column_name != 'profile_id' %}
             {%- do reads.setdefault(segment_name, []).append(column_name) %}

@@ -16,3 +16,7 @@ select
     {%- endfor %}
     snapshot_date
 from {{ source('pipeline', 'first_party_profiles') }}
+-- an erased person's profile is left out here the night their request arrives (the data-rights step deletes it after)
+where profile_id is null or audit.suppression_key(profile_id) not in (
+    select profile_key from {{ ref('int_data_rights_deletions') }}
+    where location = 'raw.first_party_profiles' and profile_key is not null)

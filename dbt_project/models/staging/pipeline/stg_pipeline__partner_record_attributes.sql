@@ -1,4 +1,17 @@
--- depends_on: {{ ref('stg_pipeline__agreement_attributes') }}
--- One row per partner record: the agreed attributes it gives a value for, as delivered (text).
--- Models join the records they need first and unnest after (see macro partner_attribute_lists).
-{{ partner_attribute_lists() }}
+-- One row per partner record: the attributes its partner's agreement declares today that it gives a
+-- value for, as a list of (attribute, value) as delivered (text). A list rather than a row per value,
+-- so that a model joins records to what it needs before unnesting: a join per record, not per value.
+-- A row keeps the value of an attribute an amended agreement dropped; it is left out here.
+with agreed as (
+    select partner_id, list(attribute) as attributes
+    from {{ ref('stg_pipeline__agreement_attributes') }}
+    group by partner_id
+)
+
+select
+    records.partner_id,
+    records.drop_date,
+    records.partner_record_id,
+    list_filter(records.attributes, v -> list_contains(agreed.attributes, v.attribute)) as attribute_values
+from {{ source('pipeline', 'partner_records') }} as records
+inner join agreed using (partner_id)

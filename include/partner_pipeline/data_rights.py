@@ -1,24 +1,31 @@
-"""Data subjects' requests and retention outside the tables: what dbt cannot do.
+"""Data subjects' rights and retention in the warehouse: the one place that deletes, and that writes the
+suppression list, the deletion log, partner notices, receipts and access exports.
 
-The deletions in the warehouse live in dbt (macros/data_rights.sql, run at the start of every
-build). This module does the rest:
+dbt only reads (models/intermediate/int_erasure_identifiers, int_data_rights_deletions): it resolves
+what retention and erasure take away and keeps it out of every model the night it is resolved. The
+nightly data-rights step, after the build, does it here:
 - load erasure and access requests from `s3://<first-party>/{erasure,access}_requests/<date>/*.csv`
   into raw tables (identifiers in clear only until the request is answered);
-- after the build: scrub the pipeline's quarantined copies of the person's rows and take them out
-  of earlier access exports, write each partner's erasure notice to its outbox (spec: every
-  partner whose data held them, and again whenever a partner sends them after being told), delete
-  quarantined copies past retention, write a receipt per erasure request, export what we hold
-  about each access request's subject as JSON (GDPR portability), then forget the requests'
-  identifiers.
-Every deletion and export is recorded in the audit tables with counts, never identifiers.
+- apply_deletions: add the keys tonight's erasure requests resolved to to the suppression list
+  (audit.erasure_suppressions, for good), delete what the models list (expired drops; rows of
+  suppressed people in raw.partner_records, raw.quarantined_rows, raw.first_party_profiles: whatever a
+  later load, re-run or backfill brought back is deleted again) and queue each partner's notice, in one
+  transaction;
+- scrub the pipeline's quarantined copies of the person's rows and take them out of earlier access
+  exports, write each partner's erasure notice to its outbox (spec: every partner whose data held them,
+  and again whenever a partner sends them after being told), write a receipt per erasure request,
+  export what we hold about each access request's subject as JSON (GDPR portability), then forget the
+  requests' identifiers.
+Copies outside the warehouse past their declared retention are retention.py's. Every deletion and
+export is recorded in the audit tables with counts, never identifiers.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -26,11 +33,13 @@ import re
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.storage import ensure_buckets, list_objects, list_prefixes
+from partner_pipeline.warehouse import SUPPRESSION_KEY_MACRO
 
 log = logging.getLogger(__name__)
 REQUEST_KINDS = {"erasure": ("profile_id", "email", "email_sha256"), "access": ("profile_id", "email")}
@@ -111,15 +120,95 @@ def _record(con, request_id, kind, request_date, run_id, status, profiles, recei
                 [request_id, kind, request_date, run_id, status, profiles, json.dumps(receipt, default=str), location])
 
 
+# --- the warehouse: what the models resolved ------------------------------------------------
+
+# where each partner row table keeps the person's raw identifiers
+_PARTNER_TABLES = {
+    "raw.partner_records": ("t.partner_person_id", "t.email_sha256"),
+    "raw.quarantined_rows": ("t.record->>'partner_person_id'", "t.record->>'email_sha256'"),
+}
+
+
+def apply_deletions(con, run_id: str) -> dict:
+    """After the build, in one transaction: the suppression keys tonight's erasure requests resolved to
+    (intermediate.int_erasure_identifiers) join the suppression list, and every raw row the models
+    listed (intermediate.int_data_rights_deletions: expired drops, rows of suppressed people) is
+    deleted, counted in audit.data_deletions; each partner whose rows were erased is owed a notice
+    (audit.pending_erasure_notices). The models already left these rows out tonight."""
+    counts: dict[str, int] = {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("""INSERT INTO audit.erasure_suppressions
+                       SELECT found.*, now() FROM (SELECT DISTINCT request_id, identifier_kind, suppression_key
+                                                   FROM intermediate.int_erasure_identifiers) AS found
+                       ANTI JOIN audit.erasure_suppressions USING (request_id, identifier_kind, suppression_key)""")
+        con.execute("CREATE OR REPLACE TEMP TABLE data_rights_deletions AS SELECT * FROM intermediate.int_data_rights_deletions")
+        for location, (person, email) in _PARTNER_TABLES.items():
+            expired = f"""FROM {location} t SEMI JOIN (SELECT partner_id, drop_date FROM data_rights_deletions
+                          WHERE reason = 'retention' AND location = '{location}') USING (partner_id, drop_date)"""
+            con.execute(f"""INSERT INTO audit.data_deletions SELECT now(), ?, 'retention', NULL, '{location}', partner_id, drop_date,
+                            count(*) {expired} GROUP BY ALL""", [run_id])
+            con.execute(f"DELETE FROM {location} WHERE rowid IN (SELECT t.rowid {expired})")
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE erasure_hits AS
+                            SELECT t.rowid AS rid, d.request_id, t.partner_id, t.drop_date, {person} AS person,
+                                   {email} AS email
+                            FROM {location} t JOIN data_rights_deletions d USING (partner_id, drop_date, source_file, source_row)
+                            WHERE d.reason = 'erasure' AND d.location = '{location}'""")
+            con.execute(f"""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, '{location}', partner_id, drop_date,
+                            count(DISTINCT rid) FROM erasure_hits GROUP BY ALL""", [run_id])
+            _queue_notices(con, con.execute("SELECT request_id, partner_id, person, email FROM erasure_hits").fetchall())
+            con.execute(f"DELETE FROM {location} WHERE rowid IN (SELECT rid FROM erasure_hits)")
+        con.execute("""CREATE OR REPLACE TEMP TABLE erasure_hits AS
+                       SELECT t.rowid AS rid, d.request_id FROM raw.first_party_profiles t
+                       JOIN data_rights_deletions d ON d.profile_key = audit.suppression_key(t.profile_id)
+                       WHERE d.reason = 'erasure' AND d.location = 'raw.first_party_profiles'""")
+        con.execute("""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, 'raw.first_party_profiles', NULL, NULL,
+                       count(DISTINCT rid) FROM erasure_hits GROUP BY ALL""", [run_id])
+        con.execute("DELETE FROM raw.first_party_profiles WHERE rowid IN (SELECT rid FROM erasure_hits)")
+        counts = dict(con.execute("""SELECT reason || ' ' || location, sum(rows) FROM audit.data_deletions
+                                     WHERE run_id = ? AND position('/' IN location) = 0 GROUP BY 1""", [run_id]).fetchall())
+        con.execute("DROP TABLE erasure_hits")
+        con.execute("DROP TABLE data_rights_deletions")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return {k: int(v) for k, v in counts.items()}
+
+
+def _queue_notices(con, hits) -> None:
+    """What each partner must be told about its rows erased tonight: per (request, partner, person) the
+    person id and email hash, normalized (normal_person_id / normal_hash)."""
+    found: dict[tuple, str] = {}
+    for request_id, partner_id, person, email in hits:
+        person, email = normal_person_id(person), normal_hash(email)
+        key = (request_id, partner_id, person)
+        found[key] = max(found.get(key) or "", email or "") or None
+    rows = [[*key, email] for key, email in sorted(found.items(), key=str) if key[2] is not None or email is not None]
+    if rows:
+        con.executemany("""INSERT INTO audit.pending_erasure_notices SELECT ?, ?, ?, ?
+                           EXCEPT SELECT * FROM audit.pending_erasure_notices""", rows)
+
+
 # --- objects: quarantined copies ---------------------------------------------------------
 
+@functools.cache
+def _keying():
+    con = duckdb.connect()
+    con.execute(f"CREATE SCHEMA audit; {SUPPRESSION_KEY_MACRO}")
+    return con
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def suppression_key(identifier: str) -> str:
-    """As macros/data_rights.sql's suppression_key: the list holds keys, never the identifiers."""
-    return hashlib.sha256(f"erasure:{identifier}".encode()).hexdigest()
+    """The warehouse's audit.suppression_key (warehouse.SUPPRESSION_KEY_MACRO, the one definition), for
+    identifiers read outside the warehouse: the list holds keys, never the identifiers."""
+    return _keying().execute("SELECT audit.suppression_key(?)", [identifier]).fetchone()[0]
 
 
-# The one Python definition of how an identifier is normalized before it is matched; the SQL twin
-# is erasure_hash / erasure_person_id in macros/data_rights.sql (keep both alike). A malformed row
+# The one Python definition of how an identifier is normalized before it is matched (in objects and in
+# the rows apply_deletions reads for notices); the SQL twin is erasure_hash / erasure_person_id in
+# macros/data_rights.sql (keep both alike). A malformed row
 # (uppercase or padded hash) still names the person; empty means absent.
 _BLANKS = " \t\r\n"
 
@@ -363,7 +452,7 @@ def complete_erasures(con, client, settings, agreements: dict[str, Agreement], d
         profiles = con.execute("""SELECT count(*) FROM audit.erasure_suppressions
                                   WHERE request_id = ? AND identifier_kind = 'profile_id'""", [request_id]).fetchone()[0]
         destinations = con.execute("""SELECT DISTINCT destination_id, segment_name FROM activation.destination_members
-                                      WHERE sha256('erasure:' || profile_id) IN (SELECT suppression_key FROM audit.erasure_suppressions
+                                      WHERE audit.suppression_key(profile_id) IN (SELECT suppression_key FROM audit.erasure_suppressions
                                                                                 WHERE request_id = ? AND identifier_kind = 'profile_id')
                                       ORDER BY 1, 2""", [request_id]).fetchall()
         receipt = {
