@@ -34,17 +34,17 @@ classified as (
 partner_keys as (
     -- each row's three keys once, then an equi-join with the list (not a key per row and suppression)
     select location, partner_id, drop_date, source_file, source_row, unnest([
-        {'kind': 'email_sha256', 'key': audit.suppression_key(email)},
-        {'kind': 'phone_sha256', 'key': audit.suppression_key(phone)},
-        {'kind': 'partner_person', 'key': audit.suppression_key(partner_id || ':' || person)}]) as k
+        {'key_kind': 'email_sha256', 'key_value': audit.suppression_key(email)},
+        {'key_kind': 'phone_sha256', 'key_value': audit.suppression_key(phone)},
+        {'key_kind': 'partner_person', 'key_value': audit.suppression_key(partner_id || ':' || person)}], recursive := true)
     from classified
     where not is_expired
 ),
 
 first_party as (
     select profile_id, unnest([
-        {'kind': 'profile_id', 'key': audit.suppression_key(profile_id)},
-        {'kind': 'email_sha256', 'key': audit.suppression_key(sha256({{ normalize_email('email', "'canonical'") }}))}]) as k
+        {'key_kind': 'profile_id', 'key_value': audit.suppression_key(profile_id)},
+        {'key_kind': 'email_sha256', 'key_value': audit.suppression_key(sha256({{ normalize_email('email', "'canonical'") }}))}], recursive := true)
     from {{ source('pipeline', 'first_party_profiles') }}
 )
 
@@ -57,10 +57,10 @@ union all
 
 select distinct 'erasure', s.request_id, t.location, t.partner_id, t.drop_date, t.source_file, t.source_row, null
 from partner_keys as t
-inner join suppressions as s on s.identifier_kind = t.k.kind and s.suppression_key = t.k.key
+inner join suppressions as s on s.identifier_kind = t.key_kind and s.suppression_key = t.key_value
 
 union all
 
 select distinct 'erasure', s.request_id, 'raw.first_party_profiles', null, null, null, null, audit.suppression_key(t.profile_id)
 from first_party as t
-inner join suppressions as s on s.identifier_kind = t.k.kind and s.suppression_key = t.k.key
+inner join suppressions as s on s.identifier_kind = t.key_kind and s.suppression_key = t.key_value

@@ -45,13 +45,18 @@ people as (
 
 identifiers as (
     select request_id, 'profile_id' as identifier_kind, profile_id as identifier from pending where profile_id is not null
-    union select request_id, 'profile_id', profile_id from people
-    union select request_id, 'email_sha256', unnest({{ erasure_email_hashes('email') }}) from pending
-    union select request_id, 'email_sha256', email_sha256 from pending
-    union select request_id, 'email_sha256', unnest({{ erasure_email_hashes('email') }}) from people
-    union select request_id, 'phone_sha256',
-                 sha256({{ normalize_phone('phone', 'phone_settings.hash_profile', 'phone_settings.default_country_code') }})
-          from people cross join phone_settings
+    union
+    select request_id, 'profile_id', profile_id from people
+    union
+    select request_id, 'email_sha256', unnest({{ erasure_email_hashes('email') }}) from pending
+    union
+    select request_id, 'email_sha256', email_sha256 from pending
+    union
+    select request_id, 'email_sha256', unnest({{ erasure_email_hashes('email') }}) from people
+    union
+    select request_id, 'phone_sha256',
+           sha256({{ normalize_phone('phone', 'phone_settings.hash_profile', 'phone_settings.default_country_code') }})
+    from people cross join phone_settings
 ),
 
 -- the partner rows still held after tonight's retention, normalized as erasure_hash / erasure_person say
