@@ -20,10 +20,10 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
+from test_ingest import DAY, query, run
 
 pytestmark = pytest.mark.slow
 
-DAY = dt.date(2026, 11, 21)
 HEADER = ["partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", "consent_enrichment",
           "consent_activation", "consent_ts"]
 HOSTILE_HEADER = 'evil"); COPY (SELECT 1 AS x) TO \'marker-header.csv\'; --'
@@ -33,17 +33,6 @@ HOSTILE_HEADER = 'evil"); COPY (SELECT 1 AS x) TO \'marker-header.csv\'; --'
 def env(pipeline_env, s3_api, tmp_path):
     settings = load_settings()
     return {"settings": settings, "agreements": load_agreements(settings.agreements_dir), "s3": s3_api, "tmp": tmp_path}
-
-
-def run(day=DAY, run_id="test_run") -> dict[str, dict]:
-    outcomes = [nightly.ingest(drop, run_id) for drop in nightly.discover(day, run_id)]
-    nightly.publish(outcomes, day, run_id)
-    return {o.partner_id: o for o in outcomes}
-
-
-def query(env, sql, params=()):
-    with warehouse(env["settings"], read_only=True) as con:
-        return con.execute(sql, list(params)).fetchall()
 
 
 def csv_file(ids: list[str], extra: dict[str, str] | None = None) -> bytes:
@@ -202,7 +191,7 @@ def test_a_crashing_drop_is_quarantined_alone_and_the_night_goes_on(env, monkeyp
     [(reasons,)] = query(env, "SELECT reasons FROM audit.drop_events WHERE partner_id = 'acme_bank' AND event = 'quarantined'")
     assert json.loads(reasons) == list(acme.problems)
     assert outcomes["globex_retail"].status == "staged"
-    assert query(env, "SELECT count(*) FROM raw.partner_records WHERE partner_id = 'globex_retail'") == [(truths["globex_retail"].rows_valid,)]
+    assert query(env, "SELECT count(*) FROM raw.partner_records WHERE partner_id = 'globex_retail'") == [(truths["globex_retail"]["rows_valid"],)]
     assert alerts_for(acme) and "internal_error" in alerts_for(acme)[0]["text"] and "InjectedFault" in alerts_for(acme)[0]["text"]
 
     monkeypatch.setattr(staging, "_load_file", load_file)  # the bug is fixed: the next run loads the drop

@@ -10,6 +10,7 @@ import pytest
 
 from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
+from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
@@ -35,7 +36,7 @@ def deliver(env, partner="acme_bank", day=DAY, seed=1, **spec) -> dict:
     return truth
 
 
-def run(day=DAY, run_id="test_run") -> dict[str, dict]:
+def run(day=DAY, run_id="test_run") -> dict[str, DropOutcome]:
     outcomes = [nightly.ingest(drop, run_id) for drop in nightly.discover(day, run_id)]
     nightly.publish(outcomes, day, run_id)
     return {o.partner_id: o for o in outcomes}
