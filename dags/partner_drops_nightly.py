@@ -115,7 +115,7 @@ def partner_drops_nightly():
             raise AirflowSkipException(str(exc)) from exc
 
     # after every run, also a failed one; a teardown, so its own outcome never decides the run's state
-    @task(pool=WAREHOUSE_POOL)  # it appends the date's segment sizes to the warehouse
+    @task(pool=WAREHOUSE_POOL)  # it reads the warehouse (segment_size_history), which a writer locks
     def report(logical_date=None, run_id=None) -> dict:
         """The run report (HTML figures) in data/reports, object storage and the UI (Browse > Run reports)."""
         from partner_pipeline import run_report

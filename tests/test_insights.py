@@ -39,7 +39,7 @@ def test_shared_reports_hold_only_groups_of_at_least_k(warehouse_copy, s3_api):
     result = nightly.share_overlap_reports(DAY, "night-1")
     assert set(result["shared"]) == {"acme_bank", "globex_retail"} and result["refused"] == {}
     agreements = load_agreements(warehouse_copy.agreements_dir)
-    exact = {(p, tuple(v)): n for p, v, n in query("SELECT partner_id, dimension_values, profiles FROM intermediate.int_partner_overlap_counts")}
+    exact = {(p, tuple(v)): n for p, v, n in query("SELECT partner_id, dimension_values, profiles FROM marts.partner_overlap_counts")}
     for partner_id, agreement in agreements.items():
         rows, terms = outbox_report(s3_api, warehouse_copy, partner_id, DAY)
         k = agreement.min_group_size

@@ -14,7 +14,7 @@ import sys
 import duckdb
 import pytest
 
-from partner_pipeline import run_report
+from partner_pipeline import nightly, run_report
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
 from partner_pipeline.warehouse import warehouse
@@ -66,6 +66,7 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
     with duckdb.connect(str(settings.published_path), read_only=True) as con:
         rates = con.execute("SELECT partner_id, drop_date, match_rate, matched, rows_quarantined FROM match_report").fetchall()
         sizes = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1").fetchall())
+        assert sizes and set(sizes.items()) <= set(con.execute("SELECT segment_name, members FROM segments").fetchall())
         sent = con.execute("""SELECT destination_id, segment_name, run_date, sum(adds) FROM activation_log
                               WHERE status = 'sent' GROUP BY ALL""").fetchall()
     assert len(rates) == 4
@@ -92,14 +93,18 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
     assert body == page and results[DAYS[1]]["uri"] == f"s3://{settings.reports_bucket}/{DAYS[1]}/report.html"
     assert json.loads((settings.reports_dir / "runs.json").read_text()) == {"night-0": str(DAYS[0]), "night-1": str(DAYS[1])}
 
-    def history():
+    def history(columns="run_date, segment_name, members"):
         with warehouse(settings, read_only=True) as con:
-            return con.execute("SELECT run_date, segment_name, members FROM audit.segment_size_history ORDER BY ALL").fetchall()
+            return con.execute(f"SELECT {columns} FROM history.segment_size_history ORDER BY ALL").fetchall()
 
     before = history()
     assert {d for d, _, _ in before} == set(DAYS)
+    assert {(s, n) for d, s, n in before if d == DAYS[1]} == set(sizes.items())  # the segments the page shows
     assert run_report.write_report(DAYS[1], "night-1")["segment_sizes_recorded"] is True
-    assert history() == before  # re-running a date replaces its rows
+    # re-building a date replaces its rows (model segment_size_history: delete+insert on the date)
+    nightly.transform(DAYS[1], "night-1-again")
+    assert history() == before
+    assert {r for (r,) in history("DISTINCT run_id")} == {"night-0", "night-1-again"}
     # a run whose transform failed: the report is still written, says so, and records no sizes for the date
     summary = run_report.write_report(DAYS[1], "failed-night")
     assert summary["segment_sizes_recorded"] is False and history() == before
@@ -107,6 +112,27 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
     # an older date written later does not become "latest"
     run_report.write_report(DAYS[0], "night-0")
     assert "run report for 2026-11-21" in (settings.reports_dir / "latest.html").read_text()
+
+
+def test_segment_size_history_takes_over_the_rows_the_report_task_used_to_write(pipeline_env):
+    """A warehouse from before the model: its audit.segment_size_history rows carry over on the first
+    build, except the date being built, which the build writes itself."""
+    settings = load_settings()
+    earlier = [(dt.date(2026, 10, 1), "attrition_risk", 12, "old-night", dt.datetime(2026, 10, 2, tzinfo=dt.UTC)),
+               (DAYS[0], "attrition_risk", 99, "stale", dt.datetime(2026, 11, 21, tzinfo=dt.UTC))]
+    with warehouse(settings) as con:
+        con.execute("""CREATE TABLE audit.segment_size_history (run_date DATE, segment_name VARCHAR, members BIGINT,
+                       run_id VARCHAR, recorded_at TIMESTAMPTZ)""")
+        con.executemany("INSERT INTO audit.segment_size_history VALUES (?, ?, ?, ?, ?)", earlier)
+    nightly.publish([], DAYS[0], "first-build")  # the agreements and destinations the models read
+    nightly.transform(DAYS[0], "first-build")
+    with warehouse(settings, read_only=True) as con:
+        rows = con.execute("SELECT run_date, segment_name, members, run_id FROM history.segment_size_history ORDER BY ALL").fetchall()
+        declared = [s for (s,) in con.execute("SELECT segment_name FROM marts.segments ORDER BY 1").fetchall()]
+    assert rows == sorted([earlier[0][:4]] + [(DAYS[0], s, 0, "first-build") for s in declared])
+    with warehouse(settings) as con:  # the next writer drops the table the model took over
+        assert not con.execute("""SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'audit'
+                                  AND table_name = 'segment_size_history'""").fetchone()[0]
 
 
 def test_plugin_serves_reports_to_signed_in_users_only(tmp_path, monkeypatch):

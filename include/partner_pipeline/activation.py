@@ -428,7 +428,7 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
 
 def declared_pairs(con) -> set[tuple[str, str]]:
     """Every (destination, segment) a segment lists in its destinations (models/marts/_segments.yml)."""
-    return {tuple(r) for r in con.execute("""SELECT listed.destination_id, segment_name FROM intermediate.int_segments
+    return {tuple(r) for r in con.execute("""SELECT listed.destination_id, segment_name FROM marts.segments
                                              CROSS JOIN unnest(destinations) AS listed(destination_id)""").fetchall()}
 
 
@@ -441,7 +441,7 @@ def pairs_to_sync(con, governance: Governance, declared: set[tuple[str, str]]) -
 
 def policy_violations(con, destination_id: str, segment: str) -> list[str]:
     """The send-time re-check: the policy view, over the agreements and governance files as they are now.
-    Its reads come from int_segment_reads, the same parser derivation that gave segment_membership its
+    The columns each rule reads are the same parser derivation (int_segment_reads) that gave segment_membership its
     columns, and a refused rule is a row with no destination, so it blocks every destination."""
     return [m for (m,) in con.execute(
         """SELECT message FROM marts.segment_policy_violations

@@ -2,7 +2,7 @@
 
 Only aggregates leave: the groups of `partner_overlap` (every group below the agreement's
 min_group_size absent). Where the agreement asks for differential privacy, each group count of
-the full domain (int_partner_overlap_counts, zero counts included) gets discrete Laplace noise
+the full domain (the mart partner_overlap_counts, zero counts included) gets discrete Laplace noise
 from OpenDP, calibrated to epsilon_per_release for one person joining or leaving (L1 sensitivity
 1: a person is in exactly one group), and only noised counts of at least min_group_size are
 shared. Each release spends its epsilon from the partner's budget for the period
@@ -56,7 +56,7 @@ def release(con, agreement: Agreement, day: dt.date, run_id: str) -> dict:
     if made:
         return json.loads(made[0])
     k, dp_terms = agreement.min_group_size, agreement.differential_privacy
-    domain = con.execute("""SELECT dimension_names, dimension_values, profiles FROM intermediate.int_partner_overlap_counts
+    domain = con.execute("""SELECT dimension_names, dimension_values, profiles FROM marts.partner_overlap_counts
                             WHERE partner_id = ? ORDER BY dimension_values""", [agreement.partner_id]).fetchall()
     if dp_terms is None:
         shown = [(values, count) for _, values, count in domain if count >= k]

@@ -6,10 +6,9 @@ needs no CDN or server: it opens offline, from object storage or inside the Airf
 plugins/partner_report_plugin.py). Each data point is an SVG group with an id, a `data-value`
 and a `<title>` (the browser's tooltip), so a reader and a test can read the exact numbers.
 
-Data comes from the analysts' published copy (safe to read at any time). The marts only hold the
-current segments, so the report appends the run date's segment sizes to
-`audit.segment_size_history` in the warehouse (replacing that date's rows: idempotent per date);
-that is why the `report` task runs in the warehouse pool.
+Data comes from the analysts' published copy (safe to read at any time), and segment sizes over
+time from the model segment_size_history, which dbt keeps in the warehouse (the marts file is
+built fresh every night); the report only reads (an exposure of the dbt project, `run_report`).
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from partner_pipeline.settings import load_settings
 
 log = logging.getLogger(__name__)
 RUNS = 30  # run dates shown in the figures
-_HISTORY_DDL = """CREATE TABLE IF NOT EXISTS audit.segment_size_history (
-    run_date DATE, segment_name VARCHAR, members BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ)"""
 _CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
@@ -42,12 +39,9 @@ def write_report(day: dt.date, run_id: str) -> dict:
     from partner_pipeline.warehouse import warehouse
 
     settings = load_settings()
-    with warehouse(settings) as con:
-        recorded = record_segment_sizes(con, day, run_id)
-        segment_history = con.execute(
-            """SELECT run_date, segment_name, members FROM audit.segment_size_history WHERE run_date IN (
-                   SELECT DISTINCT run_date FROM audit.segment_size_history WHERE run_date <= ? ORDER BY run_date DESC LIMIT ?)
-               ORDER BY 1, 2""", [day, RUNS]).fetchall()
+    with warehouse(settings, read_only=True) as con:
+        recorded = bool(con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0])
+        segment_history = segment_sizes(con, day)
     data = read_published(settings.published_path, day)
     page = render(day, run_id, data, segment_history, recorded)
     path = settings.reports_dir / f"{day}.html"
@@ -67,22 +61,16 @@ def write_report(day: dt.date, run_id: str) -> dict:
     return summary
 
 
-def record_segment_sizes(con, day: dt.date, run_id: str) -> bool:
-    """Replace the date's rows of audit.segment_size_history with the sizes this run built; False
-    (nothing recorded) when this run built no models, so a failed night never records stale sizes."""
-    con.execute(_HISTORY_DDL)
-    if not con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0]:
-        return False
-    con.execute("BEGIN")
-    con.execute("DELETE FROM audit.segment_size_history WHERE run_date = ?", [day])
-    # every segment the run declared, so an empty segment is recorded as 0
-    con.execute("""INSERT INTO audit.segment_size_history
-                   SELECT ?, segments.segment_name, count(members.profile_id), ?, now()
-                   FROM intermediate.int_segments AS segments
-                   LEFT JOIN marts.segment_membership AS members USING (segment_name)
-                   GROUP BY segments.segment_name""", [day, run_id])
-    con.execute("COMMIT")
-    return True
+def segment_sizes(con, day: dt.date) -> list[tuple]:
+    """(run date, segment, members) of the last RUNS run dates up to `day` (model segment_size_history;
+    none before the first build)."""
+    if not con.execute("""SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()
+                          AND schema_name = 'history' AND table_name = 'segment_size_history'""").fetchone()[0]:
+        return []
+    return con.execute(
+        """SELECT run_date, segment_name, members FROM history.segment_size_history WHERE run_date IN (
+               SELECT DISTINCT run_date FROM history.segment_size_history WHERE run_date <= ? ORDER BY run_date DESC LIMIT ?)
+           ORDER BY 1, 2""", [day, RUNS]).fetchall()
 
 
 def read_published(published: Path, day: dt.date) -> dict | None:
@@ -215,7 +203,7 @@ def _segments_section(day: dt.date, history: list[tuple]) -> list[str]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 
     out.append(_figure("segment-sizes", _chart(draw), f"Members per segment at each of the last {RUNS} run dates "
-                       "(recorded by each run's report task)."))
+                       "(model segment_size_history: each date as its last successful build counted it)."))
     return out + ["</section>"]
 
 

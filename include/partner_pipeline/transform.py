@@ -23,41 +23,12 @@ from partner_pipeline.warehouse import quote_ident, quote_path, warehouse
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
-# the segments: a list under config.meta.segments of the model segment_membership
-SEGMENTS_YML = DBT_PROJECT / "models" / "marts" / "_segments.yml"
 # what reached which platform and when (the destinations' member lists stay in the warehouse)
 ACTIVATION_TABLES = {"activation_log": "activation.activation_log", "activation_syncs": "activation.syncs"}
 
 
 class ModelBuildFailed(RuntimeError):
     pass
-
-
-def load_segments(path: Path | None = None) -> dict[str, dict]:
-    """{segment name: {"rule", "destinations", "description"}} from a segments YAML laid out as the
-    dbt project's (default SEGMENTS_YML); refuses what dbt's declared_segments() refuses."""
-    import re
-
-    import yaml
-
-    path = Path(path or SEGMENTS_YML)
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    model = next((m for m in document.get("models") or [] if m.get("name") == "segment_membership"), None)
-    if model is None:
-        raise ValueError(f"{path}: no model segment_membership, whose config.meta.segments lists the segments")
-    entries = {**(model.get("meta") or {}), **((model.get("config") or {}).get("meta") or {})}.get("segments") or []
-    segments: dict[str, dict] = {}
-    for number, entry in enumerate(entries, start=1):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
-            raise ValueError(f"{path}: segment #{number}: name must be lower-case letters, digits and _ (got {name!r})")
-        if name in segments:
-            raise ValueError(f"{path}: segment {name} is declared twice")
-        if not isinstance(entry.get("rule"), str) or not entry["rule"].strip():
-            raise ValueError(f"{path}: segment {name} needs a rule (a SQL condition over enriched_profiles)")
-        segments[name] = {"rule": entry["rule"].strip(), "destinations": [str(d) for d in entry.get("destinations") or []],
-                          "description": str(entry.get("description") or "")}
-    return segments
 
 
 def run_dbt(command: list[str], target: Path, warehouse_path: Path, marts_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -133,9 +104,7 @@ def published_summary(published: Path, day: dt.date) -> dict:
         cursor = con.execute("SELECT * FROM match_report WHERE drop_date = ? ORDER BY partner_id", [day])
         names = [d[0] for d in cursor.description]
         report = [dict(zip(names, row)) for row in cursor.fetchall()]
-        # every declared segment, an empty one as 0 (segment_membership holds members only)
-        sizes = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1").fetchall())
-        segments = {name: sizes.get(name, 0) for name in sorted(load_segments())}
+        segments = dict(con.execute("SELECT segment_name, members FROM segments ORDER BY segment_name").fetchall())
         enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
         cursor = con.execute("""
             -- per destination and segment, what the last sync for this date sent

@@ -156,6 +156,7 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
         if not read_only:
             con.execute(_SCHEMA)
             migrate_partner_tables(con)
+            drop_taken_over_history(con)
             # a warehouse from before the marts had their own file holds a `marts` schema that would shadow them
             con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
     # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
@@ -285,6 +286,15 @@ def migrate_partner_tables(con) -> list[str]:
         raise
     log.info("migrated %s into raw.partner_records", old)
     return old
+
+
+def drop_taken_over_history(con) -> None:
+    """audit.segment_size_history (which the run report used to append to) once the model
+    segment_size_history has taken its rows over, on its first build."""
+    tables = {tuple(r) for r in con.execute("""SELECT schema_name, table_name FROM duckdb_tables()
+                                               WHERE database_name = current_database()""").fetchall()}
+    if {("audit", "segment_size_history"), ("history", "segment_size_history")} <= tables:
+        con.execute("DROP TABLE audit.segment_size_history")
 
 
 def _attribute_pairs(attributes, alias: str) -> str:

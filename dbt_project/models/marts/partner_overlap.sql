@@ -6,7 +6,7 @@
 
 with counts as (
     select counts.*, agreements.min_group_size
-    from {{ ref('int_partner_overlap_counts') }} as counts
+    from {{ ref('partner_overlap_counts') }} as counts
     inner join {{ ref('stg_pipeline__agreements') }} as agreements using (partner_id)
     where counts.profiles > 0
 )

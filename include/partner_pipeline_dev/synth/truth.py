@@ -11,23 +11,47 @@ import numpy as np
 import pyarrow as pa
 
 from partner_pipeline.agreements import Agreement
+from partner_pipeline.settings import PROJECT_ROOT
 from partner_pipeline_dev.synth.drops import _compact_dtype, string_vocabulary
 from partner_pipeline_dev.synth.identities import COUNTRIES, TIERS, _as_date, profile_ids
 
 LOADED_STATUSES = ("loaded", "loaded_flagged")
 
 
+# the segments: a list under config.meta.segments of the model segment_membership (dbt's macro
+# declared_segments() checks them at build; the generator only reads them)
+SEGMENTS_YML = PROJECT_ROOT / "dbt_project" / "models" / "marts" / "_segments.yml"
+
+
 def load_segment_rules(path: Path | None = None) -> dict[str, str]:
-    """{segment name: rule} from a segments YAML as dbt reads it (transform.load_segments);
-    default the project's own."""
+    """{segment name: rule} from a segments YAML laid out as the dbt project's; default the project's own."""
     return {name: segment["rule"] for name, segment in load_segments(path).items()}
 
 
 def load_segments(path: Path | None = None) -> dict[str, dict]:
-    """{segment name: {"rule": ..., "destinations": [...], "description": ...}} (see load_segment_rules)."""
-    from partner_pipeline.transform import load_segments as load
+    """{segment name: {"rule", "destinations", "description"}} from a segments YAML laid out as the
+    dbt project's (default SEGMENTS_YML); refuses what dbt's declared_segments() refuses, so a
+    test scenario never expects what the build would not run."""
+    import yaml
 
-    return load(path)
+    path = Path(path or SEGMENTS_YML)
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    model = next((m for m in document.get("models") or [] if m.get("name") == "segment_membership"), None)
+    if model is None:
+        raise ValueError(f"{path}: no model segment_membership, whose config.meta.segments lists the segments")
+    entries = {**(model.get("meta") or {}), **((model.get("config") or {}).get("meta") or {})}.get("segments") or []
+    segments: dict[str, dict] = {}
+    for number, entry in enumerate(entries, start=1):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+            raise ValueError(f"{path}: segment #{number}: name must be lower-case letters, digits and _ (got {name!r})")
+        if name in segments:
+            raise ValueError(f"{path}: segment {name} is declared twice")
+        if not isinstance(entry.get("rule"), str) or not entry["rule"].strip():
+            raise ValueError(f"{path}: segment {name} needs a rule (a SQL condition over enriched_profiles)")
+        segments[name] = {"rule": entry["rule"].strip(), "destinations": [str(d) for d in entry.get("destinations") or []],
+                          "description": str(entry.get("description") or "")}
+    return segments
 
 
 def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,
