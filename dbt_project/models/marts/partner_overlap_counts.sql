@@ -9,10 +9,11 @@
 {%- if execute %}
     {%- set found = run_query("select partner_id, to_json(overlap_dimensions) from " ~ agreements_table ~ " order by 1") %}
     {%- for row in found.rows %}{% do agreements.append((row[0], fromjson(row[1]))) %}{% endfor %}
-    {%- set attributes = {} %}
+    {%- set pairs = [] %}
     {%- for row in run_query("select partner_id, attribute, type, to_json(allowed_values) from " ~ attributes_table).rows %}
-        {%- do attributes.update({row[0] ~ '.' ~ row[1]: (row[2], fromjson(row[3]) if row[3] else [])}) %}
+        {%- do pairs.append((row[0] ~ '.' ~ row[1], (row[2], fromjson(row[3]) if row[3] else []))) %}
     {%- endfor %}
+    {%- set attributes = dict(pairs) %}
 {%- endif %}
 
 with

@@ -3,11 +3,11 @@
     database=target.database,
     schema='history',
     unique_key=['run_date', 'segment_name'],
-    incremental_strategy='delete+insert',
     full_refresh=false,
 ) }}
 -- Every declared segment's size on each run date the pipeline built (segments), one row per
--- (run date, segment): a re-run or backfill of a date replaces that date's rows. The marts file is
+-- (run date, segment): a re-run or backfill of a date replaces that date's rows (dbt-duckdb's
+-- default incremental strategy, given a unique_key). The marts file is
 -- built fresh every night, so this history lives in the warehouse file (schema history), and
 -- full_refresh=false keeps a `dbt build --full-refresh` from dropping it. On its first build it
 -- takes over the rows the run report used to append to audit.segment_size_history.
