@@ -1,11 +1,11 @@
 """The overlap report each partner may receive, written to its outbox.
 
-Only aggregates leave: the groups of `partner_overlap` (every group below the agreement's
-min_group_size absent). Where the agreement asks for differential privacy, each group count of
+Only aggregates leave: the groups of the mart `partner_overlap` (every group below the agreement's
+min_group_size absent: the threshold on exact counts is defined there, once). Where the agreement asks for differential privacy, each group count of
 the full domain (the mart partner_overlap_counts, zero counts included) gets discrete Laplace noise
 from OpenDP, calibrated to epsilon_per_release for one person joining or leaving (L1 sensitivity
 1: a person is in exactly one group), and only noised counts of at least min_group_size are
-shared. Each release spends its epsilon from the partner's budget for the period
+shared (the same threshold, on counts the warehouse never holds). Each release spends its epsilon from the partner's budget for the period
 (audit.privacy_budget_ledger); once spent, the release is refused. A re-run of a date re-sends
 the release already made, never fresh noise (which would let averaging undo it).
 """
@@ -58,8 +58,10 @@ def release(con, agreement: Agreement, day: dt.date, run_id: str) -> dict:
     k, dp_terms = agreement.min_group_size, agreement.differential_privacy
     domain = con.execute("""SELECT dimension_names, dimension_values, profiles FROM marts.partner_overlap_counts
                             WHERE partner_id = ? ORDER BY dimension_values""", [agreement.partner_id]).fetchall()
-    if dp_terms is None:
-        shown = [(values, count) for _, values, count in domain if count >= k]
+    if dp_terms is None:  # exact counts: the groups partner_overlap shows (the threshold is its own, in SQL)
+        shown = con.execute("""SELECT dimension_values, profiles FROM marts.partner_overlap
+                               WHERE partner_id = ? AND row_type = 'group' ORDER BY dimension_values""",
+                            [agreement.partner_id]).fetchall()
         noise = None
     else:
         period = dp_terms.period_of(day)
