@@ -95,10 +95,8 @@ def read_published(published: Path, day: dt.date) -> dict | None:
             "match_report": rows("""SELECT partner_id, drop_date, rows_received, rows_quarantined, rows_valid, matched,
                                            ambiguous, unmatched, match_rate, email_match_rate
                                     FROM match_report WHERE drop_date BETWEEN ? AND ? ORDER BY 1, 2""", [first, day]),
-            # the outcome of each partner's drop of each date: its latest loaded, quarantined or incomplete event
-            "drops": rows("""SELECT partner_id, drop_date, arg_max(event, event_id) AS event, arg_max(reasons, event_id) AS reasons
-                             FROM drop_audit WHERE drop_date BETWEEN ? AND ? AND event IN ('loaded', 'quarantined', 'incomplete')
-                             GROUP BY 1, 2 ORDER BY 1, 2""", [first, day]),
+            "drops": rows("""SELECT partner_id, drop_date, state AS event, reasons FROM drop_states
+                             WHERE drop_date BETWEEN ? AND ? ORDER BY 1, 2""", [first, day]),
             "activation_history": rows("""
                 SELECT run_date, destination_id, segment_name,
                        coalesce(sum(adds) FILTER (WHERE status = 'sent'), 0) AS adds,
