@@ -3,7 +3,9 @@
 -- dbt show the messages rather than a row count; it sits in the filter because dbt only counts
 -- this query's rows, and a projection that is not needed for the count is never evaluated.
 with found as (
-    select count(*) as violations, string_agg(message, chr(10) order by message) as messages
+    select
+        count(*) as violations,
+        string_agg(message, chr(10) order by message) as messages
     from {{ ref('segment_policy_violations') }}
 )
 

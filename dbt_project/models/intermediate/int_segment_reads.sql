@@ -4,17 +4,29 @@
 -- row per column, joined to the partner attribute it is, if any; and one row per reason the rule
 -- is refused (rule_problem), which segment_policy_violations turns into a violation.
 
-with reads as (
-    {{ segment_rule_reads(ref('int_segments')) }}
+with segments as (
+    select * from {{ ref('int_segments') }}
+),
+
+agreement_attributes as (
+    select * from {{ ref('stg_pipeline__agreement_attributes') }}
+),
+
+reads as (
+    {{ segment_rule_reads('segments') }}
+),
+
+final as (
+    select
+        reads.segment_name,
+        reads.column_name,
+        agreement_attributes.partner_id,
+        agreement_attributes.attribute,
+        agreement_attributes.policy_labels,
+        reads.rule_problem
+    from reads
+    left join agreement_attributes
+        on reads.column_name = agreement_attributes.partner_id || '__' || agreement_attributes.attribute
 )
 
-select
-    reads.segment_name,
-    reads.column_name,
-    attributes.partner_id,
-    attributes.attribute,
-    attributes.policy_labels,
-    reads.rule_problem
-from reads
-left join {{ ref('stg_pipeline__agreement_attributes') }} as attributes
-    on reads.column_name = attributes.partner_id || '__' || attributes.attribute
+select * from final

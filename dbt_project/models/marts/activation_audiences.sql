@@ -5,36 +5,74 @@
 -- about them, says consent_activation = true in its latest record. The activation task sends
 -- the difference between this and what the destination already holds.
 
-with segment_destinations as (
-    select segments.segment_name, listed.destination_id
-    from {{ ref('int_segments') }} as segments
-    cross join unnest(segments.destinations) as listed(destination_id)
+with segments as (
+    select * from {{ ref('int_segments') }}
+),
+
+segment_reads as (
+    select * from {{ ref('int_segment_reads') }}
+),
+
+profile_partner_attributes as (
+    select * from {{ ref('profile_partner_attributes') }}
+),
+
+-- read by refused and sendable_members: inlined (a scan each), never copied
+segment_membership as not materialized (
+    select * from {{ ref('segment_membership') }}
+),
+
+profiles as (
+    select * from {{ ref('stg_first_party__profiles') }}
+),
+
+destinations as (
+    select * from {{ ref('stg_pipeline__destinations') }}
+),
+
+segment_destinations as (
+    select
+        segments.segment_name,
+        listed.destination_id
+    from segments
+    cross join unnest(segments.destinations) as listed (destination_id)
 ),
 
 partners_read as (
-    select distinct segment_name, partner_id
-    from {{ ref('int_segment_reads') }}
+    select distinct
+        segment_name,
+        partner_id
+    from segment_reads
     where partner_id is not null
 ),
 
 partner_consents as (
-    select distinct profile_id, partner_id, has_consent_activation
-    from {{ ref('profile_partner_attributes') }}
+    select distinct
+        profile_id,
+        partner_id,
+        has_consent_activation
+    from profile_partner_attributes
 ),
 
 -- a partner the rule reads knows this member but was not given consent for activation
 refused as (
-    select distinct members.segment_name, members.profile_id
-    from {{ ref('segment_membership') }} as members
+    select distinct
+        segment_membership.segment_name,
+        segment_membership.profile_id
+    from segment_membership
     inner join partners_read using (segment_name)
     inner join partner_consents using (profile_id, partner_id)
     where not partner_consents.has_consent_activation
 ),
 
 sendable_members as (
-    select members.segment_name, members.profile_id, profiles.email, profiles.phone
-    from {{ ref('segment_membership') }} as members
-    inner join {{ ref('stg_first_party__profiles') }} as profiles using (profile_id)
+    select
+        segment_membership.segment_name,
+        segment_membership.profile_id,
+        profiles.email,
+        profiles.phone
+    from segment_membership
+    inner join profiles using (profile_id)
     anti join refused using (segment_name, profile_id)
     where profiles.has_consent_marketing
 ),
@@ -46,16 +84,29 @@ member_identifiers as (
         segment_destinations.destination_id,
         sendable_members.profile_id,
         destinations.hash_profile,
-        case when list_contains(destinations.identifiers, 'email')
-            then sha256({{ normalize_email('sendable_members.email', 'destinations.hash_profile') }}) end as email_sha256,
-        case when list_contains(destinations.identifiers, 'phone')
-            then sha256({{ normalize_phone('sendable_members.phone', 'destinations.hash_profile', 'destinations.default_country_code') }}) end
-            as phone_sha256
+        case
+            when list_contains(destinations.identifiers, 'email')
+                then sha256({{ normalize_email('sendable_members.email', 'destinations.hash_profile') }})
+        end as email_sha256,
+        case
+            when list_contains(destinations.identifiers, 'phone')
+                then sha256({{ normalize_phone('sendable_members.phone', 'destinations.hash_profile', 'destinations.default_country_code') }})
+        end as phone_sha256
     from sendable_members
     inner join segment_destinations using (segment_name)
-    inner join {{ ref('stg_pipeline__destinations') }} as destinations using (destination_id)
+    inner join destinations using (destination_id)
+),
+
+final as (
+    select
+        segment_name,
+        destination_id,
+        profile_id,
+        hash_profile,
+        email_sha256,
+        phone_sha256
+    from member_identifiers
+    where email_sha256 is not null or phone_sha256 is not null
 )
 
-select segment_name, destination_id, profile_id, hash_profile, email_sha256, phone_sha256
-from member_identifiers
-where email_sha256 is not null or phone_sha256 is not null
+select * from final

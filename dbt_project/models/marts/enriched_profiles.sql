@@ -19,19 +19,28 @@ pivoted as (
             as "{{ partner_id }}__{{ attribute }}",
         {%- endfor %}
         -- which partners have values: a flag per agreed partner, cheaper than an ordered distinct list
-        list_filter(cast([
-            {%- for partner_id in attributes | map(attribute=0) | unique | sort %}
-            case when bool_or(partner_id = '{{ partner_id }}') then '{{ partner_id }}' end{{ ", " if not loop.last }}
-            {%- endfor %}] as varchar[]), partner -> partner is not null) as enriched_by_partners
+        list_filter(
+            cast([
+                {%- for partner_id in attributes | map(attribute=0) | unique | sort %}
+                case when bool_or(partner_id = '{{ partner_id }}') then '{{ partner_id }}' end{{ ", " if not loop.last }}
+                {%- endfor %}
+            ] as varchar[]),
+            partner -> partner is not null
+        ) as enriched_by_partners
     from partner_values
     group by profile_id
+),
+
+final as (
+    select
+        profiles.*,
+        {%- for partner_id, attribute, attribute_type in attributes %}
+        pivoted."{{ partner_id }}__{{ attribute }}",
+        {%- endfor %}
+        coalesce(pivoted.enriched_by_partners, []) as enriched_by_partners
+    from profiles
+    left join pivoted using (profile_id)
 )
 
-select
-    profiles.*,
-    {%- for partner_id, attribute, attribute_type in attributes %}
-    pivoted."{{ partner_id }}__{{ attribute }}",
-    {%- endfor %}
-    coalesce(pivoted.enriched_by_partners, []) as enriched_by_partners
-from profiles
-left join pivoted using (profile_id)
+-- our first-party columns are the snapshot's, whatever they are (stg_first_party__profiles)
+select * from final  -- noqa: AM04

@@ -1,11 +1,20 @@
 -- Per partner drop (current delivery): what arrived, what was usable and what matched.
-with matched as (
+with matched_records as (
     select * from {{ ref('int_partner_records_matched') }}
 ),
 
+drop_events as (
+    select * from {{ ref('stg_pipeline__drop_events') }}
+),
+
 received as (
-    select partner_id, drop_date, delivery_id, rows_received, rows_quarantined
-    from {{ ref('stg_pipeline__drop_events') }}
+    select
+        partner_id,
+        drop_date,
+        delivery_id,
+        rows_received,
+        rows_quarantined
+    from drop_events
     where event = 'loaded'
     qualify row_number() over (partition by partner_id, drop_date order by event_id desc) = 1
 ),
@@ -24,28 +33,42 @@ counts as (
         count(*) filter (where email_sha256 is not null) as rows_with_email,
         count(*) filter (where phone_sha256 is not null) as rows_with_phone,
         count(*) filter (where phone_sha256 is not null and email_sha256 is null) as rows_with_phone_only
-    from matched
+    from matched_records
     group by partner_id, drop_date
+),
+
+rates as (
+    select
+        *,
+        matched_by_email + matched_by_phone as matched,
+        round((matched_by_email + matched_by_phone) / nullif(rows_valid, 0), 4) as match_rate,
+        round(matched_by_email / nullif(rows_with_email, 0), 4) as email_match_rate,
+        round(matched_by_phone / nullif(rows_with_phone_only, 0), 4) as phone_only_match_rate
+    from counts
+),
+
+final as (
+    select
+        rates.partner_id,
+        rates.drop_date,
+        received.delivery_id,
+        received.rows_received,
+        received.rows_quarantined,
+        rates.rows_valid,
+        rates.rows_consented,
+        rates.matched_by_email,
+        rates.matched_by_phone,
+        rates.matched,
+        rates.matched_consented,
+        rates.ambiguous,
+        rates.unmatched,
+        rates.match_rate,
+        rates.rows_with_email,
+        rates.email_match_rate,
+        rates.rows_with_phone,
+        rates.phone_only_match_rate
+    from rates
+    left join received using (partner_id, drop_date)
 )
 
-select
-    counts.partner_id,
-    counts.drop_date,
-    received.delivery_id,
-    received.rows_received,
-    received.rows_quarantined,
-    counts.rows_valid,
-    counts.rows_consented,
-    counts.matched_by_email,
-    counts.matched_by_phone,
-    counts.matched_by_email + counts.matched_by_phone as matched,
-    counts.matched_consented,
-    counts.ambiguous,
-    counts.unmatched,
-    round((counts.matched_by_email + counts.matched_by_phone) / nullif(counts.rows_valid, 0), 4) as match_rate,
-    counts.rows_with_email,
-    round(counts.matched_by_email / nullif(counts.rows_with_email, 0), 4) as email_match_rate,
-    counts.rows_with_phone,
-    round(counts.matched_by_phone / nullif(counts.rows_with_phone_only, 0), 4) as phone_only_match_rate
-from counts
-left join received using (partner_id, drop_date)
+select * from final

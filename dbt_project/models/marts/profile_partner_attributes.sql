@@ -4,24 +4,38 @@
 -- it leaves empty is not carried over from older records.
 
 with agreements as (
-    select partner_id, retention_days, required_consents from {{ ref('stg_pipeline__agreements') }}
+    select * from {{ ref('stg_pipeline__agreements') }}
+),
+
+matched_records as (
+    select * from {{ ref('int_partner_records_matched') }}
+),
+
+partner_record_attributes as (
+    select * from {{ ref('stg_pipeline__partner_record_attributes') }}
+),
+
+agreement_attributes as (
+    select * from {{ ref('stg_pipeline__agreement_attributes') }}
 ),
 
 latest_records as (
     select
-        matched.partner_id,
-        matched.profile_id,
-        matched.drop_date,
-        matched.partner_record_id,
-        matched.delivery_id,
-        matched.loaded_at,
-        matched.has_consent_enrichment,
-        matched.has_consent_activation
-    from {{ ref('int_partner_records_matched') }} as matched
-    where matched.profile_id is not null
-    qualify row_number() over (
-        partition by matched.partner_id, matched.profile_id
-        order by matched.drop_date desc, matched.consent_at desc, matched.partner_record_id desc) = 1
+        partner_id,
+        profile_id,
+        drop_date,
+        partner_record_id,
+        delivery_id,
+        loaded_at,
+        has_consent_enrichment,
+        has_consent_activation
+    from matched_records
+    where profile_id is not null
+    qualify
+        row_number() over (
+            partition by partner_id, profile_id
+            order by drop_date desc, consent_at desc, partner_record_id desc
+        ) = 1
 ),
 
 usable_records as (
@@ -37,29 +51,41 @@ usable_records as (
 
 -- the records joined first and their values unnested after: a join per record, not per value
 attribute_values as (
-    select usable_records.*, unnest(records.attribute_values, recursive := true)
+    select
+        usable_records.*,
+        -- a recursive unnest names its columns after the struct's fields (attribute, value): no alias
+        unnest(partner_record_attributes.attribute_values, recursive := true)  -- noqa: AL03
     from usable_records
-    inner join {{ ref('stg_pipeline__partner_record_attributes') }} as records
-        using (partner_id, drop_date, partner_record_id)
+    inner join partner_record_attributes using (partner_id, drop_date, partner_record_id)
 ),
 
-attributes as (
-    select partner_id, attribute, attribute_type from {{ ref('stg_pipeline__agreement_attributes') }}
+typed_values as (
+    select
+        attribute_values.*,
+        agreement_attributes.attribute_type,
+        case when agreement_attributes.attribute_type in ('integer', 'number') then cast(attribute_values.value as double) end as value_number,
+        case when agreement_attributes.attribute_type = 'boolean' then cast(attribute_values.value as boolean) end as value_boolean,
+        case when agreement_attributes.attribute_type = 'date' then cast(attribute_values.value as date) end as value_date
+    from attribute_values
+    inner join agreement_attributes using (partner_id, attribute)
+),
+
+final as (
+    select
+        profile_id,
+        partner_id,
+        attribute,
+        attribute_type,
+        value as value_text,
+        value_number,
+        value_boolean,
+        value_date,
+        has_consent_activation,
+        drop_date,
+        delivery_id,
+        loaded_at,
+        expires_at
+    from typed_values
 )
 
-select
-    attribute_values.profile_id,
-    attribute_values.partner_id,
-    attribute_values.attribute,
-    attributes.attribute_type,
-    attribute_values.value as value_text,
-    case when attributes.attribute_type in ('integer', 'number') then cast(attribute_values.value as double) end as value_number,
-    case when attributes.attribute_type = 'boolean' then cast(attribute_values.value as boolean) end as value_boolean,
-    case when attributes.attribute_type = 'date' then cast(attribute_values.value as date) end as value_date,
-    attribute_values.has_consent_activation,
-    attribute_values.drop_date,
-    attribute_values.delivery_id,
-    attribute_values.loaded_at,
-    attribute_values.expires_at
-from attribute_values
-inner join attributes using (partner_id, attribute)
+select * from final

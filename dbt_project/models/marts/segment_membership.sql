@@ -35,15 +35,28 @@
     {%- endif %}
 {%- endif %}
 
-{%- for segment in segments %}
-select {{ sql_literal(segment.name) }} as segment_name, profile_id
-from (
-    select profile_id{% for column in reads.get(segment.name, []) | sort %}, "{{ column }}"{% endfor %}
-    from {{ ref('enriched_profiles') }}
-) as segment_input
-where ({{ segment.rule }})
-{% if not loop.last %}union all{% endif %}
-{%- else %}
-select null::varchar as segment_name, null::varchar as profile_id
-where false
-{%- endfor %}
+with enriched_profiles as not materialized (
+    -- read by every segment's rule: inlined (a scan each), never copied
+    select * from {{ ref('enriched_profiles') }}
+),
+
+final as (
+    {%- for segment in segments %}
+    select
+        {{ sql_literal(segment.name) }} as segment_name,
+        profile_id
+    from (
+        select profile_id{% for column in reads.get(segment.name, []) | sort %}, "{{ column }}"{% endfor %}
+        from enriched_profiles
+    ) as segment_input
+    where ({{ segment.rule }})
+    {% if not loop.last %}union all{% endif %}
+    {%- else %}
+    select
+        cast(null as varchar) as segment_name,
+        cast(null as varchar) as profile_id
+    where false
+    {%- endfor %}
+)
+
+select * from final

@@ -5,32 +5,61 @@
 -- The test assert_segments_respect_usage_policies fails the build if it has any row.
 
 with segments as (
-    select segment_name, destinations from {{ ref('int_segments') }}
+    select
+        segment_name,
+        destinations
+    from {{ ref('int_segments') }}
 ),
 
 destinations as (
-    select destination_id, marketing_actions from {{ ref('stg_pipeline__destinations') }}
+    select
+        destination_id,
+        marketing_actions
+    from {{ ref('stg_pipeline__destinations') }}
+),
+
+usage_policies as (
+    select * from {{ ref('stg_pipeline__usage_policies') }}
+),
+
+-- read by attributes_read and unreadable_rules: inlined, as a view is read by each
+segment_reads as not materialized (
+    select * from {{ ref('int_segment_reads') }}
 ),
 
 -- building the segment is itself the action `segmentation`; each destination adds its own actions
 segment_actions as (
-    select segment_name, null::varchar as destination_id, 'segmentation' as marketing_action
+    select
+        segment_name,
+        cast(null as varchar) as destination_id,
+        'segmentation' as marketing_action
     from segments
     union all
-    select segments.segment_name, destination_id, unnest(destinations.marketing_actions)
+    select
+        segments.segment_name,
+        listed.destination_id,
+        unnest(destinations.marketing_actions) as marketing_action
     from segments
-    cross join unnest(segments.destinations) as listed(destination_id)
+    cross join unnest(segments.destinations) as listed (destination_id)
     inner join destinations using (destination_id)
 ),
 
 policies as (
-    select policy_id, unnest(marketing_actions) as marketing_action, requires_label, denied_label
-    from {{ ref('stg_pipeline__usage_policies') }}
+    select
+        policy_id,
+        requires_label,
+        denied_label,
+        unnest(marketing_actions) as marketing_action
+    from usage_policies
 ),
 
 attributes_read as (
-    select segment_name, partner_id, attribute, policy_labels
-    from {{ ref('int_segment_reads') }}
+    select
+        segment_name,
+        partner_id,
+        attribute,
+        policy_labels
+    from segment_reads
     where partner_id is not null
 ),
 
@@ -41,21 +70,22 @@ policy_violations as (
         segment_actions.marketing_action,
         attributes_read.partner_id,
         attributes_read.attribute,
-        coalesce(policies.requires_label, policies.denied_label) as label,
         policies.policy_id,
-        'segment ' || segment_actions.segment_name
+        coalesce(policies.requires_label, policies.denied_label) as label,
+        (
+            'segment ' || segment_actions.segment_name
             || coalesce(' -> destination ' || segment_actions.destination_id, '')
             || ' (action ' || segment_actions.marketing_action || '): reads ' || attributes_read.partner_id || '__'
             || attributes_read.attribute
             || case
                 when policies.requires_label is not null
-                    then ', whose usage labels ' || cast(attributes_read.policy_labels as varchar) || ' lack label '
-                        || policies.requires_label
+                    then ', whose usage labels ' || cast(attributes_read.policy_labels as varchar) || ' lack label ' || policies.requires_label
                 else ', which carries label ' || policies.denied_label
             end
             || '; forbidden by policy ' || policies.policy_id
             || '. Fix: drop the destination from the segment''s destinations or the attribute from its rule '
-            || '(models/marts/_segments.yml), or amend the agreement if the partner allows this use.' as message
+            || '(models/marts/_segments.yml), or amend the agreement if the partner allows this use.'
+        ) as message
     from segment_actions
     inner join attributes_read using (segment_name)
     inner join policies using (marketing_action)
@@ -67,10 +97,12 @@ unknown_destinations as (
     select
         segments.segment_name,
         listed.destination_id,
-        'segment ' || segments.segment_name || ' lists destination ' || listed.destination_id
-            || ', which include/governance/destinations.yaml does not define. Fix the name or define the destination.' as message
+        (
+            'segment ' || segments.segment_name || ' lists destination ' || listed.destination_id
+            || ', which include/governance/destinations.yaml does not define. Fix the name or define the destination.'
+        ) as message
     from segments
-    cross join unnest(segments.destinations) as listed(destination_id)
+    cross join unnest(segments.destinations) as listed (destination_id)
     anti join destinations using (destination_id)
 ),
 
@@ -78,15 +110,43 @@ unreadable_rules as (
     select
         segment_name,
         'segment ' || segment_name || ': ' || rule_problem || ' (its rule in models/marts/_segments.yml).' as message
-    from {{ ref('int_segment_reads') }}
+    from segment_reads
     where rule_problem is not null
+),
+
+final as (
+    select
+        segment_name,
+        destination_id,
+        marketing_action,
+        partner_id,
+        attribute,
+        label,
+        policy_id,
+        message
+    from policy_violations
+    union all
+    select
+        segment_name,
+        destination_id,
+        null as marketing_action,
+        null as partner_id,
+        null as attribute,
+        null as label,
+        null as policy_id,
+        message
+    from unknown_destinations
+    union all
+    select
+        segment_name,
+        null as destination_id,
+        null as marketing_action,
+        null as partner_id,
+        null as attribute,
+        null as label,
+        null as policy_id,
+        message
+    from unreadable_rules
 )
 
-select segment_name, destination_id, marketing_action, partner_id, attribute, label, policy_id, message
-from policy_violations
-union all
-select segment_name, destination_id, null, null, null, null, null, message
-from unknown_destinations
-union all
-select segment_name, null, null, null, null, null, null, message
-from unreadable_rules
+select * from final

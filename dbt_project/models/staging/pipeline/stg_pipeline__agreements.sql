@@ -1,17 +1,25 @@
-select
-    partner_id,
-    agreement_id,
-    valid_from,
-    valid_to,
-    hash_profile,
-    default_country_code,
-    required_consents,
-    retention_days,
-    max_bad_row_share,
-    min_group_size,
-    outbox_uri,
-    overlap_dimensions,
-    dp_epsilon_per_release,
-    dp_budget_per_period,
-    dp_period
-from {{ source('pipeline', 'agreements') }}
+with agreements as (
+    select * from {{ source('pipeline', 'agreements') }}
+),
+
+final as (
+    select
+        partner_id,
+        agreement_id,
+        valid_from,
+        valid_to,
+        hash_profile,
+        default_country_code,
+        required_consents,
+        retention_days,
+        max_bad_row_share,
+        min_group_size,
+        outbox_uri,
+        overlap_dimensions,
+        dp_epsilon_per_release,
+        dp_budget_per_period,
+        dp_period
+    from agreements
+)
+
+select * from final

@@ -1,11 +1,19 @@
-select
-    destination_id,
-    destination_type,
-    marketing_actions,
-    hash_profile,
-    default_country_code,
-    identifiers,
-    export_uri,
-    export_format,
-    connection_id
-from {{ source('pipeline', 'destinations') }}
+with destinations as (
+    select * from {{ source('pipeline', 'destinations') }}
+),
+
+final as (
+    select
+        destination_id,
+        destination_type,
+        marketing_actions,
+        hash_profile,
+        default_country_code,
+        identifiers,
+        export_uri,
+        export_format,
+        connection_id
+    from destinations
+)
+
+select * from final

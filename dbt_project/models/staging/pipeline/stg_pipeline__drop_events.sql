@@ -1,14 +1,22 @@
-select
-    event_id,
-    recorded_at,
-    run_id,
-    partner_id,
-    drop_date,
-    delivery_id,
-    processing_key,
-    event,
-    rows_received,
-    rows_loaded,
-    rows_quarantined,
-    reasons
-from {{ source('audit', 'drop_events') }}
+with drop_events as (
+    select * from {{ source('audit', 'drop_events') }}
+),
+
+final as (
+    select
+        event_id,
+        recorded_at,
+        run_id,
+        partner_id,
+        drop_date,
+        delivery_id,
+        processing_key,
+        event,
+        rows_received,
+        rows_loaded,
+        rows_quarantined,
+        reasons
+    from drop_events
+)
+
+select * from final

@@ -1,13 +1,31 @@
 -- Every drop of a partner with an agreement that the warehouse holds rows of (loaded or
 -- quarantined), and when it expires (macros expires_on / is_expired: the one definition of the
 -- retention rule). The data-rights step deletes the expired drops' rows by it (int_data_rights_deletions).
-with drops as (
-    select distinct partner_id, drop_date from {{ source('pipeline', 'partner_records') }}
-    union
-    select distinct partner_id, drop_date from {{ source('pipeline', 'quarantined_rows') }}
+with partner_records as (
+    select * from {{ source('pipeline', 'partner_records') }}
 ),
 
-expiring as (
+quarantined_rows as (
+    select * from {{ source('pipeline', 'quarantined_rows') }}
+),
+
+agreements as (
+    select * from {{ ref('stg_pipeline__agreements') }}
+),
+
+drops as (
+    select distinct
+        partner_id,
+        drop_date
+    from partner_records
+    union
+    select distinct
+        partner_id,
+        drop_date
+    from quarantined_rows
+),
+
+final as (
     select
         drops.partner_id,
         drops.drop_date,
@@ -15,7 +33,7 @@ expiring as (
         {{ expires_on('drops.drop_date', 'agreements.retention_days') }} as expires_on,
         {{ is_expired('drops.drop_date', 'agreements.retention_days') }} as is_expired
     from drops
-    inner join {{ ref('stg_pipeline__agreements') }} as agreements using (partner_id)
+    inner join agreements using (partner_id)
 )
 
-select * from expiring
+select * from final
