@@ -4,29 +4,25 @@
 
 with
 
-{%- if segments %}
-
 declared as (
-    select * from (values
-        {%- for segment in segments %}
-        (
-            {{ sql_literal(segment.name) }},
-            {{ sql_literal(segment.rule) }},
-            cast([{% for d in segment.destinations %}{{ sql_literal(d) }}{{ ", " if not loop.last }}{% endfor %}] as varchar [])
-        ){{ "," if not loop.last }}
-        {%- endfor %}
-    ) as segments (segment_name, rule, destinations)
-),
-{%- else %}
-
-declared as (
+    {%- for segment in segments %}
+    select
+        {{ sql_literal(segment.name) }} as segment_name,
+        {{ sql_literal(segment.rule) }} as rule,
+        cast([
+            {%- for destination in segment.destinations %}
+            {{ sql_literal(destination) }}{{ "," if not loop.last }}
+            {%- endfor %}
+        ] as varchar []) as destinations
+    {{ "union all" if not loop.last }}
+    {%- else %}
     select
         null::varchar as segment_name,
         null::varchar as rule,
         null::varchar [] as destinations
     where false
+    {%- endfor %}
 ),
-{%- endif %}
 
 final as (
     select

@@ -2,30 +2,29 @@
 -- partner enriches), over EVERY group of the agreement's overlap_dimensions (zero counts
 -- included): the domain is fixed by our own profiles and the agreement's allowed values, so the
 -- set of groups reveals nothing. Ours only: what a partner gets is built from it with
--- suppression (partner_overlap) and, where the agreement asks, noise (the overlap-reports task,
--- an exposure).
+-- suppression (partner_overlap) and, where the agreement asks, noise (the overlap_reports exposure).
 {%- set agreements = [] %}
-{%- set agreements_table, attributes_table = configuration_table('agreements'), configuration_table('agreement_attributes') %}
+{%- set pairs = [] %}
 {%- if execute %}
-    {%- set found = run_query("select partner_id, to_json(overlap_dimensions) from " ~ agreements_table ~ " order by 1") %}
-    {%- for row in found.rows %}{% do agreements.append((row[0], fromjson(row[1]))) %}{% endfor %}
-    {%- set pairs = [] %}
-    {%- for row in run_query("select partner_id, attribute, type, to_json(allowed_values) from " ~ attributes_table).rows %}
-        {%- do pairs.append((row[0] ~ '.' ~ row[1], (row[2], fromjson(row[3]) if row[3] else []))) %}
-    {%- endfor %}
-    {%- set attributes = dict(pairs) %}
+{%- set agreements_table, attributes_table = configuration_table('agreements'), configuration_table('agreement_attributes') %}
+{%- for row in run_query("select partner_id, to_json(overlap_dimensions) from " ~ agreements_table ~ " order by 1").rows %}
+{%- do agreements.append((row[0], fromjson(row[1]))) %}
+{%- endfor %}
+{%- for row in run_query("select partner_id, attribute, type, to_json(allowed_values) from " ~ attributes_table).rows %}
+{%- do pairs.append((row[0] ~ '.' ~ row[1], (row[2], fromjson(row[3]) if row[3] else []))) %}
+{%- endfor %}
 {%- endif %}
+{%- set attributes = dict(pairs) %}
 
 with
 
 enriched_profiles as (
     select * from {{ ref('enriched_profiles') }}
 ),
-
-{%- if agreements %}
 {%- for partner_id, dimensions in agreements %}
+{%- set partner = loop.index %}
 
-overlap_{{ loop.index }} as (
+overlap_{{ partner }} as (
     select
         profile_id,
         {%- for d in dimensions %}
@@ -34,33 +33,41 @@ overlap_{{ loop.index }} as (
     from enriched_profiles
     where list_contains(enriched_by_partners, '{{ partner_id }}')
 ),
+{%- for d in dimensions %}
 
-counts_{{ loop.index }} as (
-    {%- set partner = loop.index %}
+domain_{{ partner }}_{{ loop.index }} as (
+    {{ dimension_domain(partner_id, d, attributes) }}
+),
+{%- endfor %}
+
+counts_{{ partner }} as (
     select
         '{{ partner_id }}' as partner_id,
-        {{ dimensions | list | tojson | replace('"', "'") }}::varchar[] as dimension_names,
-        [{% for d in dimensions %}domain_{{ loop.index }}.value{{ ", " if not loop.last }}{% endfor %}] as dimension_values,
+        {{ dimensions | list | tojson | replace('"', "'") }}::varchar [] as dimension_names,
+        [
+            {%- for d in dimensions %}
+            domain_{{ partner }}_{{ loop.index }}.value{{ "," if not loop.last }}
+            {%- endfor %}
+        ] as dimension_values,
         count(overlap.profile_id) as profiles
-    from ({{ dimension_domain(partner_id, dimensions[0], attributes) }}) as domain_1
+    from domain_{{ partner }}_1
     {%- for d in dimensions[1:] %}
-    cross join ({{ dimension_domain(partner_id, d, attributes) }}) as domain_{{ loop.index + 1 }}
+    cross join domain_{{ partner }}_{{ loop.index + 1 }}
     {%- endfor %}
     left join overlap_{{ partner }} as overlap
-        on {% for d in dimensions %}overlap.value_{{ loop.index }} = domain_{{ loop.index }}.value{{ " and " if not loop.last }}{% endfor %}
+        on
+        {%- for d in dimensions %}
+            {{ "and " if not loop.first }}overlap.value_{{ loop.index }} = domain_{{ partner }}_{{ loop.index }}.value
+        {%- endfor %}
     group by all
 ),
 {%- endfor %}
 
 final as (
     {%- for partner_id, dimensions in agreements %}
-    {{ "union all" if not loop.first }}
     select * from counts_{{ loop.index }}
-    {%- endfor %}
-)
-{%- else %}
-
-final as (
+    {{ "union all" if not loop.last }}
+    {%- else %}
     select
         null::varchar as partner_id,
         null::varchar [] as dimension_names,
@@ -68,7 +75,7 @@ final as (
         null::bigint as profiles
     from enriched_profiles
     where false
+    {%- endfor %}
 )
-{%- endif %}
 
 select * from final
