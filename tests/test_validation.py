@@ -30,3 +30,41 @@ def test_duckdb_persisted_connection_is_registered_once():
     _persist_duckdb_connections()
     assert sum(getattr(d, "value", None) == "duckdb" for d in engine._PERSISTED_CONNECTION_DIALECTS) == 1
     assert engine._dialect_requires_persisted_connection(connection_string="duckdb:////tmp/x.duckdb")
+
+
+def test_row_rules_flag_exactly_the_rows_the_suite_fails(tmp_path):
+    """validation.row_rules (the suite's rules as SQL, for the benchmark's floor) flags the same rows
+    per rule as GX running the suite, on a staged drop holding one breach of each rule and good rows."""
+    import duckdb
+
+    from partner_pipeline.contracts import StageFile
+    from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validate_staged, validation_view_sql
+    from partner_pipeline.warehouse import quote_ident
+
+    agreement = AGREEMENTS["acme_bank"]
+    good = {"partner_record_id": None, "partner_person_id": "p", "email_sha256": "a" * 64, "phone_sha256": None,
+            "consent_enrichment": "true", "consent_activation": "false", "consent_ts": "2026-11-20T10:00:00Z",
+            "recent_mortgage": "true", "net_worth_band": agreement.attributes["net_worth_band"].allowed_values[0],
+            "household_income": "120000", "has_financial_advisor": None}
+    breaches = [{"partner_record_id": None}, {"partner_record_id": "dup"}, {"partner_record_id": "dup"},
+                {"email_sha256": None}, {"email_sha256": "A" * 64}, {"phone_sha256": "xyz"},
+                {"consent_enrichment": None}, {"consent_enrichment": "maybe"}, {"consent_activation": None}, {"consent_activation": "yes"}, {"consent_ts": None},
+                {"consent_ts": "yesterday"}, {"consent_ts": "2030-01-01T00:00:00Z"}, {"recent_mortgage": "1"},
+                {"net_worth_band": "huge"}, {"household_income": "12.5"}, {"household_income": "-5"},
+                {"household_income": "99999999999"}, {"has_financial_advisor": "no"}, {}, {}]
+    columns = list(good)
+    stage = tmp_path / "stage.duckdb"
+    with duckdb.connect(str(stage)) as con:
+        con.execute(StageFile.records_ddl(columns, quote_ident))
+        for n, breach in enumerate(breaches, start=1):
+            row = {**good, "partner_record_id": f"r{n}", **breach}
+            con.execute(f"INSERT INTO {StageFile.RECORDS} VALUES ({', '.join('?' * (len(columns) + 3))})",
+                        [*(row[c] for c in columns), "records-000.csv", n, n])
+        con.execute(validation_view_sql(agreement, "2026-11-21T01:00:00+00:00"))
+        by_sql = {rule: sorted(r for (r,) in con.execute(f"SELECT {StageFile.ROW} FROM {VALIDATION_VIEW} WHERE {condition}").fetchall())
+                  for rule, condition in row_rules(agreement).items()}
+    outcome, failing = validate_staged(stage, agreement, tmp_path / "out", "check", {})
+    with duckdb.connect(str(stage), read_only=True) as con:
+        by_gx = {rule: sorted(r for (r,) in con.execute(query).fetchall()) for rule, query in failing}
+    assert {rule: rows for rule, rows in by_sql.items() if rows} == by_gx
+    assert set(by_gx) == set(row_rules(agreement)) and len(by_gx["partner_record_id_duplicate"]) == 2

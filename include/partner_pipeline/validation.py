@@ -105,6 +105,35 @@ def build_suite(agreement: Agreement):
     )
 
 
+def row_rules(agreement: Agreement) -> dict[str, str]:
+    """Rule -> SQL condition true for a row of VALIDATION_VIEW that breaks it, read off the suite (the
+    one definition of the row rules) with GX's own semantics: a column check ignores NULL (only the
+    *_missing rules see it), ranges are inclusive. For code that checks rows without GX (the
+    benchmark's floor); the pipeline runs the suite itself."""
+    import great_expectations.expectations as gxe
+
+    def literal(value) -> str:
+        return "'" + str(value).replace("'", "''") + "'"
+
+    rules = {}
+    for e in build_suite(agreement).expectations:
+        column = quote_ident(e.column) if hasattr(e, "column") else None
+        if isinstance(e, gxe.UnexpectedRowsExpectation):
+            condition = e.unexpected_rows_query.format(batch=VALIDATION_VIEW).split(" WHERE ", 1)[1]
+        elif isinstance(e, gxe.ExpectColumnValuesToNotBeNull):
+            condition = f"{column} IS NULL"
+        elif isinstance(e, gxe.ExpectColumnValuesToBeInSet):
+            condition = f"{column} IS NOT NULL AND {column} NOT IN ({', '.join(literal(v) for v in e.value_set)})"
+        elif isinstance(e, gxe.ExpectColumnValuesToBeBetween):
+            bounds = [f"{column} >= {float(e.min_value)!r}"] * (e.min_value is not None) + \
+                     [f"{column} <= {float(e.max_value)!r}"] * (e.max_value is not None)
+            condition = f"{column} IS NOT NULL AND NOT ({' AND '.join(bounds)})"
+        else:
+            raise TypeError(f"rule {e.meta['rule']}: no SQL form for {type(e).__name__}")
+        rules[e.meta["rule"]] = condition
+    return rules
+
+
 def suite_json(agreement: Agreement) -> str:
     """The suite as stored in expectations/: stable text, so a stale copy shows in git diff."""
     data = build_suite(agreement).to_json_dict()

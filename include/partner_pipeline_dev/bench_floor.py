@@ -18,11 +18,12 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.agreements import Agreement
+from partner_pipeline.contracts import StageFile
 from partner_pipeline.governance import Destination
 from partner_pipeline.storage import download_with_sha256, list_objects
 from partner_pipeline.transform import run_dbt
+from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validation_view_sql
 
-HEX64 = "regexp_full_match({c}, '[0-9a-f]{{64}}')"
 
 
 def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> tuple[str, str]:
@@ -34,36 +35,6 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
         raise RuntimeError(f"dbt compile of the normalization macros failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     email, phone = result.stdout.strip().removeprefix("select ").split(" ||| ")
     return email.removesuffix(" as e"), phone
-
-
-def _rules(agreement: Agreement) -> dict[str, str]:
-    """Rule name -> SQL predicate of a failing row (the spec's row validity)."""
-    rules = {
-        "partner_record_id_missing": "partner_record_id IS NULL",
-        "partner_record_id_duplicate": "partner_record_id IS NOT NULL AND count(*) OVER (PARTITION BY partner_record_id) > 1",
-        "identifier_missing": "email_sha256 IS NULL AND phone_sha256 IS NULL",
-        "email_sha256_malformed": f"email_sha256 IS NOT NULL AND NOT {HEX64.format(c='email_sha256')}",
-        "phone_sha256_malformed": f"phone_sha256 IS NOT NULL AND NOT {HEX64.format(c='phone_sha256')}",
-        "consent_ts_missing": "consent_ts IS NULL",
-        "consent_ts_invalid": "consent_ts IS NOT NULL AND TRY_CAST(consent_ts AS TIMESTAMPTZ) IS NULL",
-        "consent_ts_in_future": "TRY_CAST(consent_ts AS TIMESTAMPTZ) > $delivered_at",
-    }
-    for consent in ("consent_enrichment", "consent_activation"):
-        rules[f"{consent}_missing"] = f"{consent} IS NULL"
-        rules[f"{consent}_not_boolean"] = f"{consent} IS NOT NULL AND {consent} NOT IN ('true', 'false')"
-    for name, attribute in agreement.attributes.items():
-        typed = f"TRY_CAST({name} AS {attribute.duckdb_type})"
-        well_formed = {"boolean": f"{name} IN ('true', 'false')", "integer": f"regexp_full_match({name}, '-?[0-9]+')",
-                       "number": f"isfinite(TRY_CAST({name} AS DOUBLE))",
-                       "date": f"regexp_full_match({name}, '\\d{{4}}-\\d{{2}}-\\d{{2}}') AND {typed} IS NOT NULL"}.get(attribute.type)
-        if well_formed:
-            rules[f"{name}_wrong_type"] = f"{name} IS NOT NULL AND NOT coalesce({well_formed}, false)"
-        if attribute.allowed_values:
-            rules[f"{name}_not_allowed"] = f"{name} IS NOT NULL AND {name} NOT IN ({', '.join(repr(v) for v in attribute.allowed_values)})"
-        if attribute.min is not None or attribute.max is not None:
-            rules[f"{name}_out_of_range"] = (f"{typed} IS NOT NULL AND NOT ({typed} BETWEEN {attribute.min if attribute.min is not None else '-inf'} "
-                                             f"AND {attribute.max if attribute.max is not None else 'inf'})")
-    return rules
 
 
 def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: Agreement, day: str,
@@ -98,19 +69,22 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     timings["verify (download + sha256)"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    con.execute(f"CREATE TABLE records AS SELECT * FROM read_csv({files!r}, header=true, all_varchar=true)")
-    rows = con.execute("SELECT count(*) FROM records").fetchone()[0]
+    con.execute(f"CREATE TABLE {StageFile.RECORDS} AS SELECT * FROM read_csv({files!r}, header=true, all_varchar=true)")
+    rows = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS}").fetchone()[0]
     if rows != manifest["record_count"]:
         raise RuntimeError(f"row count {rows} != manifest {manifest['record_count']}")
-    rules = _rules(agreement)
-    checks = ", ".join(f"({sql.replace('$delivered_at', repr(delivered_at) + '::TIMESTAMPTZ')}) AS \"{name}\""
-                       for name, sql in rules.items())
-    con.execute(f"CREATE TABLE checked AS SELECT *, {checks} FROM records")
+    # the suite's rules (validation.row_rules) over the relation the suite runs on (validation_view_sql)
+    con.execute(validation_view_sql(agreement, str(delivered_at)))
+    rules = row_rules(agreement)
+    added = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {VALIDATION_VIEW})").fetchall()
+             if c not in {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {StageFile.RECORDS})").fetchall()}]
+    checks = ", ".join(f'({sql}) AS "{name}"' for name, sql in rules.items())
+    con.execute(f"CREATE TABLE checked AS SELECT *, {checks} FROM {VALIDATION_VIEW}")
     found["invalid_by_rule"] = {k: v for k, v in zip(rules, con.execute(
         "SELECT " + ", ".join(f'count(*) FILTER (WHERE "{r}")' for r in rules) + " FROM checked").fetchone()) if v}
-    con.execute("CREATE TABLE valid AS SELECT * EXCLUDE (" + ", ".join(f'"{r}"' for r in rules) + ") FROM checked WHERE NOT ("
+    con.execute("CREATE TABLE valid AS SELECT * EXCLUDE (" + ", ".join(f'"{c}"' for c in [*added, *rules]) + ") FROM checked WHERE NOT ("
                 + " OR ".join(f'coalesce("{r}", false)' for r in rules) + ")")
-    con.execute("DROP TABLE records; DROP TABLE checked")
+    con.execute(f"DROP VIEW {VALIDATION_VIEW}; DROP TABLE {StageFile.RECORDS}; DROP TABLE checked")
     found["rows_valid"] = con.execute("SELECT count(*) FROM valid").fetchone()[0]
     timings["load + check rows"] = time.perf_counter() - started
 
