@@ -17,9 +17,9 @@ declared as (
     {{ "union all" if not loop.last }}
     {%- else %}
     select
-        null::varchar as segment_name,
-        null::varchar as rule,
-        null::varchar [] as destinations
+        cast(null as varchar) as segment_name,
+        cast(null as varchar) as rule,
+        cast(null as varchar []) as destinations
     where false
     {%- endfor %}
 ),

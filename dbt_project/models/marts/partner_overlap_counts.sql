@@ -43,7 +43,7 @@ domain_{{ partner }}_{{ loop.index }} as (
 counts_{{ partner }} as (
     select
         '{{ partner_id }}' as partner_id,
-        {{ dimensions | list | tojson | replace('"', "'") }}::varchar [] as dimension_names,
+        cast({{ dimensions | list | tojson | replace('"', "'") }} as varchar []) as dimension_names,
         [
             {%- for d in dimensions %}
             domain_{{ partner }}_{{ loop.index }}.value{{ "," if not loop.last }}
@@ -69,10 +69,10 @@ final as (
     {{ "union all" if not loop.last }}
     {%- else %}
     select
-        null::varchar as partner_id,
-        null::varchar [] as dimension_names,
-        null::varchar [] as dimension_values,
-        null::bigint as profiles
+        cast(null as varchar) as partner_id,
+        cast(null as varchar []) as dimension_names,
+        cast(null as varchar []) as dimension_values,
+        cast(null as bigint) as profiles
     from enriched_profiles
     where false
     {%- endfor %}
