@@ -4,16 +4,21 @@
   - retention: stg_pipeline__partner_drops gives every partner drop the warehouse holds its
     expires_on (drop_date + the agreement's retention_days, the one definition of the rule) and
     is_expired (expires_on on or before retention_date()); staging keeps expired rows out of every model.
-  - erasure: int_erasure_identifiers resolves the pending erasure requests (raw.erasure_requests)
-    to the suppression keys of the person's identifiers; int_data_rights_deletions lists every raw
-    row that retention or the suppression list (audit.erasure_suppressions plus tonight's keys)
-    takes away; staging anti-joins it, so the marts are right the same night.
+  - erasure: stg_pipeline__erasure_request_keys resolves the pending erasure requests
+    (raw.erasure_requests) to the suppression keys of the person's identifiers;
+    stg_pipeline__erasure_keys is the suppression list (audit.erasure_suppressions) plus those keys;
+    stg_pipeline__erased_rows lists every raw row, not expired, of a person on it, and staging
+    anti-joins it, so the marts are right the same night.
   - the nightly data-rights step (include/partner_pipeline/data_rights.py) then does what the
-    models resolved: adds the keys to the suppression list, deletes the rows listed, counts them
-    in audit.data_deletions, queues the partners' notices.
+    models resolved, reading the marts in models/marts/data_rights (data_rights_erasure_keys,
+    data_rights_deletions: expired drops and erased rows): it adds the keys to the suppression
+    list, deletes the rows listed, counts them in audit.data_deletions, queues the partners' notices.
 
-  The suppression key is the SQL macro audit.suppression_key(identifier), created once with the
-  warehouse's tables (warehouse.py _SCHEMA); models and the pipeline's own SQL both call it.
+  How an identifier is matched is defined once, as SQL macros of the warehouse (warehouse.py
+  DATA_RIGHTS_MACROS, created with its tables): audit.normal_hash(value) (a hash lowercased and
+  trimmed), audit.normal_person_id(value) (a partner person id trimmed) and
+  audit.suppression_key(identifier). The models call them; the pipeline's SQL calls them, and
+  data_rights.py runs the same macros on what it reads outside the warehouse.
 #}
 
 {% macro retention_date() -%}
@@ -24,33 +29,9 @@
 {%- endmacro %}
 
 
-{#- The one SQL definition of how an identifier is normalized before it is keyed or matched; the
-    Python twin is data_rights.normal_hash / data_rights.normal_person_id (keep both alike). A malformed row
-    (uppercase or padded hash, kept in quarantine as evidence) still names the person: hashes are
-    compared lowercased and trimmed, partner person ids trimmed, empty means absent. -#}
-{% macro erasure_hash(value) -%}
-    nullif(lower(trim({{ value }}, ' ' || chr(9) || chr(10) || chr(13))), '')
-{%- endmacro %}
-
-{% macro erasure_person_id(person) -%}
-    nullif(trim({{ person }}, ' ' || chr(9) || chr(10) || chr(13)), '')
-{%- endmacro %}
-
-{% macro erasure_person(partner_id, person) -%}
-    ({{ partner_id }} || ':' || {{ erasure_person_id(person) }})
-{%- endmacro %}
-
-
+{#- An email hashed under every hash profile of the spec (normalize_email), as a list. -#}
 {% macro erasure_email_hashes(email) -%}
     [{% for profile in var('hash_profiles') %}sha256({{ normalize_email(email, "'" ~ profile ~ "'") }}){{ ", " if not loop.last }}{% endfor %}]
-{%- endmacro %}
-
-
-{#- A partner row's three suppression keys, as a list of {kind, key} (unnest it, then equi-join the list). -#}
-{% macro erasure_row_keys(partner_id, email, phone, person) -%}
-    [{'kind': 'email_sha256', 'key': audit.suppression_key({{ erasure_hash(email) }})},
-     {'kind': 'phone_sha256', 'key': audit.suppression_key({{ erasure_hash(phone) }})},
-     {'kind': 'partner_person', 'key': audit.suppression_key({{ erasure_person(partner_id, person) }})}]
 {%- endmacro %}
 
 

@@ -27,9 +27,10 @@ from collections.abc import Callable
 import duckdb
 import httpx
 
+from partner_pipeline import data_rights
 from partner_pipeline.governance import Destination, Governance
 from partner_pipeline.storage import list_objects
-from partner_pipeline.warehouse import SUPPRESSION_KEY_MACRO, quote_path
+from partner_pipeline.warehouse import quote_path
 
 log = logging.getLogger(__name__)
 MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256")
@@ -343,85 +344,16 @@ class S3FileExport:
         a later night's sync of the same destination and segment completed (this one, with or
         without new files): the destination imports nightly, so it has had a whole cycle to take
         the file, and a later delta builds on it. Add files stay for the destination's
-        file_retention_days (retention.py), scrubbed of erased people (scrub_delivered_files)."""
+        file_retention_days (retention.py), scrubbed of erased people (data_rights.scrub_delivered_files).
+        Which files are confirmed is the sync protocol's, decided here; data_rights deletes them and logs each."""
         base = f"{self.prefix}{segment}/"
         done = re.compile(r"(\d{4}-\d{2}-\d{2})/\d{6}/remove-\d{5}\.(csv|parquet)")
-        dropped = 0
-        for obj in list(list_objects(self.s3, self.bucket, base)):
+        confirmed = []
+        for obj in list_objects(self.s3, self.bucket, base):
             match = done.fullmatch(obj.key[len(base):])
             if match and dt.date.fromisoformat(match.group(1)) < run.run_date:
-                self.s3.delete_object(Bucket=self.bucket, Key=obj.key)
-                con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'delivered', NULL, ?, NULL, ?, 1)",
-                            [run.run_id, f"s3://{self.bucket}/{obj.key}", dt.date.fromisoformat(match.group(1))])
-                dropped += 1
-        return dropped
-
-
-def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: str, run_id: str) -> list[dict]:
-    """Rewrite the add (and full-refresh members) files still in every s3_file destination's folder
-    without the rows of the people whose erasure is answered tonight, and their manifests to match.
-
-    A row is theirs when the suppression key of its email or phone hash (audit.suppression_key(hash),
-    audit.erasure_suppressions, which holds their hashes under every hash profile and country code
-    in use) is listed for a request not yet done; files written after tonight never hold them (the
-    audiences are built without them). Remove files are left whole: they carry the instruction to
-    take the person off the list, and go once confirmed (S3FileExport.drop_confirmed_removes).
-    Logged in audit.data_deletions per file (rows removed, never the hashes)."""
-    keys = [k for (k,) in con.execute(
-        """SELECT DISTINCT suppression_key FROM audit.erasure_suppressions
-           WHERE identifier_kind IN ('email_sha256', 'phone_sha256')
-             AND request_id NOT IN (SELECT request_id FROM audit.data_subject_requests
-                                    WHERE request_type = 'erasure' AND status = 'done')""").fetchall()]
-    if not keys:
-        return []
-    delivered = re.compile(r"(?P<folder>[^/]+/(?P<date>\d{4}-\d{2}-\d{2})/\d{6}/)(add|members)-\d{5}\.(csv|parquet)")
-    scrubbed = []
-    with duckdb.connect() as local, tempfile.TemporaryDirectory() as tmp:
-        local.execute(f"CREATE SCHEMA audit; {SUPPRESSION_KEY_MACRO}")
-        local.execute("CREATE TABLE erased AS SELECT unnest(?::VARCHAR[]) AS suppression_key", [keys])
-        for destination_id, destination in sorted(governance.destinations.items()):
-            if destination.type != "s3_file":
-                continue
-            bucket, _, prefix = destination.export_uri(destination_id, activation_bucket).removeprefix("s3://").partition("/")
-            changed: dict[str, dict[str, tuple[int, str]]] = {}  # folder -> file name -> (rows removed, new sha256)
-            for obj in list(list_objects(s3, bucket, prefix)):
-                match = delivered.fullmatch(obj.key[len(prefix):])
-                if not match:
-                    continue
-                name = obj.key.rsplit("/", 1)[-1]
-                source, kept = Path(tmp) / f"in-{name}", Path(tmp) / name
-                s3.download_file(bucket, obj.key, str(source))
-                reader = "read_parquet(?)" if name.endswith(".parquet") else "read_csv(?, header = true, all_varchar = true)"
-                local.execute(f"CREATE OR REPLACE TABLE delivered AS SELECT * FROM {reader}", [str(source)])
-                columns = [c for (c,) in local.execute("SELECT column_name FROM (DESCRIBE delivered)").fetchall()
-                           if c in ("email_sha256", "phone_sha256")]
-                erased = " OR ".join(f"coalesce(audit.suppression_key({c}) IN (SELECT suppression_key FROM erased), false)"
-                                     for c in columns)
-                removed = local.execute(f"SELECT count(*) FROM delivered WHERE {erased}").fetchone()[0] if columns else 0
-                if not removed:
-                    continue
-                rest = local.sql(f"SELECT * FROM delivered WHERE NOT ({erased}) ORDER BY rowid")
-                if name.endswith(".parquet"):
-                    rest.write_parquet(str(kept))
-                else:
-                    rest.write_csv(str(kept), header=True)
-                data = kept.read_bytes()
-                s3.put_object(Bucket=bucket, Key=obj.key, Body=data)
-                changed.setdefault(prefix + match["folder"], {})[name] = (removed, hashlib.sha256(data).hexdigest())
-                con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'erasure', NULL, ?, NULL, ?, ?)",
-                            [run_id, f"s3://{bucket}/{obj.key}", dt.date.fromisoformat(match["date"]), removed])
-                scrubbed.append({"location": f"s3://{bucket}/{obj.key}", "rows": removed})
-            for folder, files in changed.items():  # the manifest describes the files as they now are
-                manifest = json.loads(s3.get_object(Bucket=bucket, Key=folder + "manifest.json")["Body"].read())
-                for entry in manifest["files"]:
-                    if entry["key"] in files:
-                        removed, digest = files[entry["key"]]
-                        entry.update(rows=entry["rows"] - removed, sha256=digest)
-                        manifest["adds"] -= removed
-                manifest["rows_removed_after_delivery_for_erasure"] = sum(r for r, _ in files.values()) + \
-                    manifest.get("rows_removed_after_delivery_for_erasure", 0)
-                s3.put_object(Bucket=bucket, Key=folder + "manifest.json", Body=json.dumps(manifest, indent=2).encode())
-    return scrubbed
+                confirmed.append((obj.key, dt.date.fromisoformat(match.group(1))))
+        return data_rights.delete_confirmed_removes(con, self.s3, self.bucket, confirmed, run.run_id)
 
 
 # --- the whole activation ------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""Data subjects' rights and retention in the warehouse: the one place that deletes, and that writes the
-suppression list, the deletion log, partner notices, receipts and access exports.
+"""Data subjects' rights and retention: the one place that deletes what the pipeline holds about
+people (raw rows, quarantined rows and objects, access exports, delivered activation files, copies
+past their retention) and that writes the suppression list, the deletion log (audit.data_deletions),
+partner notices, receipts and access exports.
 
-dbt only reads (models/intermediate/int_erasure_identifiers, int_data_rights_deletions): it resolves
-what retention and erasure take away and keeps it out of every model the night it is resolved. The
-nightly data-rights step, after the build, does it here:
+dbt only reads: it resolves what retention and erasure take away and keeps it out of every model the
+night it is resolved (the staging models stg_pipeline__erasure_request_keys, stg_pipeline__erased_rows).
+This module reads the marts of models/marts/data_rights, built before it runs (the dbt exposure
+`data_rights`): data_rights_erasure_keys, data_rights_deletions, access_request_subjects,
+access_request_records. The nightly data-rights step (nightly.data_rights), after the build:
 - load erasure and access requests from `s3://<first-party>/{erasure,access}_requests/<date>/*.csv`
   into raw tables (identifiers in clear only until the request is answered);
 - apply_deletions: add the keys tonight's erasure requests resolved to to the suppression list
@@ -11,13 +15,22 @@ nightly data-rights step, after the build, does it here:
   suppressed people in raw.partner_records, raw.quarantined_rows, raw.first_party_profiles: whatever a
   later load, re-run or backfill brought back is deleted again) and queue each partner's notice, in one
   transaction;
-- scrub the pipeline's quarantined copies of the person's rows and take them out of earlier access
-  exports, write each partner's erasure notice to its outbox (spec: every partner whose data held them,
-  and again whenever a partner sends them after being told), write a receipt per erasure request,
-  export what we hold about each access request's subject as JSON (GDPR portability), then forget the
-  requests' identifiers.
-Copies outside the warehouse past their declared retention are retention.py's. Every deletion and
-export is recorded in the audit tables with counts, never identifiers.
+- scrub_delivered_files: take the people whose erasure is answered tonight out of the files already
+  delivered to s3_file destinations;
+- complete_erasures: scrub the pipeline's quarantined copies of the person's rows and take them out of
+  earlier access exports, write each partner's erasure notice to its outbox (spec: every partner whose
+  data held them, and again whenever a partner sends them after being told), write a receipt per
+  erasure request, then forget the requests' identifiers;
+- answer_access_requests: export what we hold about each access request's subject as JSON (GDPR
+  portability);
+- expire_copies: delete the copies outside the warehouse past their declared retention (declared in
+  retention.py, which deletes nothing).
+Activation's confirmed remove files are deleted here too (delete_confirmed_removes; activation decides
+which). Every deletion and export is recorded in the audit tables with counts, never identifiers.
+
+An identifier is matched as the warehouse's SQL macros say (warehouse.DATA_RIGHTS_MACROS:
+audit.normal_hash, audit.normal_person_id, audit.suppression_key), the one definition: what is read
+outside the warehouse (files, objects) is normalized and keyed by those same macros (_keying).
 """
 
 from __future__ import annotations
@@ -26,20 +39,24 @@ import csv
 import datetime as dt
 import functools
 import gzip
+import hashlib
 import io
 import json
 import logging
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from partner_pipeline import retention
 from partner_pipeline.agreements import Agreement
+from partner_pipeline.governance import Governance
 from partner_pipeline.storage import ensure_buckets, list_objects, list_prefixes
-from partner_pipeline.warehouse import SUPPRESSION_KEY_MACRO
+from partner_pipeline.warehouse import DATA_RIGHTS_MACROS
 
 log = logging.getLogger(__name__)
 REQUEST_KINDS = {"erasure": ("profile_id", "email", "email_sha256"), "access": ("profile_id", "email")}
@@ -131,27 +148,28 @@ _PARTNER_TABLES = {
 
 def apply_deletions(con, run_id: str) -> dict:
     """After the build, in one transaction: the suppression keys tonight's erasure requests resolved to
-    (intermediate.int_erasure_identifiers) join the suppression list, and every raw row the models
-    listed (intermediate.int_data_rights_deletions: expired drops, rows of suppressed people) is
-    deleted, counted in audit.data_deletions; each partner whose rows were erased is owed a notice
+    (marts.data_rights_erasure_keys) join the suppression list, and every raw row the models listed
+    (marts.data_rights_deletions: expired drops, rows of suppressed people) is deleted, counted in
+    audit.data_deletions; each partner whose rows were erased is owed a notice
     (audit.pending_erasure_notices). The models already left these rows out tonight."""
     counts: dict[str, int] = {}
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("""INSERT INTO audit.erasure_suppressions
                        SELECT found.*, now() FROM (SELECT DISTINCT request_id, identifier_kind, suppression_key
-                                                   FROM intermediate.int_erasure_identifiers) AS found
+                                                   FROM marts.data_rights_erasure_keys) AS found
                        ANTI JOIN audit.erasure_suppressions USING (request_id, identifier_kind, suppression_key)""")
-        con.execute("CREATE OR REPLACE TEMP TABLE data_rights_deletions AS SELECT * FROM intermediate.int_data_rights_deletions")
+        con.execute("CREATE OR REPLACE TEMP TABLE data_rights_deletions AS SELECT * FROM marts.data_rights_deletions")
         for location, (person, email) in _PARTNER_TABLES.items():
             expired = f"""FROM {location} t SEMI JOIN (SELECT partner_id, drop_date FROM data_rights_deletions
                           WHERE reason = 'retention' AND location = '{location}') USING (partner_id, drop_date)"""
             con.execute(f"""INSERT INTO audit.data_deletions SELECT now(), ?, 'retention', NULL, '{location}', partner_id, drop_date,
                             count(*) {expired} GROUP BY ALL""", [run_id])
             con.execute(f"DELETE FROM {location} WHERE rowid IN (SELECT t.rowid {expired})")
+            # the person id and email hash the partner's notice names, normalized (audit.normal_person_id / normal_hash)
             con.execute(f"""CREATE OR REPLACE TEMP TABLE erasure_hits AS
-                            SELECT t.rowid AS rid, d.request_id, t.partner_id, t.drop_date, {person} AS person,
-                                   {email} AS email
+                            SELECT t.rowid AS rid, d.request_id, t.partner_id, t.drop_date,
+                                   audit.normal_person_id({person}) AS person, audit.normal_hash({email}) AS email
                             FROM {location} t JOIN data_rights_deletions d USING (partner_id, drop_date, source_file, source_row)
                             WHERE d.reason = 'erasure' AND d.location = '{location}'""")
             con.execute(f"""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, '{location}', partner_id, drop_date,
@@ -178,10 +196,9 @@ def apply_deletions(con, run_id: str) -> dict:
 
 def _queue_notices(con, hits) -> None:
     """What each partner must be told about its rows erased tonight: per (request, partner, person) the
-    person id and email hash, normalized (normal_person_id / normal_hash)."""
+    person id and email hash, normalized."""
     found: dict[tuple, str] = {}
     for request_id, partner_id, person, email in hits:
-        person, email = normal_person_id(person), normal_hash(email)
         key = (request_id, partner_id, person)
         found[key] = max(found.get(key) or "", email or "") or None
     rows = [[*key, email] for key, email in sorted(found.items(), key=str) if key[2] is not None or email is not None]
@@ -190,100 +207,140 @@ def _queue_notices(con, hits) -> None:
                            EXCEPT SELECT * FROM audit.pending_erasure_notices""", rows)
 
 
-# --- objects: quarantined copies ---------------------------------------------------------
+# --- identifiers read outside the warehouse --------------------------------------------------
 
 @functools.cache
-def _keying():
+def _keying() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the warehouse's own macros (warehouse.DATA_RIGHTS_MACROS, the one
+    definition of how an identifier is normalized and keyed), for what is read outside the warehouse."""
     con = duckdb.connect()
-    con.execute(f"CREATE SCHEMA audit; {SUPPRESSION_KEY_MACRO}")
+    con.execute(f"CREATE SCHEMA audit; {DATA_RIGHTS_MACROS}")
     return con
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def suppression_key(identifier: str) -> str:
-    """The warehouse's audit.suppression_key (warehouse.SUPPRESSION_KEY_MACRO, the one definition), for
-    identifiers read outside the warehouse: the list holds keys, never the identifiers."""
+    """The warehouse's audit.suppression_key, for an identifier read outside the warehouse: the list
+    holds keys, never the identifiers."""
     return _keying().execute("SELECT audit.suppression_key(?)", [identifier]).fetchone()[0]
 
 
-# The one Python definition of how an identifier is normalized before it is matched (in objects and in
-# the rows apply_deletions reads for notices); the SQL twin is erasure_hash / erasure_person_id in
-# macros/data_rights.sql (keep both alike). A malformed row
-# (uppercase or padded hash) still names the person; empty means absent.
-_BLANKS = " \t\r\n"
+@functools.lru_cache(maxsize=1 << 16)
+def _normal(macro: str, value: str) -> str | None:
+    return _keying().execute(f"SELECT audit.{macro}(?)", [value]).fetchone()[0]
 
 
 def normal_hash(value) -> str | None:
-    return None if value is None else (str(value).strip(_BLANKS).lower() or None)
+    """An email or phone hash as the warehouse's audit.normal_hash compares it (lowercased, trimmed;
+    empty is absent): a malformed row (uppercase or padded hash) still names the person."""
+    return None if value is None else _normal("normal_hash", str(value))
 
 
 def normal_person_id(value) -> str | None:
-    return None if value is None else (str(value).strip(_BLANKS) or None)
+    """A partner person id as the warehouse's audit.normal_person_id compares it (trimmed; empty is absent)."""
+    return None if value is None else _normal("normal_person_id", str(value))
+
+
+class Keyed(NamedTuple):
+    """One row (a CSV record, a Parquet row, a JSON object) as erasure matches it."""
+    person: str | None  # its partner person id, normalized
+    email: str | None  # its email hash, normalized
+    keys: dict[str, str]  # identifier kind -> the suppression key of the identifier it carries
+
+
+_KEY_KINDS = ("email_sha256", "phone_sha256", "partner_person", "profile_id")
+_BATCH = 50_000  # rows keyed per query
+_KEYED_SQL = """
+    SELECT audit.normal_person_id(person), audit.normal_hash(email),
+           audit.suppression_key(audit.normal_hash(email)), audit.suppression_key(audit.normal_hash(phone)),
+           audit.suppression_key(partner || ':' || audit.normal_person_id(person)), audit.suppression_key(profile_id)
+    FROM (SELECT unnest(range(?)) AS position, unnest(?::VARCHAR[]) AS email, unnest(?::VARCHAR[]) AS phone,
+                 unnest(?::VARCHAR[]) AS person, unnest(?::VARCHAR[]) AS partner, unnest(?::VARCHAR[]) AS profile_id)
+    ORDER BY position"""
+
+
+def keyed(rows: list[dict], partner_id: str | None) -> list[Keyed]:
+    """Each row's identifiers normalized and keyed by the warehouse's macros (one query per batch of
+    rows): its email and phone hashes, its person id within its partner (a file's partner is its
+    folder's, `partner_id`, whatever its columns say; else the row's partner_id), its profile id."""
+    def text(value) -> str | None:
+        return None if value is None else str(value)
+
+    found: list[Keyed] = []
+    for start in range(0, len(rows), _BATCH):
+        batch = rows[start:start + _BATCH]
+        columns = [[text(r.get("email_sha256")) for r in batch], [text(r.get("phone_sha256")) for r in batch],
+                   [text(r.get("partner_person_id")) for r in batch],
+                   [str(partner) if (partner := partner_id or r.get("partner_id")) else None for r in batch],
+                   [text(r.get("profile_id")) for r in batch]]
+        for person, email, *keys in _keying().execute(_KEYED_SQL, [len(batch), *columns]).fetchall():
+            found.append(Keyed(person, email, {kind: key for kind, key in zip(_KEY_KINDS, keys) if key is not None}))
+    return found
 
 
 Suppressed = dict[str, dict[str, set[str]]]  # identifier kind -> suppression key -> request ids
 
 
 def _suppressed(con) -> Suppressed:
-    found: Suppressed = {"email_sha256": {}, "phone_sha256": {}, "partner_person": {}, "profile_id": {}}
+    found: Suppressed = {kind: {} for kind in _KEY_KINDS}
     for request_id, kind, key in con.execute(
             "SELECT request_id, identifier_kind, suppression_key FROM audit.erasure_suppressions").fetchall():
         found[kind].setdefault(key, set()).add(request_id)
     return found
 
 
-def _requests_of(row: dict, partner_id: str | None, suppressed: Suppressed) -> set[str]:
+def _requests_of(row: Keyed, suppressed: Suppressed) -> set[str]:
     """The erasure requests whose suppressed identifiers one row (or JSON object) carries."""
-    hits: set[str] = set()
-    for kind in ("email_sha256", "phone_sha256"):
-        value = normal_hash(row.get(kind))
-        if value:
-            hits |= suppressed[kind].get(suppression_key(value), set())
-    person = normal_person_id(row.get("partner_person_id"))
-    partner = partner_id or row.get("partner_id")  # a file's partner is its folder's, whatever its columns say
-    if person and partner:
-        hits |= suppressed["partner_person"].get(suppression_key(f"{partner}:{person}"), set())
-    profile_id = row.get("profile_id")
-    if profile_id is not None:
-        hits |= suppressed["profile_id"].get(suppression_key(str(profile_id)), set())
-    return hits
+    return set().union(*(suppressed[kind].get(key, ()) for kind, key in row.keys.items()))
 
+
+# --- objects: quarantined copies ---------------------------------------------------------
 
 def _filter_csv(text: str, drop) -> tuple[int, list[dict], str]:
     """(records, dropped records, text without them) of a whole CSV text, parsed as CSV so a quoted
-    field's newline stays inside its record; kept records keep their exact original text."""
+    field's newline stays inside its record; kept records keep their exact original text. `drop` is
+    given the records (dicts) a batch at a time and says which to drop (a list of booleans)."""
     lines = io.StringIO(text, newline="").readlines()
     reader = csv.reader(iter(lines))
     header = next(reader, None)
     if header is None:
         return 0, [], text
     kept, dropped, total, start = ["".join(lines[:reader.line_num])], [], 0, reader.line_num
+    batch: list[tuple[str, dict | None]] = []  # (record's text, record; None for a blank line, which is no record)
+
+    def decide() -> None:
+        records = [row for _, row in batch if row is not None]
+        verdicts = iter(drop(records) if records else ())
+        for record, row in batch:
+            if row is not None and next(verdicts):
+                dropped.append(row)
+            else:
+                kept.append(record)
+        batch.clear()
+
     for values in reader:
-        record = "".join(lines[start:reader.line_num])
+        batch.append(("".join(lines[start:reader.line_num]), dict(zip(header, values)) if values else None))
         start = reader.line_num
-        if not values:
-            kept.append(record)  # a blank line is no record
-            continue
-        total += 1
-        row = dict(zip(header, values))
-        if drop(row):
-            dropped.append(row)
-        else:
-            kept.append(record)
+        total += bool(values)
+        if len(batch) == _BATCH:
+            decide()
+    decide()
     return total, dropped, "".join(kept)
 
 
 def _scrub_file(path: Path, partner_id: str, suppressed: Suppressed) -> tuple[int, list[dict], bytes | None] | None:
     """(rows before, the suppressed people's rows, the file's new bytes or None if unchanged) of a drop's
     data file; None if the file cannot be read as what its name says it is."""
-    hit = lambda row: bool(_requests_of(row, partner_id, suppressed))  # noqa: E731
+    def hits(rows: list[dict]) -> list[bool]:
+        return [bool(_requests_of(row, suppressed)) for row in keyed(rows, partner_id)]
+
     try:
         if path.name.endswith(".parquet"):
             table = pq.read_table(path)  # a path argument, never SQL text
             rows = table.to_pylist()
-            hits = [hit(r) for r in rows]
-            keep = [i for i, h in enumerate(hits) if not h]
-            dropped = [r for r, h in zip(rows, hits) if h]
+            found = hits(rows)
+            keep = [i for i, h in enumerate(found) if not h]
+            dropped = [r for r, h in zip(rows, found) if h]
             if not dropped:
                 return len(rows), [], None
             out = io.BytesIO()
@@ -292,7 +349,7 @@ def _scrub_file(path: Path, partner_id: str, suppressed: Suppressed) -> tuple[in
         raw = path.read_bytes()
         gz = path.name.endswith(".gz")
         text = (gzip.decompress(raw) if gz else raw).decode("utf-8")
-        total, dropped, kept = _filter_csv(text, hit)
+        total, dropped, kept = _filter_csv(text, hits)
     except (OSError, EOFError, UnicodeDecodeError, csv.Error, pa.ArrowException):
         return None
     if not dropped:
@@ -301,14 +358,13 @@ def _scrub_file(path: Path, partner_id: str, suppressed: Suppressed) -> tuple[in
     return total, dropped, gzip.compress(body, mtime=0) if gz else body
 
 
-def _pending_notices(con, partner_id: str, rows: list[dict], suppressed: Suppressed) -> None:
+def _pending_notices(con, partner_id: str, rows: list[Keyed], suppressed: Suppressed) -> None:
     """What the partner must be told about the rows of theirs we deleted (written to its outbox tonight)."""
     found = {}
     for row in rows:
-        person, email = normal_person_id(row.get("partner_person_id")), normal_hash(row.get("email_sha256"))
-        for request_id in _requests_of(row, partner_id, suppressed):
-            if person or email:
-                found[(request_id, person)] = max(found.get((request_id, person)) or "", email or "") or None
+        for request_id in _requests_of(row, suppressed):
+            if row.person or row.email:
+                found[(request_id, row.person)] = max(found.get((request_id, row.person)) or "", row.email or "") or None
     for (request_id, person), email in sorted(found.items(), key=str):
         con.execute("""INSERT INTO audit.pending_erasure_notices SELECT ?, ?, ?, ?
                        EXCEPT SELECT * FROM audit.pending_erasure_notices""", [request_id, partner_id, person, email])
@@ -345,9 +401,10 @@ def scrub_quarantine(con, client, bucket: str, prefixes: list[str], run_id: str)
                     change = {"location": location, "rows": None, "action": "deleted (unreadable)", "requests": set()}
                 elif result[1]:
                     client.put_object(Bucket=bucket, Key=obj.key, Body=result[2])
-                    requests = set().union(*(_requests_of(r, partner_id, suppressed) for r in result[1]))
+                    theirs = keyed(result[1], partner_id)
+                    requests = set().union(*(_requests_of(r, suppressed) for r in theirs))
                     change = {"location": location, "rows": len(result[1]), "action": "rows removed", "requests": requests}
-                    _pending_notices(con, partner_id, result[1], suppressed)
+                    _pending_notices(con, partner_id, theirs, suppressed)
                 else:
                     continue
                 _log_deletion(con, run_id, change, partner_id)
@@ -387,8 +444,12 @@ def scrub_access_exports(con, client, bucket: str, run_id: str) -> list[dict]:
             changed.append({"location": location, "rows": None, "action": "deleted (unreadable)", "requests": set()})
             continue
         kept, requests, removed = [], set(), 0
-        for subject in subjects:
-            hits = set().union(*(_requests_of(o, None, suppressed) for o in _objects_in(subject)))
+        objects = [(number, o) for number, subject in enumerate(subjects) for o in _objects_in(subject)]
+        found: dict[int, set[str]] = {}
+        for (number, _), row in zip(objects, keyed([o for _, o in objects], None)):
+            found.setdefault(number, set()).update(_requests_of(row, suppressed))
+        for number, subject in enumerate(subjects):
+            hits = found.get(number, set())
             if hits:
                 requests |= hits
                 removed += 1
@@ -410,7 +471,7 @@ def scrub_access_exports(con, client, bucket: str, run_id: str) -> list[dict]:
             if not obj.key.endswith(".csv"):
                 continue
             text = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read().decode("utf-8-sig")
-            total, dropped, kept_text = _filter_csv(text, lambda row: (row.get("request_id") or "").strip() in emptied)
+            total, dropped, kept_text = _filter_csv(text, lambda rows: [(row.get("request_id") or "").strip() in emptied for row in rows])
             if dropped:
                 client.put_object(Bucket=bucket, Key=obj.key, Body=kept_text.encode())
                 requests = set().union(*(emptied[(row.get("request_id") or "").strip()] for row in dropped))
@@ -419,6 +480,87 @@ def scrub_access_exports(con, client, bucket: str, run_id: str) -> list[dict]:
     for change in changed:
         _log_deletion(con, run_id, change, None)
     return changed
+
+
+# --- objects: files delivered to s3_file destinations ----------------------------------------
+
+def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: str, run_id: str) -> list[dict]:
+    """Rewrite the add (and full-refresh members) files still in every s3_file destination's folder
+    without the rows of the people whose erasure is answered tonight, and their manifests to match.
+
+    A row is theirs when the suppression key of its email or phone hash (audit.suppression_key(hash),
+    audit.erasure_suppressions, which holds their hashes under every hash profile and country code
+    in use) is listed for a request not yet done; files written after tonight never hold them (the
+    audiences are built without them). Remove files are left whole: they carry the instruction to
+    take the person off the list, and go once confirmed (delete_confirmed_removes).
+    Logged in audit.data_deletions per file (rows removed, never the hashes)."""
+    keys = [k for (k,) in con.execute(
+        """SELECT DISTINCT suppression_key FROM audit.erasure_suppressions
+           WHERE identifier_kind IN ('email_sha256', 'phone_sha256')
+             AND request_id NOT IN (SELECT request_id FROM audit.data_subject_requests
+                                    WHERE request_type = 'erasure' AND status = 'done')""").fetchall()]
+    if not keys:
+        return []
+    delivered = re.compile(r"(?P<folder>[^/]+/(?P<date>\d{4}-\d{2}-\d{2})/\d{6}/)(add|members)-\d{5}\.(csv|parquet)")
+    scrubbed = []
+    with duckdb.connect() as local, tempfile.TemporaryDirectory() as tmp:
+        local.execute(f"CREATE SCHEMA audit; {DATA_RIGHTS_MACROS}")
+        local.execute("CREATE TABLE erased AS SELECT unnest(?::VARCHAR[]) AS suppression_key", [keys])
+        for destination_id, destination in sorted(governance.destinations.items()):
+            if destination.type != "s3_file":
+                continue
+            bucket, _, prefix = destination.export_uri(destination_id, activation_bucket).removeprefix("s3://").partition("/")
+            changed: dict[str, dict[str, tuple[int, str]]] = {}  # folder -> file name -> (rows removed, new sha256)
+            for obj in list(list_objects(s3, bucket, prefix)):
+                match = delivered.fullmatch(obj.key[len(prefix):])
+                if not match:
+                    continue
+                name = obj.key.rsplit("/", 1)[-1]
+                source, kept = Path(tmp) / f"in-{name}", Path(tmp) / name
+                s3.download_file(bucket, obj.key, str(source))
+                reader = "read_parquet(?)" if name.endswith(".parquet") else "read_csv(?, header = true, all_varchar = true)"
+                local.execute(f"CREATE OR REPLACE TABLE delivered AS SELECT * FROM {reader}", [str(source)])
+                columns = [c for (c,) in local.execute("SELECT column_name FROM (DESCRIBE delivered)").fetchall()
+                           if c in ("email_sha256", "phone_sha256")]
+                erased = " OR ".join(f"coalesce(audit.suppression_key({c}) IN (SELECT suppression_key FROM erased), false)"
+                                     for c in columns)
+                removed = local.execute(f"SELECT count(*) FROM delivered WHERE {erased}").fetchone()[0] if columns else 0
+                if not removed:
+                    continue
+                rest = local.sql(f"SELECT * FROM delivered WHERE NOT ({erased}) ORDER BY rowid")
+                if name.endswith(".parquet"):
+                    rest.write_parquet(str(kept))
+                else:
+                    rest.write_csv(str(kept), header=True)
+                data = kept.read_bytes()
+                s3.put_object(Bucket=bucket, Key=obj.key, Body=data)
+                changed.setdefault(prefix + match["folder"], {})[name] = (removed, hashlib.sha256(data).hexdigest())
+                con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'erasure', NULL, ?, NULL, ?, ?)",
+                            [run_id, f"s3://{bucket}/{obj.key}", dt.date.fromisoformat(match["date"]), removed])
+                scrubbed.append({"location": f"s3://{bucket}/{obj.key}", "rows": removed})
+            for folder, files in changed.items():  # the manifest describes the files as they now are
+                manifest = json.loads(s3.get_object(Bucket=bucket, Key=folder + "manifest.json")["Body"].read())
+                for entry in manifest["files"]:
+                    if entry["key"] in files:
+                        removed, digest = files[entry["key"]]
+                        entry.update(rows=entry["rows"] - removed, sha256=digest)
+                        manifest["adds"] -= removed
+                manifest["rows_removed_after_delivery_for_erasure"] = sum(r for r, _ in files.values()) + \
+                    manifest.get("rows_removed_after_delivery_for_erasure", 0)
+                s3.put_object(Bucket=bucket, Key=folder + "manifest.json", Body=json.dumps(manifest, indent=2).encode())
+    return scrubbed
+
+
+def delete_confirmed_removes(con, s3, bucket: str, files: list[tuple[str, dt.date]], run_id: str) -> int:
+    """Delete an s3_file destination's remove files (key, export date) that activation found delivered and
+    confirmed (activation.S3FileExport.drop_confirmed_removes decides which: they name people who must
+    leave the list, the erased among them, so they are kept only until then), each logged in
+    audit.data_deletions (reason 'delivered', one object)."""
+    for key, day in files:
+        s3.delete_object(Bucket=bucket, Key=key)
+        con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'delivered', NULL, ?, NULL, ?, 1)",
+                    [run_id, f"s3://{bucket}/{key}", day])
+    return len(files)
 
 
 # --- erasure: notices, receipts -------------------------------------------------------------
@@ -521,20 +663,22 @@ def _rows(con, sql: str, params: list) -> list[dict]:
 
 def answer_access_requests(con, client, settings, day: dt.date, run_id: str) -> list[dict]:
     """Everything we hold about each pending access request's subject, first party and per partner with
-    provenance, as one JSON document in s3://<first-party>/access_exports/<date>/<request_id>.json."""
+    provenance, as one JSON document in s3://<first-party>/access_exports/<date>/<request_id>.json. The
+    subjects and their partner records are the marts access_request_subjects / access_request_records."""
     pending = con.execute("""SELECT DISTINCT request_id, request_date FROM raw.access_requests
                              WHERE request_id NOT IN (SELECT request_id FROM audit.data_subject_requests
                                                       WHERE request_type = 'access' AND status = 'done') ORDER BY 1""").fetchall()
     answered = []
     for request_id, request_date in pending:
         profile_ids = [p for (p,) in con.execute(
-            "SELECT DISTINCT profile_id FROM intermediate.int_access_request_subjects WHERE request_id = ? ORDER BY 1",
+            "SELECT DISTINCT profile_id FROM marts.access_request_subjects WHERE request_id = ? ORDER BY 1",
             [request_id]).fetchall()]
         subjects = []
         for profile_id in profile_ids:
             by_partner: dict[str, dict] = {}
-            for record in _rows(con, """SELECT * FROM intermediate.int_partner_records_matched WHERE profile_id = ?
-                                        ORDER BY partner_id, drop_date, partner_record_id""", [profile_id]):
+            for record in _rows(con, """SELECT * EXCLUDE (request_id) FROM marts.access_request_records
+                                        WHERE request_id = ? AND profile_id = ?
+                                        ORDER BY partner_id, drop_date, partner_record_id""", [request_id, profile_id]):
                 by_partner.setdefault(record["partner_id"], {"records": [], "attributes": [], "links": []})["records"].append(record)
             for attribute in _rows(con, "SELECT * FROM marts.profile_partner_attributes WHERE profile_id = ? ORDER BY ALL", [profile_id]):
                 by_partner.setdefault(attribute["partner_id"], {"records": [], "attributes": [], "links": []})["attributes"].append(attribute)
@@ -563,3 +707,52 @@ def answer_access_requests(con, client, settings, day: dt.date, run_id: str) -> 
     if pending:
         con.execute("DELETE FROM raw.access_requests WHERE list_contains(?, request_id)", [[r for r, _ in pending]])
     return answered
+
+
+# --- copies past their declared retention -------------------------------------------------
+
+def expire_copies(con, client, settings, agreements: dict[str, Agreement], governance: Governance, retention_date: dt.date,
+                  run_id: str) -> list[dict]:
+    """Delete every copy outside the warehouse past its declared retention (retention.RULES: where the
+    copies live, what is one unit, how long each is kept) on `retention_date`; each unit is one row in
+    audit.data_deletions (reason 'retention', its location, partner and date where known, the number of
+    objects). Returns what was deleted."""
+    deleted = []
+    for rule in retention.RULES:
+        for store, prefix, store_days in retention.places(rule, settings, agreements, governance):
+            if rule.on_disk:
+                root = Path(store)
+                names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+            else:
+                try:
+                    names = [o.key[len(prefix):] for o in list_objects(client, store, prefix)]
+                except client.exceptions.NoSuchBucket:
+                    names = []  # nothing was ever written there
+            for unit, (groups, members) in sorted(retention.units(names, rule).items()):
+                day = dt.date.fromisoformat(groups["date"])
+                expires_on = rule.expires_on(day, groups.get("partner"), store_days, agreements)
+                if expires_on > retention_date:
+                    continue
+                if rule.on_disk:
+                    for name in members:
+                        (Path(store) / name).unlink(missing_ok=True)
+                    location = str(Path(store) / unit)
+                else:
+                    for name in members:
+                        client.delete_object(Bucket=store, Key=prefix + name)
+                    location = f"s3://{store}/{prefix}{unit}"
+                con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'retention', NULL, ?, ?, ?, ?)",
+                            [run_id, location, groups.get("partner"), day, len(members)])
+                deleted.append({"what": rule.what, "location": location, "objects": len(members), "expired_on": str(expires_on)})
+        if rule.on_disk:
+            _remove_empty_folders(Path(getattr(settings, rule.store.partition(":")[2])))
+    if deleted:
+        log.info("retention: deleted %d copies: %s", len(deleted), [d["location"] for d in deleted])
+    return deleted
+
+
+def _remove_empty_folders(root: Path) -> None:
+    if root.is_dir():
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(folder.iterdir()):
+                folder.rmdir()

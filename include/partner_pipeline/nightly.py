@@ -7,7 +7,7 @@ import json
 import logging
 from contextlib import contextmanager
 
-from partner_pipeline import activation, data_rights as rights, first_party, insights, retention
+from partner_pipeline import activation, data_rights as rights, first_party, insights
 from partner_pipeline.agreements import AgreementError, load_agreements
 from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.governance import GovernanceError, load_governance
@@ -137,10 +137,12 @@ def retention_clock(con, day: dt.date) -> dt.date:
 
 def data_rights(day: dt.date, run_id: str) -> dict:
     """After the build (which resolved, and left out of every model, what retention and erasure take
-    away: dbt only reads), delete it from the raw tables with the suppression list and the deletion log
-    (data_rights.apply_deletions); then partner notices and receipts for erasures, access requests'
-    exports, the copies outside the warehouse past their declared retention (retention.py), delivered
-    activation files scrubbed of the erased; then the warehouse file rewritten if rows were deleted tonight."""
+    away: dbt only reads), everything data_rights.py does, the one module that deletes: the raw rows
+    the models listed, with the suppression list and the deletion log (apply_deletions); delivered
+    activation files scrubbed of the erased (scrub_delivered_files); partner notices and receipts for
+    erasures (complete_erasures); access requests' exports (answer_access_requests); the copies outside
+    the warehouse past their declared retention (expire_copies, as retention.py declares); then the
+    warehouse file rewritten if rows were deleted tonight."""
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     governance = load_governance(settings.governance_dir, agreements)
@@ -150,10 +152,10 @@ def data_rights(day: dt.date, run_id: str) -> dict:
         retention_date = retention_clock(con, day)
         summary = {
             "rows_deleted": rights.apply_deletions(con, run_id),
-            "activation_files_scrubbed": activation.scrub_delivered_files(con, client, governance, settings.activation_bucket, run_id),
+            "activation_files_scrubbed": rights.scrub_delivered_files(con, client, governance, settings.activation_bucket, run_id),
             "erasures": rights.complete_erasures(con, client, settings, agreements, day, run_id),
             "access_exports": rights.answer_access_requests(con, client, settings, day, run_id),
-            "expired": retention.enforce(con, client, settings, agreements, governance, retention_date, run_id),
+            "expired": rights.expire_copies(con, client, settings, agreements, governance, retention_date, run_id),
         }
         # deleted rows keep their bytes in freed blocks until the file is rewritten: a full copy, so only
         # on a night that deleted some (a table location has no '/'; answered requests' rows go too)

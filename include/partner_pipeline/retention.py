@@ -1,21 +1,23 @@
 """How long each copy the pipeline writes outside the warehouse is kept: declared here, once.
 
-RULES below is the one declaration. Each rule names where the copies live, how a copy's date is
-read from its key or file name (the date the copy is about: the drop date, the run date, the
-request date), and for how many days it is kept. A copy dated `d` kept `n` days is deleted by
-the nightly data-rights step on the first night whose retention date (see
-nightly.retention_clock: never before the latest date built, so a backfill brings nothing back)
-is on or after `d + n` days, the same boundary as the partner rows in the tables
-(dbt macros expires_on / is_expired, per drop in stg_pipeline__partner_drops). Every deletion is one row in audit.data_deletions: reason 'retention',
-the location (a folder or a file), the partner and date where known, the number of objects,
-never an identifier.
+This module is the declaration only, the *what*: it deletes nothing. RULES below is the one
+declaration. Each rule names where the copies live (places), how a copy's date is read from its key
+or file name (the date the copy is about: the drop date, the run date, the request date) and what
+is deleted as one unit (units), and for how many days it is kept. A copy dated `d` kept `n` days
+expires on `d + n` days (Rule.expires_on) and is deleted by the nightly data-rights step
+(data_rights.expire_copies, the one place that deletes) on the first night whose retention date
+(see nightly.retention_clock: never before the latest date built, so a backfill brings nothing
+back) is on or after it, the same boundary as the partner rows in the tables (dbt macros
+expires_on / is_expired, per drop in stg_pipeline__partner_drops). Every deletion is one row in
+audit.data_deletions: reason 'retention', the location (a folder or a file), the partner and date
+where known, the number of objects, never an identifier.
 
 Two periods are declared elsewhere because their owner negotiates them, and referenced here:
 - a partner's quarantined drops: the agreement's `retention_days` (agreements/*.yaml); a partner
   without an agreement gets NO_AGREEMENT_DAYS;
 - the files delivered to an s3_file destination: its `file_retention_days` (destinations.yaml,
   default governance.DEFAULT_FILE_RETENTION_DAYS); remove files go sooner, once confirmed
-  (activation.S3FileExport).
+  (activation.S3FileExport decides when; data_rights.delete_confirmed_removes deletes them).
 The tables themselves follow the agreements (resolved by the models, deleted by
 data_rights.apply_deletions); the DuckDB files are rewritten after a night that deleted rows
 (warehouse.rewrite_warehouse).
@@ -24,16 +26,12 @@ data_rights.apply_deletions); the DuckDB files are rewritten after a night that 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.governance import Governance
-from partner_pipeline.storage import list_objects
 
-log = logging.getLogger(__name__)
 DATE = r"(?P<date>\d{4}-\d{2}-\d{2})"
 # quarantined drops of a partner with no agreement: long enough to sort out the agreement, no longer
 NO_AGREEMENT_DAYS = 30
@@ -48,11 +46,21 @@ class Rule:
     days: int | str  # a number of days, or AGREEMENT / DESTINATION
     why: str
 
+    @property
+    def on_disk(self) -> bool:
+        """The copies are local files (else objects)."""
+        return self.store.startswith("file:")
+
     def days_for(self, partner_id: str | None, agreements: dict[str, Agreement]) -> int:
         if self.days == AGREEMENT:
             agreement = agreements.get(partner_id or "")
             return agreement.retention_days if agreement else NO_AGREEMENT_DAYS
         return int(self.days)
+
+    def expires_on(self, day: dt.date, partner_id: str | None, place_days: int | None, agreements: dict[str, Agreement]) -> dt.date:
+        """When a copy dated `day` expires: `day` + the days its place fixes (a destination's), else the rule's.
+        It is deleted on the first night whose retention date is on or after that."""
+        return day + dt.timedelta(days=place_days if place_days is not None else self.days_for(partner_id, agreements))
 
 
 RULES: tuple[Rule, ...] = (
@@ -74,30 +82,32 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _stores(rule: Rule, settings, agreements: dict[str, Agreement], governance: Governance) -> list[tuple[str, str, int | None]]:
-    """(bucket or directory, prefix, days if the store fixes them) for each place the rule covers."""
+def places(rule: Rule, settings, agreements: dict[str, Agreement], governance: Governance) -> list[tuple[str, str, int | None]]:
+    """(bucket or directory, prefix, days if the place fixes them) for each place the rule covers."""
     kind, _, attribute = rule.store.partition(":")
     if kind == "s3":
         return [(getattr(settings, attribute), "", None)]
     if kind == "file":
         return [(str(getattr(settings, attribute)), "", None)]
     if kind == "outbox":  # each partner's outbox (an agreement may name its own), else the default one
-        places = {(settings.outbox_bucket, "")}  # covers every outbox in the default bucket
+        outboxes = {(settings.outbox_bucket, "")}  # covers every outbox in the default bucket
         for agreement in agreements.values():
             bucket, _, prefix = agreement.outbox(settings.outbox_bucket).removeprefix("s3://").partition("/")
             if bucket != settings.outbox_bucket:
-                places.add((bucket, prefix))
-        return [(bucket, prefix, None) for bucket, prefix in sorted(places)]
-    places = []
+                outboxes.add((bucket, prefix))
+        return [(bucket, prefix, None) for bucket, prefix in sorted(outboxes)]
+    found: list[tuple[str, str, int | None]] = []
     for destination_id, destination in sorted(governance.destinations.items()):
         if destination.type == "s3_file":
             bucket, _, prefix = destination.export_uri(destination_id, settings.activation_bucket).removeprefix("s3://").partition("/")
-            places.append((bucket, prefix, destination.file_retention))
-    return places
+            found.append((bucket, prefix, destination.file_retention))
+    return found
 
 
-def _units(names: list[str], rule: Rule, outbox: bool) -> dict[str, tuple[dict, list[str]]]:
-    """What the rule's pattern matches, grouped: unit (folder or file) -> (its groups, the names in it)."""
+def units(names: list[str], rule: Rule) -> dict[str, tuple[dict, list[str]]]:
+    """What the rule's pattern matches among the names (keys or paths below a place), grouped:
+    unit (folder or file, deleted as one) -> (its groups: date, partner where the pattern has one; the names in it)."""
+    outbox = rule.store == "outbox"
     found: dict[str, tuple[dict, list[str]]] = {}
     for name in names:
         if outbox:  # under the default outbox a partner's folder comes first: <partner>/erasure/<date>.csv
@@ -109,47 +119,3 @@ def _units(names: list[str], rule: Rule, outbox: bool) -> dict[str, tuple[dict, 
         if match:
             found.setdefault(name[:match.end()], (match.groupdict(), []))[1].append(name)
     return found
-
-
-def enforce(con, client, settings, agreements: dict[str, Agreement], governance: Governance, retention_date: dt.date,
-            run_id: str) -> list[dict]:
-    """Delete every copy past its declared retention on `retention_date`; returns what was deleted."""
-    deleted = []
-    for rule in RULES:
-        for store, prefix, store_days in _stores(rule, settings, agreements, governance):
-            if rule.store.startswith("file:"):
-                root = Path(store)
-                names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-            else:
-                try:
-                    names = [o.key[len(prefix):] for o in list_objects(client, store, prefix)]
-                except client.exceptions.NoSuchBucket:
-                    names = []  # nothing was ever written there
-            for unit, (groups, members) in sorted(_units(names, rule, rule.store == "outbox").items()):
-                day = dt.date.fromisoformat(groups["date"])
-                days = store_days if store_days is not None else rule.days_for(groups.get("partner"), agreements)
-                if day + dt.timedelta(days=days) > retention_date:
-                    continue
-                if rule.store.startswith("file:"):
-                    for name in members:
-                        (Path(store) / name).unlink(missing_ok=True)
-                    location = str(Path(store) / unit)
-                else:
-                    for name in members:
-                        client.delete_object(Bucket=store, Key=prefix + name)
-                    location = f"s3://{store}/{prefix}{unit}"
-                con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'retention', NULL, ?, ?, ?, ?)",
-                            [run_id, location, groups.get("partner"), day, len(members)])
-                deleted.append({"what": rule.what, "location": location, "objects": len(members), "expired_on": str(day + dt.timedelta(days=days))})
-        if rule.store.startswith("file:"):
-            _remove_empty_folders(Path(getattr(settings, rule.store.partition(":")[2])))
-    if deleted:
-        log.info("retention: deleted %d copies: %s", len(deleted), [d["location"] for d in deleted])
-    return deleted
-
-
-def _remove_empty_folders(root: Path) -> None:
-    if root.is_dir():
-        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            if not any(folder.iterdir()):
-                folder.rmdir()

@@ -28,11 +28,19 @@ from partner_pipeline.settings import WAREHOUSE_POOL
 
 log = logging.getLogger(__name__)
 
-# The suppression key, defined once: the suppression list holds sha256('erasure:' || identifier), never the
-# identifier (a profile id, partner_id || ':' || partner_person_id, or a normalized email/phone hash). A SQL
-# macro of the warehouse (created with its tables, below) that the dbt models and the pipeline's SQL call;
-# data_rights.suppression_key runs the same macro for what is keyed outside the warehouse.
+# How an identifier is matched for erasure, defined once: SQL macros of the warehouse (created or replaced
+# with its tables on every write session, below) that the dbt models and the pipeline's SQL call;
+# data_rights runs the same macros (its _keying connection) for what it reads outside the warehouse.
+# - normalization, as the row rules compare identifiers: a hash lowercased and trimmed of spaces, tabs and
+#   line breaks, a partner person id trimmed, empty meaning absent; so a malformed row (an uppercase or
+#   padded hash, kept in quarantine as evidence) still names the person;
+# - the suppression key: the suppression list holds sha256('erasure:' || identifier), never the identifier
+#   (a profile id, partner_id || ':' || normalized partner_person_id, or a normalized email/phone hash).
+_BLANKS = "' ' || chr(9) || chr(10) || chr(13)"
+NORMAL_HASH_MACRO = f"CREATE OR REPLACE MACRO audit.normal_hash(value) AS nullif(lower(trim(value, {_BLANKS})), '')"
+NORMAL_PERSON_ID_MACRO = f"CREATE OR REPLACE MACRO audit.normal_person_id(value) AS nullif(trim(value, {_BLANKS}), '')"
 SUPPRESSION_KEY_MACRO = "CREATE OR REPLACE MACRO audit.suppression_key(identifier) AS sha256('erasure:' || identifier)"
+DATA_RIGHTS_MACROS = "".join(f"{macro};\n" for macro in (NORMAL_HASH_MACRO, NORMAL_PERSON_ID_MACRO, SUPPRESSION_KEY_MACRO))
 PROVENANCE_COLUMNS = (
     ("partner_id", "VARCHAR"), ("drop_date", "DATE"), ("delivery_id", "VARCHAR"), ("delivered_at", "TIMESTAMPTZ"),
     ("source_file", "VARCHAR"), ("source_row", "BIGINT"), ("loaded_at", "TIMESTAMPTZ"), ("run_id", "VARCHAR"),
@@ -76,7 +84,7 @@ CREATE TABLE IF NOT EXISTS raw.access_requests (
     request_id VARCHAR, received_at VARCHAR, request_date DATE, source_file VARCHAR, source_row BIGINT,
     profile_id VARCHAR, email VARCHAR);
 -- never an identifier itself: suppression_key = audit.suppression_key(x) (SUPPRESSION_KEY_MACRO), x being a
--- profile id, partner_id || ':' || partner_person_id, or an email/phone hash
+-- profile id, partner_id || ':' || audit.normal_person_id(partner_person_id), or an audit.normal_hash(email/phone hash)
 CREATE TABLE IF NOT EXISTS audit.erasure_suppressions (
     request_id VARCHAR, identifier_kind VARCHAR, suppression_key VARCHAR, added_at TIMESTAMPTZ);
 -- what each partner's outbox notice must say; emptied once the notices are written
@@ -113,7 +121,12 @@ CREATE TABLE IF NOT EXISTS activation.activation_log (
     log_id BIGINT DEFAULT nextval('activation.log_seq'), logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
     destination_id VARCHAR, segment_name VARCHAR, operation VARCHAR, batch_number INTEGER, adds BIGINT, removes BIGINT,
     attempt INTEGER, status VARCHAR, response_code INTEGER, idempotency_key VARCHAR, detail VARCHAR);
-""" + SUPPRESSION_KEY_MACRO + ";\n"
+-- the last relations of models since moved, as dbt drops nothing it no longer builds (the staging models
+-- stg_pipeline__erasure_request_keys and stg_pipeline__erased_rows and the data-rights marts replaced them)
+DROP TABLE IF EXISTS intermediate.int_erasure_identifiers;
+DROP TABLE IF EXISTS intermediate.int_data_rights_deletions;
+DROP VIEW IF EXISTS intermediate.int_access_request_subjects;
+""" + DATA_RIGHTS_MACROS
 
 
 # What may be spliced into SQL as an identifier: our own names (record columns, agreement attributes,

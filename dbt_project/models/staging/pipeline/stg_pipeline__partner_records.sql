@@ -1,28 +1,60 @@
 -- Valid partner rows of every partner with an agreement (ingestion quarantined the rest), typed,
 -- from drops dated on or before the run's date (re-running or backfilling a date builds it as its
 -- night did), not expired (stg_pipeline__partner_drops) and not of an erased person
--- (int_data_rights_deletions: the rows the data-rights step deletes after the build).
-select
-    records.partner_id,
-    records.partner_record_id,
-    records.partner_person_id,
-    records.email_sha256,
-    records.phone_sha256,
-    cast(records.consent_enrichment as boolean) as has_consent_enrichment,
-    cast(records.consent_activation as boolean) as has_consent_activation,
-    cast(records.consent_ts as timestamptz) as consent_at,
-    records.drop_date,
-    records.delivery_id,
-    records.delivered_at,
-    records.source_file,
-    records.source_row,
-    records.loaded_at,
-    drops.expires_on
-from {{ source('pipeline', 'partner_records') }} as records
-inner join {{ ref('stg_pipeline__partner_drops') }} as drops using (partner_id, drop_date)
-anti join (
-    select partner_id, drop_date, source_file, source_row from {{ ref('int_data_rights_deletions') }}
-    where location = 'raw.partner_records'
-) as deleted using (partner_id, drop_date, source_file, source_row)
-where records.drop_date <= {{ run_date() }}
-    and not drops.is_expired
+-- (stg_pipeline__erased_rows: the rows the data-rights step deletes after the build).
+with partner_records as (
+    select * from {{ source('pipeline', 'partner_records') }}
+),
+
+partner_drops as (
+    select * from {{ ref('stg_pipeline__partner_drops') }}
+),
+
+erased_rows as (
+    select * from {{ ref('stg_pipeline__erased_rows') }}
+),
+
+erased_partner_records as (
+    select
+        erased_rows.partner_id,
+        erased_rows.drop_date,
+        erased_rows.source_file,
+        erased_rows.source_row
+    from erased_rows
+    where erased_rows.location = 'raw.partner_records'
+),
+
+final as (
+    select
+        partner_records.partner_id,
+        partner_records.partner_record_id,
+        partner_records.partner_person_id,
+        partner_records.email_sha256,
+        partner_records.phone_sha256,
+        cast(partner_records.consent_enrichment as boolean) as has_consent_enrichment,
+        cast(partner_records.consent_activation as boolean) as has_consent_activation,
+        cast(partner_records.consent_ts as timestamptz) as consent_at,
+        partner_records.drop_date,
+        partner_records.delivery_id,
+        partner_records.delivered_at,
+        partner_records.source_file,
+        partner_records.source_row,
+        partner_records.loaded_at,
+        partner_drops.expires_on
+    from partner_records
+    inner join partner_drops
+        on
+            partner_records.partner_id = partner_drops.partner_id
+            and partner_records.drop_date = partner_drops.drop_date
+    anti join erased_partner_records
+        on
+            partner_records.partner_id = erased_partner_records.partner_id
+            and partner_records.drop_date = erased_partner_records.drop_date
+            and partner_records.source_file = erased_partner_records.source_file
+            and partner_records.source_row = erased_partner_records.source_row
+    where
+        partner_records.drop_date <= {{ run_date() }}
+        and not partner_drops.is_expired
+)
+
+select * from final

@@ -1,0 +1,210 @@
+{{ config(materialized='table') }}
+-- What each pending erasure request (raw.erasure_requests, not answered yet) resolves to, as
+-- suppression keys (audit.suppression_key: the list never holds an identifier): our profile ids,
+-- their email hashed under every hash profile, their phone under every (hash profile, country code)
+-- in use, and the partner persons whose rows, loaded or quarantined and not expired, carry those
+-- hashes (compared normalized: audit.normal_hash, audit.normal_person_id). The data-rights step
+-- adds these keys to audit.erasure_suppressions for good (the mart data_rights_erasure_keys); until
+-- then staging already applies them (stg_pipeline__erasure_keys, stg_pipeline__erased_rows).
+-- A table: it reads every partner row, and both of those read it.
+with erasure_requests as (
+    select * from {{ source('pipeline', 'erasure_requests') }}
+),
+
+data_subject_requests as (
+    select * from {{ source('audit', 'data_subject_requests') }}
+),
+
+agreements as (
+    select * from {{ source('pipeline', 'agreements') }}
+),
+
+destinations as (
+    select * from {{ source('pipeline', 'destinations') }}
+),
+
+first_party_profiles as (
+    select * from {{ source('pipeline', 'first_party_profiles') }}
+),
+
+partner_records as (
+    select * from {{ source('pipeline', 'partner_records') }}
+),
+
+quarantined_rows as (
+    select * from {{ source('pipeline', 'quarantined_rows') }}
+),
+
+partner_drops as (
+    select * from {{ ref('stg_pipeline__partner_drops') }}
+),
+
+pending as (
+    select * from erasure_requests
+    where
+        request_id not in (
+            select data_subject_requests.request_id from data_subject_requests
+            where
+                data_subject_requests.request_type = 'erasure'
+                and data_subject_requests.status = 'done'
+        )
+),
+
+phone_settings as (
+    select
+        agreements.hash_profile,
+        agreements.default_country_code
+    from agreements
+    union
+    select
+        destinations.hash_profile,
+        destinations.default_country_code
+    from destinations
+),
+
+requested_hashes as (
+    select
+        pending.request_id,
+        unnest(list_append({{ erasure_email_hashes('pending.email') }}, pending.email_sha256)) as email_hash
+    from pending
+),
+
+profile_hashes as (
+    select
+        first_party_profiles.profile_id,
+        unnest({{ erasure_email_hashes('first_party_profiles.email') }}) as email_hash
+    from first_party_profiles
+),
+
+people_found as (
+    select distinct
+        pending.request_id,
+        profile_hashes.profile_id
+    from pending
+    inner join profile_hashes on pending.profile_id = profile_hashes.profile_id
+    union
+    select distinct
+        requested_hashes.request_id,
+        profile_hashes.profile_id
+    from requested_hashes
+    inner join profile_hashes on requested_hashes.email_hash = profile_hashes.email_hash
+    where requested_hashes.email_hash is not null
+),
+
+people as (
+    select
+        people_found.request_id,
+        first_party_profiles.profile_id,
+        first_party_profiles.email,
+        first_party_profiles.phone
+    from people_found
+    inner join first_party_profiles on people_found.profile_id = first_party_profiles.profile_id
+),
+
+identifiers as (
+    select
+        pending.request_id,
+        'profile_id' as identifier_kind,
+        pending.profile_id as identifier
+    from pending
+    where pending.profile_id is not null
+    union
+    select
+        people.request_id,
+        'profile_id' as identifier_kind,
+        people.profile_id as identifier
+    from people
+    union
+    select
+        pending.request_id,
+        'email_sha256' as identifier_kind,
+        unnest({{ erasure_email_hashes('pending.email') }}) as identifier
+    from pending
+    union
+    select
+        pending.request_id,
+        'email_sha256' as identifier_kind,
+        pending.email_sha256 as identifier
+    from pending
+    union
+    select
+        people.request_id,
+        'email_sha256' as identifier_kind,
+        unnest({{ erasure_email_hashes('people.email') }}) as identifier
+    from people
+    union
+    select
+        people.request_id,
+        'phone_sha256' as identifier_kind,
+        sha256({{ normalize_phone('people.phone', 'phone_settings.hash_profile', 'phone_settings.default_country_code') }}) as identifier
+    from people
+    cross join phone_settings
+),
+
+-- every partner row, its identifiers normalized (audit.normal_hash / audit.normal_person_id)
+partner_rows as (
+    select
+        partner_records.partner_id,
+        partner_records.drop_date,
+        partner_records.partner_id || ':' || audit.normal_person_id(partner_records.partner_person_id) as person,
+        audit.normal_hash(partner_records.email_sha256) as email,
+        audit.normal_hash(partner_records.phone_sha256) as phone
+    from partner_records
+    union all
+    select
+        quarantined_rows.partner_id,
+        quarantined_rows.drop_date,
+        quarantined_rows.partner_id || ':' || audit.normal_person_id(quarantined_rows.record ->> 'partner_person_id') as person,
+        audit.normal_hash(quarantined_rows.record ->> 'email_sha256') as email,
+        audit.normal_hash(quarantined_rows.record ->> 'phone_sha256') as phone
+    from quarantined_rows
+),
+
+-- the partner persons whose rows still held after tonight's retention carry one of those hashes
+partner_persons as (
+    select distinct
+        identifiers.request_id,
+        'partner_person' as identifier_kind,
+        partner_rows.person as identifier,
+        partner_rows.partner_id
+    from partner_rows
+    left join partner_drops
+        on
+            partner_rows.partner_id = partner_drops.partner_id
+            and partner_rows.drop_date = partner_drops.drop_date
+    inner join identifiers
+        on
+            identifiers.identifier in (partner_rows.email, partner_rows.phone)
+            and identifiers.identifier_kind in ('email_sha256', 'phone_sha256')
+    where
+        partner_rows.person is not null
+        and not coalesce(partner_drops.is_expired, false)
+),
+
+found as (
+    select
+        identifiers.request_id,
+        identifiers.identifier_kind,
+        identifiers.identifier,
+        cast(null as varchar) as partner_id
+    from identifiers
+    union all
+    select
+        partner_persons.request_id,
+        partner_persons.identifier_kind,
+        partner_persons.identifier,
+        partner_persons.partner_id
+    from partner_persons
+),
+
+final as (
+    select distinct
+        request_id,
+        identifier_kind,
+        partner_id,
+        audit.suppression_key(identifier) as suppression_key
+    from found
+    where identifier is not null
+)
+
+select * from final
