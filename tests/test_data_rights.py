@@ -48,7 +48,7 @@ OWN_DELETIONS = {
     ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_data_rights_deletions"),
     ("warehouse.py", "", "DROP VIEW IF EXISTS intermediate.int_access_request_subjects"),
     ("transform.py", "write_published_copy", "DROP VIEW"),  # the copy's views, which read a warehouse analysts do not open
-    ("run_report.py", "record_segment_sizes", "DELETE FROM audit.segment_size_history"),  # the date's sizes, rewritten
+    ("warehouse.py", "drop_taken_over_history", "DROP TABLE audit.segment_size_history"),  # once the model took its rows over
     # what a destination holds (activation's sync state), changed as the destination is told
     ("activation.py", "_apply", "DELETE FROM activation.destination_members"),
     ("activation.py", "HttpAudience.sync", "DELETE FROM activation.destination_members"),

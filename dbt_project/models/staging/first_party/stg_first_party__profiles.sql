@@ -29,10 +29,10 @@ final as (
         upper(trim(first_party_profiles.country)) as country,
         cast(first_party_profiles.consent_marketing as boolean) as has_consent_marketing,
         {%- for column in source_columns if column not in spec_columns %}
-            {% if column in types %}try_cast(first_party_profiles."{{ column }}" as {{ types[column] }}){% else %}first_party_profiles."{{ column }}"{% endif %} as "{{ column }}",
+        {% if column in types %}try_cast(first_party_profiles."{{ column }}" as {{ types[column] }}){% else %}first_party_profiles."{{ column }}"{% endif %} as "{{ column }}",
         {%- endfor %}
         {%- for column, type in types.items() if column not in source_columns %}
-            cast(null as {{ type }}) as "{{ column }}",  -- declared but absent from this snapshot
+        cast(null as {{ type }}) as "{{ column }}",  -- declared but absent from this snapshot
         {%- endfor %}
         first_party_profiles.snapshot_date
     from first_party_profiles
