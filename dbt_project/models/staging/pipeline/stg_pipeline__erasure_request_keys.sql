@@ -74,6 +74,8 @@ profile_hashes as (
         first_party_profiles.profile_id,
         unnest({{ erasure_email_hashes('first_party_profiles.email') }}) as email_hash
     from first_party_profiles
+    -- hashing every profile is for a night with requests; on the others nothing is read past this
+    where exists (select 1 from pending)
 ),
 
 people_found as (
@@ -160,24 +162,30 @@ partner_rows as (
     from quarantined_rows
 ),
 
+-- the partner rows to search: none on a night without requests
+searched_rows as (
+    select * from partner_rows
+    where exists (select 1 from pending)
+),
+
 -- the partner persons whose rows still held after tonight's retention carry one of those hashes
 partner_persons as (
     select distinct
         identifiers.request_id,
         'partner_person' as identifier_kind,
-        partner_rows.person as identifier,
-        partner_rows.partner_id
-    from partner_rows
+        searched_rows.person as identifier,
+        searched_rows.partner_id
+    from searched_rows
     left join partner_drops
         on
-            partner_rows.partner_id = partner_drops.partner_id
-            and partner_rows.drop_date = partner_drops.drop_date
+            searched_rows.partner_id = partner_drops.partner_id
+            and searched_rows.drop_date = partner_drops.drop_date
     inner join identifiers
         on
-            identifiers.identifier in (partner_rows.email, partner_rows.phone)
+            identifiers.identifier in (searched_rows.email, searched_rows.phone)
             and identifiers.identifier_kind in ('email_sha256', 'phone_sha256')
     where
-        partner_rows.person is not null
+        searched_rows.person is not null
         and not coalesce(partner_drops.is_expired, false)
 ),
 
