@@ -47,6 +47,7 @@ OWN_DELETIONS = {
     ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_erasure_identifiers"),
     ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_data_rights_deletions"),
     ("warehouse.py", "", "DROP VIEW IF EXISTS intermediate.int_access_request_subjects"),
+    ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_partner_overlap_counts"),
     ("transform.py", "write_published_copy", "DROP VIEW"),  # the copy's views, which read a warehouse analysts do not open
     ("warehouse.py", "drop_taken_over_history", "DROP TABLE audit.segment_size_history"),  # once the model took its rows over
     # what a destination holds (activation's sync state), changed as the destination is told

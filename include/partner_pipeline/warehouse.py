@@ -122,10 +122,11 @@ CREATE TABLE IF NOT EXISTS activation.activation_log (
     destination_id VARCHAR, segment_name VARCHAR, operation VARCHAR, batch_number INTEGER, adds BIGINT, removes BIGINT,
     attempt INTEGER, status VARCHAR, response_code INTEGER, idempotency_key VARCHAR, detail VARCHAR);
 -- the last relations of models since moved, as dbt drops nothing it no longer builds (the staging models
--- stg_pipeline__erasure_request_keys and stg_pipeline__erased_rows and the data-rights marts replaced them)
+-- stg_pipeline__erasure_request_keys and stg_pipeline__erased_rows, the data-rights marts and partner_overlap_counts replaced them)
 DROP TABLE IF EXISTS intermediate.int_erasure_identifiers;
 DROP TABLE IF EXISTS intermediate.int_data_rights_deletions;
 DROP VIEW IF EXISTS intermediate.int_access_request_subjects;
+DROP TABLE IF EXISTS intermediate.int_partner_overlap_counts;
 """ + DATA_RIGHTS_MACROS
 
 

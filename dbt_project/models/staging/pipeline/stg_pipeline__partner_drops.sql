@@ -1,6 +1,6 @@
 -- Every drop of a partner with an agreement that the warehouse holds rows of (loaded or
 -- quarantined), and when it expires (macros expires_on / is_expired: the one definition of the
--- retention rule). The data-rights step deletes the expired drops' rows by it (int_data_rights_deletions).
+-- retention rule). The data-rights step deletes the expired drops' rows by it (the mart data_rights_deletions).
 with partner_records as (
     select * from {{ source('pipeline', 'partner_records') }}
 ),
