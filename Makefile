@@ -57,7 +57,7 @@ test-fast: install ## the fast tier (< 2 min): DAG integrity, unit tests, dbt un
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 test: install chromium lint ## lint, then the whole test suite (real S3 server, DuckDB files, Airflow, headless Chromium)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)
 	$(BIN)/python -m partner_pipeline.codegen

@@ -31,7 +31,9 @@ from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_airflow import DAG_ID, run_nightly
 from partner_pipeline_dev.local_s3 import ACCESS_KEY, SECRET_KEY
 
-pytestmark = pytest.mark.e2e
+# the module fixture runs a 3-date backfill through a real Airflow and then 3 nights by `airflow dags test`:
+# about 10 minutes on an idle 2-core machine, so above the suite's 600 s per test
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 # Columns that legitimately differ between the backfill and the sequential nights, per published table:
 EXCLUDED = {
