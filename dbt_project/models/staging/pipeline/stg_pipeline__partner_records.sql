@@ -1,13 +1,16 @@
 -- Valid partner rows of every partner with an agreement (ingestion quarantined the rest), typed,
 -- from drops dated on or before the run's date (re-running or backfilling a date builds it as its
--- night did), not expired (stg_pipeline__partner_drops) and not of an erased person
--- (stg_pipeline__erased_rows: the rows the data-rights step deletes after the build).
+-- night did), not expired (macros expires_on / is_expired, as stg_pipeline__partner_drops) and not
+-- of an erased person (stg_pipeline__erased_rows: the rows the data-rights step deletes after the build).
+-- The retention rule is applied through the agreements (a row each) rather than through the drops
+-- view: with no erasure pending the anti join's input is empty, and DuckDB then misjudges the drops
+-- view's size and builds its hash join on every partner record (out of memory at 10M rows).
 with partner_records as (
     select * from {{ source('pipeline', 'partner_records') }}
 ),
 
-partner_drops as (
-    select * from {{ ref('stg_pipeline__partner_drops') }}
+agreements as (
+    select * from {{ ref('stg_pipeline__agreements') }}
 ),
 
 erased_rows as (
@@ -40,12 +43,10 @@ final as (
         partner_records.source_file,
         partner_records.source_row,
         partner_records.loaded_at,
-        partner_drops.expires_on
+        {{ expires_on('partner_records.drop_date', 'agreements.retention_days') }} as expires_on
     from partner_records
-    inner join partner_drops
-        on
-            partner_records.partner_id = partner_drops.partner_id
-            and partner_records.drop_date = partner_drops.drop_date
+    inner join agreements
+        on partner_records.partner_id = agreements.partner_id
     anti join erased_partner_records
         on
             partner_records.partner_id = erased_partner_records.partner_id
@@ -54,7 +55,7 @@ final as (
             and partner_records.source_row = erased_partner_records.source_row
     where
         partner_records.drop_date <= {{ run_date() }}
-        and not partner_drops.is_expired
+        and not {{ is_expired('partner_records.drop_date', 'agreements.retention_days') }}
 )
 
 select * from final
