@@ -98,7 +98,10 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
     A DELETE only writes a delete file beside the Parquet file that still holds the row, and every
     older snapshot keeps pointing at it. So: rewrite every data file that has any deleted row, expire
     every snapshot but the current one (time travel to before now ends), then delete the files no
-    snapshot uses. Measured on 1.5.5: without the rewrite, the row's bytes stay in the original file.
+    snapshot uses. Without the rewrite the row's bytes stay in the original file (STACK-NOTES, 1.5.5).
+    Files are deleted at once: run it when no other process is reading the lake.
+    Not covered: the catalog database's own storage. A deleted value may live on there in column
+    statistics: measured, the embedded DuckDB file's freed blocks and PostgreSQL's WAL still held it.
     """
     con.execute("CALL ducklake_rewrite_data_files(?, delete_threshold => 0)", [catalog])
     con.execute("CALL ducklake_expire_snapshots(?, older_than => now())", [catalog])
