@@ -162,17 +162,43 @@ def test_the_embedded_catalog_allows_one_client(embedded_lake_env):
     assert attached(read_only=True).execute("SELECT a FROM lake.t").fetchall() == [(1,)]
 
 
+def catalog_rows_holding(configuration: str, env: dict[str, str], postgres_server, con, needle: str) -> list[str]:
+    """Where the lake's catalog database still holds needle in a live row (DuckDB hides the metadata
+    catalog's tables from its listings, so read them from the catalog database itself)."""
+    if configuration == "postgres":
+        database = dict(kv.split("=") for kv in env["PIPELINE_LAKE_CATALOG"].removeprefix("postgres:").split())["dbname"]
+        dump = subprocess.run([str(postgres_bin_dir() / "pg_dump"), "--data-only", "-h", postgres_server.host,
+                               "-p", str(postgres_server.port), "-U", postgres_server.user, database],
+                              env={"PGPASSWORD": postgres_server.password}, check=True, capture_output=True, text=True).stdout
+        assert "COPY public.ducklake_file_column_stats" in dump  # the lake's catalog
+        return [line for line in dump.splitlines() if needle in line]
+    con.execute(f"DETACH {lake.CATALOG}")
+    catalog = duckdb.connect(load_settings().lake_catalog, read_only=True)
+    tables = catalog.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+    assert ("ducklake_file_column_stats",) in tables
+    return [f"{table}: {row}" for (table,) in tables
+            for row in catalog.execute(f'SELECT * FROM "{table}"').fetchall() if needle in repr(row)]
+
+
+def write_then_erase(con, *emails: str) -> int:
+    """A table over several commits holding emails among other rows; the emails deleted. The last
+    snapshot that held them."""
+    con.execute("CREATE TABLE lake.people (person_id INTEGER, email VARCHAR)")
+    con.execute("INSERT INTO lake.people SELECT i, 'keep-' || i || '@example.com' FROM range(100) t(i)")
+    for n, email in enumerate(emails):
+        con.execute("INSERT INTO lake.people VALUES (?, ?), (?, 'keep-too@example.com')", [1000 + n, email, 2000 + n])
+    con.execute("INSERT INTO lake.people SELECT i, 'later-' || i || '@example.com' FROM range(200, 250) t(i)")
+    with_emails = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
+    con.execute("DELETE FROM lake.people WHERE list_contains(?, email)", [list(emails)])
+    return with_emails
+
+
 @pytest.mark.parametrize("configuration", ["postgres", "embedded"])
 def test_purge_removes_erased_bytes_from_every_object(configuration, request, s3_server, postgres_server):
     env = request.getfixturevalue("lake_env" if configuration == "postgres" else "embedded_lake_env")
     bucket = env["PIPELINE_LAKE_BUCKET"]
     con = attached()
-    con.execute("CREATE TABLE lake.people (person_id INTEGER, email VARCHAR)")
-    con.execute("INSERT INTO lake.people SELECT i, 'keep-' || i || '@example.com' FROM range(100) t(i)")
-    con.execute("INSERT INTO lake.people VALUES (1000, ?), (1001, 'keep-too@example.com')", [EMAIL])
-    con.execute("INSERT INTO lake.people SELECT i, 'later-' || i || '@example.com' FROM range(200, 250) t(i)")
-    with_email = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
-    con.execute("DELETE FROM lake.people WHERE email = ?", [EMAIL])
+    with_email = write_then_erase(con, EMAIL)
     assert [k for k, body in bucket_objects(s3_server, bucket).items() if EMAIL.encode() in body]  # a DELETE alone keeps it
 
     lake.purge_deleted_rows(con)
@@ -186,13 +212,26 @@ def test_purge_removes_erased_bytes_from_every_object(configuration, request, s3
         assert "snapshot" in str(exc).lower()
     else:
         assert (EMAIL,) not in old
-    if configuration == "postgres":  # and no catalog row keeps it (column statistics hold min/max values)
-        database = dict(kv.split("=") for kv in env["PIPELINE_LAKE_CATALOG"].removeprefix("postgres:").split())["dbname"]
-        dump = subprocess.run([str(postgres_bin_dir() / "pg_dump"), "--data-only", "-h", postgres_server.host,
-                               "-p", str(postgres_server.port), "-U", postgres_server.user, database],
-                              env={"PGPASSWORD": postgres_server.password}, check=True, capture_output=True).stdout
-        assert b"ducklake_file_column_stats" in dump  # the lake's catalog
-        assert EMAIL.encode() not in dump
+    # nor any live row of the catalog (its column statistics hold min and max values)
+    assert catalog_rows_holding(configuration, env, postgres_server, con, EMAIL) == []
+
+
+@pytest.mark.xfail(strict=True, reason="DuckLake 1.5.5 keeps an erased value as the table's column min or max "
+                                       "(ducklake_table_column_stats) when its row was alone in its data file: the "
+                                       "file is dropped, nothing is rewritten, the statistics are not recomputed. "
+                                       "Measured on both catalogs; strict, so a fix upstream shows here")
+@pytest.mark.parametrize("configuration", ["postgres", "embedded"])
+def test_purge_leaves_no_erased_value_in_the_table_statistics(configuration, request, s3_server, postgres_server):
+    env = request.getfixturevalue("lake_env" if configuration == "postgres" else "embedded_lake_env")
+    con = attached()
+    alone = "aaa-" + EMAIL  # below every other email: the table's min value; alone in its commit, so in its own file
+    con.execute("CREATE TABLE lake.people (person_id INTEGER, email VARCHAR)")
+    con.execute("INSERT INTO lake.people SELECT i, 'keep-' || i || '@example.com' FROM range(100) t(i)")
+    con.execute("INSERT INTO lake.people VALUES (1000, ?)", [alone])
+    con.execute("DELETE FROM lake.people WHERE email = ?", [alone])
+    lake.purge_deleted_rows(con)
+    assert not [k for k, body in bucket_objects(s3_server, env["PIPELINE_LAKE_BUCKET"]).items() if alone.encode() in body]
+    assert catalog_rows_holding(configuration, env, postgres_server, con, alone) == []
 
 
 def test_the_catalog_password_never_reaches_sql_text_or_errors(lake_env, monkeypatch):

@@ -100,8 +100,9 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
     every snapshot but the current one (time travel to before now ends), then delete the files no
     snapshot uses. Without the rewrite the row's bytes stay in the original file (STACK-NOTES, 1.5.5).
     Files are deleted at once: run it when no other process is reading the lake.
-    Not covered: the catalog database's own storage. A deleted value may live on there in column
-    statistics: measured, the embedded DuckDB file's freed blocks and PostgreSQL's WAL still held it.
+    Not covered: the catalog database. It keeps column statistics (min and max values): measured on
+    1.5.5, an erased value that was alone in its data file stays the table's min or max in
+    ducklake_table_column_stats (tests/test_lake.py, xfail), and PostgreSQL's WAL held it too.
     """
     con.execute("CALL ducklake_rewrite_data_files(?, delete_threshold => 0)", [catalog])
     con.execute("CALL ducklake_expire_snapshots(?, older_than => now())", [catalog])
