@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-import tempfile
 
 import duckdb
 import pytest
@@ -92,10 +91,11 @@ def run_writers(tmp_path, commits: int, rows: int, *retries: str) -> list[tuple[
     """The four writers at once; (exit code, stderr) of each."""
     writers = []
     for partner in PARTNERS:
-        own_dir = tempfile.mkdtemp(prefix=f"writer-{partner}-")  # no local directory shared between writers
+        own_dir = tmp_path / f"writer-{partner}"  # no local directory shared between writers
+        own_dir.mkdir()
         writers.append(subprocess.Popen(
             [sys.executable, "-c", WRITER, partner, str(commits), str(rows), str(tmp_path), *retries],
-            env={**os.environ, "PIPELINE_DATA_DIR": own_dir}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            env={**os.environ, "PIPELINE_DATA_DIR": str(own_dir)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     ready = [w.stdout.readline().strip() for w in writers]
     (tmp_path / "commit").touch()
     results = [w.communicate(timeout=300) for w in writers]
