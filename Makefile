@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium demo run airflow s3 lint test test-fast generate bench clean
+.PHONY: help install chromium postgres demo run airflow s3 lint test test-fast generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -43,6 +43,16 @@ chromium: ## install Debian's chromium (the browser the run-report test uses), i
 	  echo "installing Debian's chromium for the browser test (apt-get) ..."; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
+# The DuckLake tests use a real PostgreSQL as the lake's catalog (the team configuration): Debian's postgresql package.
+postgres: ## install Debian's postgresql (the DuckLake catalog the lake tests start on loopback), if missing
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+	    echo "The tests need Debian's postgresql (/usr/lib/postgresql/*/bin/postgres) and this user cannot install it. Run:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends postgresql"; \
+	    echo "then make test again."; exit 1; fi; \
+	  echo "installing Debian's postgresql for the lake tests (apt-get) ..."; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+
 # sqlfluff's dbt templater compiles every model, and some models query their inputs while compiling:
 # it runs against a warehouse with the schema and no rows (tests/schema_warehouse.py), in data/lint.
 LINT_DIR := data/lint
@@ -56,7 +66,7 @@ lint: install ## ruff on the Python tree, sqlfluff (dbt templater) on the dbt pr
 test-fast: install ## the fast tier (< 2 min): DAG integrity, unit tests, dbt unit tests; no S3 server, no scenario builds
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
-test: install chromium lint ## lint, then the whole test suite (real S3 server, DuckDB files, Airflow, headless Chromium)
+test: install chromium postgres lint ## lint, then the whole test suite (real S3 server, PostgreSQL, DuckDB files, Airflow, headless Chromium)
 	$(BIN)/python -m pytest --durations=15
 
 generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)

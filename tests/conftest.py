@@ -21,6 +21,7 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
 from partner_pipeline.storage import ensure_buckets, s3_client
 from partner_pipeline_dev.local_audience_api import AudienceApi
+from partner_pipeline_dev.local_postgres import local_postgres
 from partner_pipeline_dev.local_s3 import local_s3
 
 _bucket_numbers = itertools.count()
@@ -30,6 +31,23 @@ _bucket_numbers = itertools.count()
 def s3_server(tmp_path_factory):
     with local_s3(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL on loopback per session (the team configuration's DuckLake catalog)."""
+    root = postgres_dir()
+    try:
+        with local_postgres(root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def postgres_dir() -> Path:
+    """A directory for a PostgreSQL cluster. Not tmp_path: as root, PostgreSQL runs as `nobody`, who
+    cannot enter pytest's /tmp/pytest-of-root (0700)."""
+    return Path(tempfile.mkdtemp(prefix="local-postgres-"))
 
 
 @pytest.fixture

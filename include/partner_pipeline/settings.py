@@ -6,7 +6,7 @@ Defaults are the embedded ones: a local S3 server, a DuckDB file and staging are
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,11 @@ class Settings:
     expectations_dir: Path
     duckdb_memory_limit: str
     duckdb_threads: int
+    # DuckLake (lake.py): a catalog path, or `postgres:<libpq string without password>` (the team's)
+    lake_catalog: str = ""
+    lake_catalog_password: str | None = field(default=None, repr=False)
+    lake_bucket: str = "pipeline-lake"
+    lake_data_path: str = "s3://pipeline-lake/"
 
     @property
     def staging_dir(self) -> Path:
@@ -60,6 +65,7 @@ class Settings:
 def load_settings() -> Settings:
     env = os.environ
     data_dir = Path(env.get("PIPELINE_DATA_DIR", PROJECT_ROOT / "data"))
+    lake_bucket = env.get("PIPELINE_LAKE_BUCKET", "pipeline-lake")
     return Settings(
         s3_endpoint_url=env.get("PIPELINE_S3_ENDPOINT_URL") or None,
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
@@ -80,4 +86,8 @@ def load_settings() -> Settings:
         expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
         duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),
         duckdb_threads=int(env.get("PIPELINE_DUCKDB_THREADS", "2")),
+        lake_catalog=env.get("PIPELINE_LAKE_CATALOG") or str(data_dir / "lake" / "catalog.ducklake"),
+        lake_catalog_password=env.get("PIPELINE_LAKE_CATALOG_PASSWORD") or None,
+        lake_bucket=lake_bucket,
+        lake_data_path=env.get("PIPELINE_LAKE_DATA_PATH") or f"s3://{lake_bucket}/",
     )
