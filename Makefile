@@ -33,25 +33,24 @@ airflow: install ## Airflow 3 (UI on 127.0.0.1:8080, scheduler, dag-processor, t
 s3: install ## serve the embedded S3 store (data/s3) on 127.0.0.1:8333 until Ctrl-C
 	$(BIN)/python -m partner_pipeline_dev.local_s3 --port $(or $(PORT),8333)
 
-# The run-report test loads the report in a real headless browser: Debian's chromium package.
-chromium: ## install Debian's chromium (the browser the run-report test uses), if missing
-	@test -x /usr/bin/chromium || { \
+# Debian packages the tests need, installed with apt-get when missing (as root or with passwordless
+# sudo; otherwise the command to run is printed). $(1): the package, $(2): a shell test that it is
+# there, $(3): what the tests use it for.
+define apt_install
+	@$(2) || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
-	    echo "The tests need Debian's chromium (/usr/bin/chromium) and this user cannot install it. Run:"; \
-	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"; \
+	    echo "The tests need Debian's $(1) ($(3)) and this user cannot install it. Run:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends $(1)"; \
 	    echo "then make test again."; exit 1; fi; \
-	  echo "installing Debian's chromium for the browser test (apt-get) ..."; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	  echo "installing Debian's $(1) for the tests: $(3) (apt-get) ..."; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1); }
+endef
 
-# The DuckLake tests use a real PostgreSQL as the lake's catalog (the team configuration): Debian's postgresql package.
+chromium: ## install Debian's chromium (the browser the run-report test uses), if missing
+	$(call apt_install,chromium,test -x /usr/bin/chromium,the run report's browser test)
+
 postgres: ## install Debian's postgresql (the DuckLake catalog the lake tests start on loopback), if missing
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
-	    echo "The tests need Debian's postgresql (/usr/lib/postgresql/*/bin/postgres) and this user cannot install it. Run:"; \
-	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends postgresql"; \
-	    echo "then make test again."; exit 1; fi; \
-	  echo "installing Debian's postgresql for the lake tests (apt-get) ..."; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1,the DuckLake catalog of the lake tests)
 
 # sqlfluff's dbt templater compiles every model, and some models query their inputs while compiling:
 # it runs against a warehouse with the schema and no rows (tests/schema_warehouse.py), in data/lint.
