@@ -77,6 +77,16 @@ class DifferentialPrivacy(BaseModel):
         return {"month": f"{day:%Y-%m}", "quarter": f"{day.year}-Q{(day.month - 1) // 3 + 1}", "year": f"{day.year}"}[self.period]
 
 
+class SeedSet(BaseModel):
+    """v2 (spec "Seed sets we send"): the seed set of our consenting customers this partner receives each night."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["csv.gz", "parquet"] = "csv.gz"
+    # the Airflow Variable holding this agreement's key for seed_id (a keyed hash); never in the repo
+    secret_variable: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,250}$")]
+
+
 class Agreement(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -95,6 +105,9 @@ class Agreement(BaseModel):
     # overlap report: first-party columns (e.g. country) or this partner's categorical attributes
     overlap_dimensions: list[str] = ["country"]
     differential_privacy: DifferentialPrivacy | None = None
+    # v2: a nightly seed set to the partner's outbox; rows keyed by partner_person_id alone (spec "Partner ids")
+    seed_set: SeedSet | None = None
+    partner_id_only_rows: bool = False
 
     @field_validator("partner_id")
     @classmethod

@@ -97,7 +97,11 @@ CREATE TABLE IF NOT EXISTS audit.data_subject_requests (
 CREATE TABLE IF NOT EXISTS raw.agreements (partner_id VARCHAR, agreement_id VARCHAR, valid_from DATE,
     valid_to DATE, hash_profile VARCHAR, default_country_code VARCHAR, required_consents VARCHAR[],
     retention_days INTEGER, max_bad_row_share DOUBLE, min_group_size INTEGER, outbox_uri VARCHAR,
-    overlap_dimensions VARCHAR[], dp_epsilon_per_release DOUBLE, dp_budget_per_period DOUBLE, dp_period VARCHAR);
+    overlap_dimensions VARCHAR[], dp_epsilon_per_release DOUBLE, dp_budget_per_period DOUBLE, dp_period VARCHAR,
+    seed_set_format VARCHAR, partner_id_only_rows BOOLEAN);
+-- the v2 columns, for a warehouse made before them (appended, so the mirror's positional INSERT still fits)
+ALTER TABLE raw.agreements ADD COLUMN IF NOT EXISTS seed_set_format VARCHAR;
+ALTER TABLE raw.agreements ADD COLUMN IF NOT EXISTS partner_id_only_rows BOOLEAN;
 CREATE TABLE IF NOT EXISTS raw.agreement_attributes (partner_id VARCHAR, attribute VARCHAR, type VARCHAR,
     allowed_values VARCHAR[], min_value DOUBLE, max_value DOUBLE, usage_labels VARCHAR[], special_category BOOLEAN,
     description VARCHAR);
@@ -109,6 +113,12 @@ CREATE TABLE IF NOT EXISTS raw.usage_policies (policy_id VARCHAR, description VA
 -- the first-party snapshot in force; first_party.load_snapshot replaces it with the snapshot's own columns
 CREATE TABLE IF NOT EXISTS raw.first_party_profiles (profile_id VARCHAR, email VARCHAR, phone VARCHAR, country VARCHAR,
     consent_marketing VARCHAR, snapshot_date DATE);
+-- v2 seed sets (spec "Seed sets we send"): every seed_id issued, one row per (agreement, profile), so a
+-- partner's seed-keyed row resolves to the profile it was issued for; and each night's export, counts only
+CREATE TABLE IF NOT EXISTS raw.issued_seeds (partner_id VARCHAR, agreement_id VARCHAR, seed_id VARCHAR,
+    profile_id VARCHAR, first_issued_on DATE, last_issued_on DATE);
+CREATE TABLE IF NOT EXISTS audit.seed_exports (partner_id VARCHAR, agreement_id VARCHAR, seed_date DATE, run_id VARCHAR,
+    exported_at TIMESTAMPTZ, status VARCHAR, seeds_sent BIGINT, location VARCHAR, details JSON);
 CREATE SCHEMA IF NOT EXISTS activation;
 CREATE TABLE IF NOT EXISTS activation.destination_members (
     destination_id VARCHAR, segment_name VARCHAR, profile_id VARCHAR, email_sha256 VARCHAR, phone_sha256 VARCHAR,
@@ -243,10 +253,11 @@ def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str
     con.execute("DELETE FROM raw.agreement_attributes")
     for a in agreements.values():
         dp = a.differential_privacy
-        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [a.partner_id, a.agreement_id, a.valid_from, a.valid_to, a.hash_profile, a.default_country_code,
                      list(a.required_consents), a.retention_days, a.max_bad_row_share, a.min_group_size, a.outbox(outbox_bucket),
-                     list(a.overlap_dimensions), dp and dp.epsilon_per_release, dp and dp.budget_per_period, dp and dp.period])
+                     list(a.overlap_dimensions), dp and dp.epsilon_per_release, dp and dp.budget_per_period, dp and dp.period,
+                     a.seed_set and a.seed_set.format, a.partner_id_only_rows])
         for name, attr in a.attributes.items():
             con.execute("INSERT INTO raw.agreement_attributes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [a.partner_id, name, attr.type, attr.allowed_values, attr.min, attr.max, list(attr.usage_labels),

@@ -1,4 +1,4 @@
-{%- set spec_columns = ['profile_id', 'email', 'phone', 'country', 'consent_marketing', 'snapshot_date'] -%}
+{%- set spec_columns = ['profile_id', 'email', 'phone', 'country', 'consent_marketing', 'consent_partner_sharing', 'snapshot_date'] -%}
 {%- set types = var('first_party_attribute_types') -%}
 {%- set source_columns = adapter.get_columns_in_relation(source('pipeline', 'first_party_profiles')) | map(attribute='name') | list -%}
 -- Our customers from the first-party snapshot in force for the run's date, typed: the spec's
@@ -28,6 +28,12 @@ final as (
         first_party_profiles.phone,
         upper(trim(first_party_profiles.country)) as country,
         cast(first_party_profiles.consent_marketing as boolean) as has_consent_marketing,
+        -- v2, optional: absent or null shares nobody (spec "First-party profiles")
+        {% if 'consent_partner_sharing' in source_columns -%}
+        coalesce(try_cast(first_party_profiles.consent_partner_sharing as boolean), false)
+        {%- else -%}
+        false
+        {%- endif %} as has_consent_partner_sharing,
         {%- for column in source_columns if column not in spec_columns %}
         {% if column in types %}try_cast(first_party_profiles."{{ column }}" as {{ types[column] }}){% else %}first_party_profiles."{{ column }}"{% endif %} as "{{ column }}",
         {%- endfor %}

@@ -18,7 +18,9 @@ final as (
         overlap_dimensions,
         dp_epsilon_per_release,
         dp_budget_per_period,
-        dp_period
+        dp_period,
+        seed_set_format,
+        partner_id_only_rows
     from agreements
 )
 
