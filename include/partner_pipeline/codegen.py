@@ -22,6 +22,9 @@ FIRST_PARTY_COLUMNS = [
     {"name": "profile_id", "description": "Our customer id.", "data_tests": ["unique", "not_null"]},
     {"name": "country", "description": "ISO 3166 alpha-2."},
     {"name": "has_consent_marketing", "description": "The customer agreed to marketing by us (first-party consent)."},
+    {"name": "has_consent_partner_sharing",
+     "description": "The customer agreed that their hashed identifiers may be shared with contracted partners for "
+                    "matching (seed sets); false when the snapshot has no such column."},
     {"name": "customer_since", "description": "First-party attribute."},
     {"name": "lifetime_value", "description": "First-party attribute."},
     {"name": "tier", "description": "First-party attribute: our own customer tier."},
