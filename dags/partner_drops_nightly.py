@@ -93,6 +93,14 @@ def partner_drops_nightly():
             return nightly.share_overlap_reports(logical_date.date(), run_id)
 
     @task(pool=WAREHOUSE_POOL)
+    def export_seeds(logical_date=None, run_id=None) -> list[dict]:
+        """Each seed-enabled agreement's seed set (consenting customers, hashed, with seed_ids) to the partner's outbox."""
+        from partner_pipeline import nightly
+
+        with nightly.task_errors():
+            return nightly.export_seeds(logical_date.date(), run_id)
+
+    @task(pool=WAREHOUSE_POOL)
     def activate(logical_date=None, run_id=None, params=None) -> list[dict]:
         """Send segment changes to the destinations the usage policies allow."""
         from partner_pipeline import nightly
@@ -129,7 +137,7 @@ def partner_drops_nightly():
 
     # a backfill starts its dates together: each waits for the previous date's run (see partner_pipeline.sequencing)
     published = publish(ingest.expand(drop=PreviousDateDone(task_id="previous_date_done") >> discover()))
-    sends = [activate(), share_overlap_reports()]
+    sends = [activate(), share_overlap_reports(), export_seeds()]
     published >> load_first_party() >> transform() >> data_rights() >> sends
     marts = publish_marts()
     sends >> marts >> report().as_teardown()

@@ -72,6 +72,7 @@ def pipeline_env(s3_server, tmp_path, agreements_dir, monkeypatch) -> dict[str, 
         "PIPELINE_REPORTS_BUCKET": f"reports-{os.getpid()}-{n}",
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
         "PIPELINE_AGREEMENTS_DIR": str(agreements_dir),
+        "AIRFLOW_VAR_SEED_SECRET_ACME_BANK": "test-seed-key-acme-bank-0123456789abcdef",  # the seed_id key (seeds.py)
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -120,6 +121,7 @@ def run_night(day, run_id: str) -> None:
     nightly.data_rights(day, run_id)
     nightly.activate(day, run_id)
     nightly.share_overlap_reports(day, run_id)
+    nightly.export_seeds(day, run_id)
     nightly.publish_marts(day, run_id)
 
 

@@ -35,7 +35,7 @@ def test_warehouse_writers_share_the_single_slot_pool(dagbag):
     dag = dagbag.dags["partner_drops_nightly"]
     assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {
         "discover", "publish", "load_first_party", "transform", "data_rights", "activate", "share_overlap_reports", "publish_marts",
-        "report"}
+        "report", "export_seeds"}
     assert dag.get_task("ingest").pool != WAREHOUSE_POOL  # drops stage in parallel, each in its own file
     assert dag.max_active_runs == 1  # scheduled nights one at a time (a backfill's own max_active_runs overrides it)
 
@@ -80,11 +80,12 @@ def test_marts_are_published_after_activation_even_when_a_destination_fails(dagb
     dag = dagbag.dags["partner_drops_nightly"]
     assert dag.get_task("activate").upstream_task_ids == {"data_rights"}
     publish = dag.get_task("publish_marts")
-    assert publish.upstream_task_ids == {"activate", "share_overlap_reports"} and publish.trigger_rule == "all_done"
+    assert publish.upstream_task_ids == {"activate", "share_overlap_reports", "export_seeds"} and publish.trigger_rule == "all_done"
     assert dag.params["full_refresh_activation"] is False
     # publish_marts runs even after a failure, so a leaf that needs every task's success gives the run its state
     verdict = dag.get_task("night_succeeded")
-    assert verdict.upstream_task_ids == {"activate", "share_overlap_reports", "publish_marts"}
+    assert verdict.upstream_task_ids == {"activate", "share_overlap_reports", "export_seeds", "publish_marts"}
+    assert dag.get_task("export_seeds").upstream_task_ids == {"data_rights"}
     assert verdict.trigger_rule == "all_success"
     assert {t.task_id for t in dag.leaves if not t.is_teardown} == {"night_succeeded"}
 

@@ -756,3 +756,45 @@ def _remove_empty_folders(root: Path) -> None:
         for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             if not any(folder.iterdir()):
                 folder.rmdir()
+
+
+# --- seed sets (v2): superseded sets in the outbox, issued seeds of the erased or expired ---------
+
+def delete_superseded_seed_sets(con, client, bucket: str, seeds_prefix: str, partner_id: str, day: dt.date, run_id: str) -> list[str]:
+    """Once tonight's complete seed set is in `s3://<bucket>/<seeds_prefix><day>/`, every earlier date's
+    folder is superseded (a seed set is always full): delete it, one audit.data_deletions row per folder
+    (reason 'superseded', the number of objects). Called by seeds.export_seed_sets right after the write."""
+    deleted = []
+    for date in sorted(list_prefixes(client, bucket, seeds_prefix)):
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) or dt.date.fromisoformat(date) >= day:
+            continue
+        folder = f"{seeds_prefix}{date}/"
+        objects = list(list_objects(client, bucket, folder))
+        for obj in sorted(objects, key=lambda o: o.key.endswith("_SUCCESS"), reverse=True):  # _SUCCESS first: never a half set
+            client.delete_object(Bucket=bucket, Key=obj.key)
+        con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'superseded', NULL, ?, ?, ?, ?)",
+                    [run_id, f"s3://{bucket}/{folder}", partner_id, dt.date.fromisoformat(date), len(objects)])
+        deleted.append(f"s3://{bucket}/{folder}")
+    return deleted
+
+
+def delete_issued_seeds(con, run_id: str) -> dict:
+    """Delete the issued seeds (raw.issued_seeds) that the mart issued_seed_deletions lists (an erased
+    profile's, or past the agreement's retention), in one transaction, counted in audit.data_deletions
+    per (reason, request, partner, last night sent): an erased person's seeds match nothing later."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE seed_deletions AS SELECT * FROM marts.issued_seed_deletions")
+        con.execute("""INSERT INTO audit.data_deletions
+                       SELECT now(), ?, reason, request_id, 'raw.issued_seeds', partner_id, last_issued_on, count(DISTINCT seed_id)
+                       FROM seed_deletions GROUP BY ALL""", [run_id])
+        counts = dict(con.execute("SELECT reason, count(DISTINCT (partner_id, agreement_id, seed_id)) FROM seed_deletions GROUP BY 1")
+                      .fetchall())
+        con.execute("""DELETE FROM raw.issued_seeds WHERE (partner_id, agreement_id, seed_id) IN
+                       (SELECT (partner_id, agreement_id, seed_id) FROM seed_deletions)""")
+        con.execute("DROP TABLE seed_deletions")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return {reason: int(n) for reason, n in counts.items()}

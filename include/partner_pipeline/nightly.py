@@ -7,7 +7,7 @@ import json
 import logging
 from contextlib import contextmanager
 
-from partner_pipeline import activation, data_rights as rights, first_party, insights
+from partner_pipeline import activation, data_rights as rights, first_party, insights, seeds
 from partner_pipeline.agreements import AgreementError, load_agreements
 from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.governance import GovernanceError, load_governance
@@ -152,6 +152,7 @@ def data_rights(day: dt.date, run_id: str) -> dict:
         retention_date = retention_clock(con, day)
         summary = {
             "rows_deleted": rights.apply_deletions(con, run_id),
+            "issued_seeds_deleted": rights.delete_issued_seeds(con, run_id),
             "activation_files_scrubbed": rights.scrub_delivered_files(con, client, governance, settings.activation_bucket, run_id),
             "erasures": rights.complete_erasures(con, client, settings, agreements, day, run_id),
             "access_exports": rights.answer_access_requests(con, client, settings, day, run_id),
@@ -178,6 +179,17 @@ def share_overlap_reports(day: dt.date, run_id: str) -> dict:
         shared = insights.share_overlap_reports(con, client_from_settings(settings), agreements, settings.outbox_bucket, day, run_id)
     log.info("overlap reports: %s", shared)
     return shared
+
+
+def export_seeds(day: dt.date, run_id: str) -> list[dict]:
+    """Each seed-enabled agreement's seed set to its partner's outbox (seeds.py); an agreement without a
+    usable key is refused (its audit row and the run report say why), the others still export."""
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    with warehouse(settings) as con:
+        exports = seeds.export_seed_sets(con, client_from_settings(settings), settings, agreements, day, run_id)
+    log.info("seed sets: %s", exports)
+    return exports
 
 
 def activate(day: dt.date, run_id: str, full_refresh: bool = False) -> list[dict]:

@@ -77,6 +77,8 @@ RULES: tuple[Rule, ...] = (
          "proof an erasure was done (counts, no identifier): kept as long as a claim can be made"),
     Rule("erasure notices", "outbox", re.compile(rf"erasure/{DATE}\.csv$"), 30, "the partner collects them nightly"),
     Rule("overlap reports", "outbox", re.compile(rf"overlap/{DATE}\.(csv|json)$"), 30, "the partner collects them nightly"),
+    Rule("seed sets", "outbox", re.compile(rf"seeds/{DATE}/"), 30,
+         "a full set each night supersedes the earlier ones (deleted once it is written); this catches a set no later night replaced"),
     Rule("activation exports", "activation", re.compile(rf"(?P<segment>[^/]+)/{DATE}/"), DESTINATION,
          "hashes of our customers in our export bucket, kept as the destination needs them"),
 )

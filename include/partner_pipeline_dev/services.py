@@ -1,5 +1,6 @@
 """The embedded defaults `make run`, `make demo` and `make airflow` start for what is not configured:
-the S3 server over data/s3 and a local audience API per HTTP destination without a connection."""
+the S3 server over data/s3, a local audience API per HTTP destination without a connection, and a
+seed_id key (data/secrets/) per seed-enabled agreement whose Airflow Variable is not set."""
 
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ def embedded_services(settings: Settings) -> Iterator[dict[str, str]]:
             server = stack.enter_context(local_s3(settings.data_dir / "s3", buckets))
             env.update(server.env())
             print(f"S3 server (SeaweedFS) on {server.endpoint_url}, store in {settings.data_dir / 's3'}")
-        governance = load_governance(settings.governance_dir, load_agreements(settings.agreements_dir))
+        agreements = load_agreements(settings.agreements_dir)
+        for agreement in agreements.values():  # seed_id keys: a demo key per agreement, never committed (data/ is ignored)
+            variable = f"AIRFLOW_VAR_{agreement.seed_set.secret_variable.upper()}" if agreement.seed_set else None
+            if variable is None or variable in os.environ:
+                continue
+            env[variable] = demo_secret(settings, agreement.seed_set.secret_variable)
+            print(f"seed key of {agreement.partner_id} from {settings.data_dir / 'secrets' / agreement.seed_set.secret_variable}")
+        governance = load_governance(settings.governance_dir, agreements)
         for destination_id, destination in governance.destinations.items():
             variable = f"AIRFLOW_CONN_{destination.connection_id.upper()}" if destination.connection_id else None
             if variable is None or variable in os.environ:
@@ -41,3 +49,14 @@ def embedded_services(settings: Settings) -> Iterator[dict[str, str]]:
             print(f"audience API for destination {destination_id} on {api.url}, audiences in {state}")
         os.environ.update(env)
         yield env
+
+
+def demo_secret(settings: Settings, name: str) -> str:
+    """A local demo secret: data/secrets/<name>, made once (0600, 64 random hex characters) and kept."""
+    path = settings.data_dir / "secrets" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip()

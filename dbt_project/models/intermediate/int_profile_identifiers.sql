@@ -1,6 +1,6 @@
 -- Every profile's email and phone, normalized and hashed under each (hash profile, default
 -- country code) an agreement uses: what partner hashes are matched against. Destinations' hashes
--- are made in activation_audiences, for the members sent only.
+-- are made in activation_audiences, for the members sent only. Seed-set agreements count too (seed_set_members).
 with profiles as (
     select
         profile_id,
@@ -24,6 +24,13 @@ hash_settings as (
         agreements.default_country_code
     from agreements
     where agreements.partner_id in (select partner_records.partner_id from partner_records)
+    union
+    -- and every agreement that receives a seed set (its members' hashes: the mart seed_set_members)
+    select distinct
+        agreements.hash_profile,
+        agreements.default_country_code
+    from agreements
+    where agreements.seed_set_format is not null
 ),
 
 normalized as (
