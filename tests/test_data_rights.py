@@ -50,6 +50,9 @@ OWN_DELETIONS = {
     ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_partner_overlap_counts"),
     ("transform.py", "write_published_copy", "DROP VIEW"),  # the copy's views, which read a warehouse analysts do not open
     ("warehouse.py", "drop_taken_over_history", "DROP TABLE audit.segment_size_history"),  # once the model took its rows over
+    # a seed export's own audit row, replaced on a retry of the run, and its working table
+    ("seeds.py", "_record", "DELETE FROM audit.seed_exports"),
+    ("seeds.py", "_export", "DROP TABLE IF EXISTS seed_export"),
     # what a destination holds (activation's sync state), changed as the destination is told
     ("activation.py", "_apply", "DELETE FROM activation.destination_members"),
     ("activation.py", "HttpAudience.sync", "DELETE FROM activation.destination_members"),

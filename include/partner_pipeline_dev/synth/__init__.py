@@ -37,7 +37,7 @@ identities  who each person index is, the partners' hashes of them
 files       writing CSV / gzip / Parquet / JSON deterministically
 profiles    the first-party profile snapshot
 drops       partner drops (DropSpec, corruptions, bad rows) and each drop's ground truth
-truth       the expected enriched_profiles mart and segment sizes
+truth       the expected enriched_profiles mart, segment sizes and seed sets (expected_seed_set)
 scenario    generate_scenario: all of the above and ground_truth.json
 cli         `python -m partner_pipeline_dev.synth`
 """
@@ -52,13 +52,13 @@ from partner_pipeline_dev.synth.identities import (
 )
 from partner_pipeline_dev.synth.profiles import PROFILE_COLUMNS, generate_profiles
 from partner_pipeline_dev.synth.scenario import generate_scenario
-from partner_pipeline_dev.synth.truth import LOADED_STATUSES, load_segment_rules, load_segments
+from partner_pipeline_dev.synth.truth import LOADED_STATUSES, expected_seed_set, load_segment_rules, load_segments
 from partner_pipeline_dev.upload import upload_tree
 
 __all__ = [
     "CONTRACT_RULES", "CORRUPTIONS", "CSV_ONLY_RULES", "DOTS", "FORMATS", "GOOGLEMAIL", "LOADABLE_CORRUPTIONS", "LOADED_STATUSES",
     "PLUS_TAG", "PROFILE_COLUMNS", "UNIVERSE", "UNLISTED_FILE_ROWS", "DropSpec", "People", "describe_persons", "drop_columns",
-    "email_normalizes_to_base", "expected_status", "generate_profiles", "generate_scenario", "load_segment_rules", "load_segments",
+    "email_normalizes_to_base", "expected_seed_set", "expected_status", "generate_profiles", "generate_scenario", "load_segment_rules", "load_segments",
     "normalized_phone", "partner_hashes", "profile_ids", "row_rules", "sha256_hex", "string_vocabulary", "upload_tree",
     "variant_name", "write_drop",
 ]

@@ -50,6 +50,7 @@ CASE_WEIGHTS = (0.55, 0.25, 0.10, 0.10)  # as is | Capitalized Parts | UPPER | u
 WHITESPACE_WEIGHTS = (0.92, 0.03, 0.02, 0.02, 0.01)  # none | " x" | "x " | "x\t" | "  x \t"
 TIERS = ("standard", "plus", "premium")
 TIER_WEIGHTS = (0.6, 0.3, 0.1)
+CONSENT_PARTNER_SHARING_SHARE = 0.4
 
 # Profile-sensitive raw emails: bit flags of how the raw differs from the base.
 DOTS, PLUS_TAG, GOOGLEMAIL = 1, 2, 4
@@ -204,6 +205,7 @@ class People:
         self.u_since = u(16)
         self.u_value = u(17)
         self.tier = _weighted(u(18), TIER_WEIGHTS)
+        self.consent_partner_sharing = u(19) < CONSENT_PARTNER_SHARING_SHARE  # v2: who may be in a partner's seed set
 
     def __len__(self) -> int:
         return int(self.idx.size)
@@ -257,6 +259,26 @@ class People:
         )
         phone = pc.choose(pa.array(self.phone_format.astype(np.int8)), *formats)
         return pc.if_else(pa.array(self.phone_null), pa.nulls(len(self), pa.string()), phone)
+
+    def normalized_emails(self, hash_profile: str) -> pa.Array:
+        """The raw email as hash_profile normalizes it: case and whitespace gone, and of the variant bits
+        those the profile does not remove (email_normalizes_to_base's table) kept; the base where it removes all."""
+        kept = np.where(self.email_matches(hash_profile), 0, self.variant)
+        if hash_profile == "google":  # dots go on both domains; +tag and googlemail.com stay
+            kept = kept & ~DOTS
+        c1, c2 = self._local_parts()
+        sep = _take(LOCAL_SEPARATORS, np.where(kept & DOTS, 1, self.sep))
+        tag = pc.if_else(pa.array((kept & PLUS_TAG) != 0), _join("+", _take(PLUS_TAGS, self.tag)), "")
+        domain = pc.if_else(pa.array((kept & GOOGLEMAIL) != 0), "googlemail.com", _take(DOMAINS, self.domain))
+        return _join(c1, sep, c2, pc.cast(pa.array(self.number), pa.string()), tag, "@", domain)
+
+    def normalized_phones(self, hash_profile: str, default_country_code: str) -> pa.Array:
+        """The raw phone as hash_profile normalizes it with this default country code (null where there is none):
+        its own country code where written, else the default one, before the national number."""
+        has_cc = np.isin(self.phone_format, PHONE_FORMATS_WITH_CC)
+        e164 = _join(pa.array(np.where(has_cc, self.cc, default_country_code)), pc.cast(pa.array(self.national), pa.string()))
+        written = e164 if hash_profile == "basic" else _join("+", e164)
+        return pc.if_else(pa.array(self.phone_null), pa.nulls(len(self), pa.string()), written)
 
     def email_matches(self, hash_profile: str) -> np.ndarray:
         """Whether the raw profile email normalizes to the base under hash_profile."""

@@ -14,7 +14,8 @@ from partner_pipeline_dev.synth.files import _DataFile, _bool_strings, _file_sha
 from partner_pipeline_dev.synth.identities import (CHUNK_ROWS, COUNTRIES, LIST_LIMIT, MAX_PROFILES, SENSITIVE_VARIANTS, TIERS, People,
                                                   _as_date, _take, email_normalizes_to_base, profile_ids, variant_name)
 
-PROFILE_COLUMNS = ("profile_id", "email", "phone", "country", "consent_marketing", "customer_since", "lifetime_value", "tier")
+PROFILE_COLUMNS = ("profile_id", "email", "phone", "country", "consent_marketing", "consent_partner_sharing", "customer_since",
+                   "lifetime_value", "tier")
 CUSTOMERS_SINCE = dt.date(2012, 1, 1)
 
 
@@ -29,7 +30,7 @@ def generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, s
 
 def _generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
     """generate_profiles, also returning the first-party attributes as written, compactly (one
-    entry per profile index): country and tier codes, consent_marketing, customer_since (days
+    entry per profile index): country and tier codes, consent_marketing, consent_partner_sharing, customer_since (days
     since the epoch) and lifetime_value (the DOUBLE its written text parses to)."""
     snapshot_date = _as_date(snapshot_date)
     if not 0 <= n_profiles <= MAX_PROFILES:
@@ -44,7 +45,8 @@ def _generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, 
     since_span = (snapshot_date - CUSTOMERS_SINCE).days
     first_party = {
         "country": np.zeros(n_profiles, np.int8), "tier": np.zeros(n_profiles, np.int8),
-        "consent_marketing": np.zeros(n_profiles, bool), "customer_since": np.zeros(n_profiles, np.int32),
+        "consent_marketing": np.zeros(n_profiles, bool), "consent_partner_sharing": np.zeros(n_profiles, bool),
+        "customer_since": np.zeros(n_profiles, np.int32),
         "lifetime_value": np.zeros(n_profiles, np.float64),
     }
     with _DataFile(folder / "profiles-000.csv.gz", "csv.gz", list(PROFILE_COLUMNS)) as out:
@@ -60,6 +62,7 @@ def _generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, 
                 "phone": people.raw_phones(),
                 "country": pa.array(np.array(COUNTRIES)[people.country]),
                 "consent_marketing": _bool_strings(people.consent_marketing),
+                "consent_partner_sharing": _bool_strings(people.consent_partner_sharing),
                 "customer_since": _date_strings(since),
                 "lifetime_value": value_text,
                 "tier": _take(TIERS, people.tier),
@@ -67,6 +70,7 @@ def _generate_profiles(root: Path, bucket: str, snapshot_date, n_profiles: int, 
             first_party["country"][lo:hi] = people.country
             first_party["tier"][lo:hi] = people.tier
             first_party["consent_marketing"][lo:hi] = people.consent_marketing
+            first_party["consent_partner_sharing"][lo:hi] = people.consent_partner_sharing
             first_party["customer_since"][lo:hi] = since
             first_party["lifetime_value"][lo:hi] = pc.cast(value_text, pa.float64()).to_numpy()
             variants += np.bincount(people.variant, minlength=8)

@@ -1,5 +1,6 @@
 """The scenario's expected results beyond each drop: the enriched_profiles mart the pipeline should
-build and every segment's size, from the generator's own facts (never by re-hashing)."""
+build, every segment's size, and each seed-enabled agreement's seed set, from the generator's own
+facts (never by re-hashing what the pipeline wrote)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.settings import PROJECT_ROOT
 from partner_pipeline_dev.synth.drops import _compact_dtype, string_vocabulary
-from partner_pipeline_dev.synth.identities import COUNTRIES, TIERS, _as_date, profile_ids
+from partner_pipeline_dev.synth.identities import CHUNK_ROWS, COUNTRIES, TIERS, People, _as_date, profile_ids, sha256_hex
 
 LOADED_STATUSES = ("loaded", "loaded_flagged")
 
@@ -74,6 +76,7 @@ def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_pr
         "profile_id": profile_ids(np.arange(n_profiles)),
         "country": pa.DictionaryArray.from_arrays(pa.array(first_party["country"]), pa.array(COUNTRIES)),
         "has_consent_marketing": pa.array(first_party["consent_marketing"]),
+        "has_consent_partner_sharing": pa.array(first_party["consent_partner_sharing"]),
         "customer_since": pa.array(first_party["customer_since"]).cast(pa.date32()),
         "lifetime_value": pa.array(first_party["lifetime_value"]),
         "tier": pa.DictionaryArray.from_arrays(pa.array(first_party["tier"]), pa.array(TIERS)),
@@ -168,3 +171,30 @@ def _segment_sizes(enriched_profiles: pa.Table, rules: dict[str, str], activatio
             except duckdb.Error as exc:
                 raise ValueError(f"segment {name}: its rule does not run over enriched_profiles ({rule!r}): {exc}") from exc
     return sizes, sendable
+
+
+def expected_seed_set(agreement: Agreement, profiles_seed: int, n_profiles: int, exclude_profile_ids=()) -> pa.Table:
+    """The seed set the pipeline should send under `agreement` for a snapshot of n_profiles made with
+    profiles_seed (spec "Seed sets we send"), from the generator's facts: the profiles whose
+    consent_partner_sharing is true (less exclude_profile_ids, e.g. the erased), each with its email and
+    phone as the agreement's hash profile normalizes them, hashed (People.normalized_emails / normalized_phones);
+    a profile with neither is left out. Columns profile_id, email_sha256, phone_sha256, sorted by profile_id.
+    The seed_ids are not here: they need the agreement's key."""
+    parts = []
+    for lo in range(0, n_profiles, CHUNK_ROWS):
+        people = People(profiles_seed, np.arange(lo, min(lo + CHUNK_ROWS, n_profiles)))
+        keep = people.consent_partner_sharing
+        emails = people.normalized_emails(agreement.hash_profile).filter(pa.array(keep)).to_pylist()
+        phones = people.normalized_phones(agreement.hash_profile, agreement.default_country_code).filter(pa.array(keep)).to_pylist()
+        parts.append(pa.table({
+            "profile_id": profile_ids(people.idx[keep]),
+            "email_sha256": pa.array([None if e is None else sha256_hex(e) for e in emails], pa.string()),
+            "phone_sha256": pa.array([None if p is None else sha256_hex(p) for p in phones], pa.string()),
+        }))
+    table = pa.concat_tables(parts) if parts else pa.table({"profile_id": pa.array([], pa.string()),
+                                                           "email_sha256": pa.array([], pa.string()),
+                                                           "phone_sha256": pa.array([], pa.string())})
+    excluded = pa.array(sorted(set(exclude_profile_ids)), pa.string())
+    table = table.filter(pc.invert(pc.is_in(table["profile_id"], excluded)))
+    table = table.filter(pc.invert(pc.and_(pc.is_null(table["email_sha256"]), pc.is_null(table["phone_sha256"]))))
+    return table.sort_by("profile_id")

@@ -1,5 +1,5 @@
 {{ config(materialized='view') }}
--- Every issued seed (raw.issued_seeds) that retention or erasure takes away, as its key (partner,
+-- Every issued seed (raw.issued_seeds, keyed: int_issued_seeds_keyed) that retention or erasure takes away, as its key (partner,
 -- agreement, seed_id): what the nightly data-rights step deletes (data_rights.delete_issued_seeds),
 -- counting it in audit.data_deletions.
 -- - retention: a seed last sent on d under an agreement keeping rows n days expires as a drop dated d
@@ -8,7 +8,7 @@
 --   profile id's suppression key), so a seed the partner still holds matches nothing later.
 -- A view: it holds no row of its own.
 with issued_seeds as (
-    select * from {{ source('pipeline', 'issued_seeds') }}
+    select * from {{ ref('int_issued_seeds_keyed') }}
 ),
 
 agreements as (
@@ -37,7 +37,7 @@ erased as (
         issued_seeds.seed_id,
         issued_seeds.last_issued_on
     from issued_seeds
-    inner join erased_profiles on audit.suppression_key(issued_seeds.profile_id) = erased_profiles.suppression_key
+    inner join erased_profiles on issued_seeds.profile_key = erased_profiles.suppression_key
 ),
 
 expired as (
