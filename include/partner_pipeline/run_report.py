@@ -1,7 +1,8 @@
 """The run report: one self-contained HTML page per run date, written by the DAG's last task.
 
 Per partner over the last 30 run dates: rows received, quarantined by rule, matched, match rate;
-segment sizes over time; what activation sent. Figures are inline SVG (matplotlib), so the page
+segment sizes over time; what activation sent; the night's seed sets (audit.seed_exports: status,
+seeds sent, location or the reason one was refused). Figures are inline SVG (matplotlib), so the page
 needs no CDN or server: it opens offline, from object storage or inside the Airflow UI (served by
 plugins/partner_report_plugin.py). Each data point is an SVG group with an id, a `data-value`
 and a `<title>` (the browser's tooltip), so a reader and a test can read the exact numbers.
@@ -42,8 +43,9 @@ def write_report(day: dt.date, run_id: str) -> dict:
     with warehouse(settings, read_only=True) as con:
         recorded = bool(con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0])
         segment_history = segment_sizes(con, day)
+        seed_sets = seed_exports(con, day)
     data = read_published(settings.published_path, day)
-    page = render(day, run_id, data, segment_history, recorded)
+    page = render(day, run_id, data, segment_history, recorded, seed_sets)
     path = settings.reports_dir / f"{day}.html"
     _write_atomic(path, page)
     newest = max(p.stem for p in settings.reports_dir.glob("????-??-??.html"))
@@ -71,6 +73,17 @@ def segment_sizes(con, day: dt.date) -> list[tuple]:
         """SELECT run_date, segment_name, members FROM history.segment_size_history WHERE run_date IN (
                SELECT DISTINCT run_date FROM history.segment_size_history WHERE run_date <= ? ORDER BY run_date DESC LIMIT ?)
            ORDER BY 1, 2""", [day, RUNS]).fetchall()
+
+
+def seed_exports(con, day: dt.date) -> list[dict]:
+    """Each partner's seed set for `day` as its latest run left it (audit.seed_exports: counts, never an
+    identifier): status sent / refused / failed, seeds sent, the location or the reason."""
+    cursor = con.execute("""SELECT partner_id, agreement_id, status, seeds_sent, location, details->>'reason' AS reason
+                            FROM audit.seed_exports WHERE seed_date = ?
+                            QUALIFY row_number() OVER (PARTITION BY partner_id, agreement_id ORDER BY exported_at DESC) = 1
+                            ORDER BY 1, 2""", [day])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
 
 
 def read_published(published: Path, day: dt.date) -> dict | None:
@@ -112,7 +125,8 @@ def read_published(published: Path, day: dt.date) -> dict | None:
 # --- the page ----------------------------------------------------------------------------------
 
 
-def render(day: dt.date, run_id: str, data: dict | None, segment_history: list[tuple], recorded: bool) -> str:
+def render(day: dt.date, run_id: str, data: dict | None, segment_history: list[tuple], recorded: bool,
+           seed_sets: list[dict] | None = None) -> str:
     e = html.escape
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Run report {day}</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -127,10 +141,11 @@ def render(day: dt.date, run_id: str, data: dict | None, segment_history: list[t
         parts.append(" <span class='note'>This run built no models (see its transform task): the figures show the "
                      "last published state, and no segment sizes were recorded for this date.</span>")
     parts.append("</p><nav><a href='#partners'>Partners</a> · <a href='#segments'>Segments</a> · "
-                 "<a href='#activation'>Activation</a></nav>")
+                 "<a href='#activation'>Activation</a> · <a href='#seed-sets'>Seed sets</a></nav>")
     parts += _partners_section(day, data)
     parts += _segments_section(day, segment_history)
     parts += _activation_section(day, data)
+    parts += _seed_sets_section(day, seed_sets or [])
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -247,6 +262,22 @@ def _activation_section(day: dt.date, data: dict) -> list[str]:
         out.append(_figure("activation", _chart(draw), "Members sent to each destination per run date: added above the "
                            "axis, removed below (only batches the destination accepted)."))
     return out + ["</section>"]
+
+
+def _seed_sets_section(day: dt.date, seed_sets: list[dict]) -> list[str]:
+    """Per partner with a seed set: its status, seeds sent, and where it went or why it was not sent."""
+    e = html.escape
+    out = ["<section id='seed-sets'><h2>Seed sets</h2>"]
+    if not seed_sets:
+        return out + [f"<p>No seed set was due for {day}.</p></section>"]
+    out.append("<table id='seed-sets-today'><tr><th>partner</th><th>agreement</th><th>status</th><th>seeds sent</th>"
+               "<th>location or reason</th></tr>")
+    for r in seed_sets:
+        where = e(r["location"] or "") if r["status"] == "sent" else f"<span class='note'>{e(r['reason'] or '')}</span>"
+        out.append(f"<tr data-partner='{e(r['partner_id'])}' data-status='{e(r['status'])}'><td>{e(r['partner_id'])}</td>"
+                   f"<td>{e(r['agreement_id'])}</td><td>{e(r['status'])}</td><td class='num'>{_fmt(r['seeds_sent'])}</td>"
+                   f"<td>{where}</td></tr>")
+    return out + ["</table></section>"]
 
 
 def _match_rate_chart(data: dict) -> str:

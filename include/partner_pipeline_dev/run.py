@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 from partner_pipeline.settings import Settings, load_settings
+from partner_pipeline.run_report import seed_exports
 from partner_pipeline.storage import client_from_settings
 from partner_pipeline.transform import published_summary
 from partner_pipeline.warehouse import warehouse
@@ -65,6 +66,7 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
             state |= {r[0]: r[1:] for r in con.execute(
                 """SELECT partner_id, state, rows_received, rows_loaded, rows_quarantined, reasons FROM marts.drop_states
                    WHERE drop_date = ?""", [day]).fetchall()}
+        seed_sets = seed_exports(con, day)
     print(f"\nNightly run for drop date {day} (Airflow run {latest[0][2] if latest else '-'})")
     print(f"  {'partner':<16}{'this run':<13}{'state':<13}{'received':>9}{'loaded':>9}{'quarantined rows':>18}")
     mismatches = []
@@ -77,6 +79,10 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
         if current == "loaded" and expected and expected.get("rows_valid") != loaded:
             mismatches.append(f"{partner_id}: loaded {loaded} rows, ground truth says {expected.get('rows_valid')}")
     mismatches += _report_marts(settings, day, truth) if settings.published_path.exists() else []
+    if seed_sets:
+        print("\nSeed sets (audit.seed_exports):")
+        for r in seed_sets:
+            print(f"  {r['partner_id']:<16}{r['status']:<9}{r['seeds_sent']:>8} seeds  {r['location'] or r['reason']}")
     print("\nWhere the results are:")
     print(f"  analysts' copy (DuckDB): {settings.published_path}  open with: .venv/bin/duckdb -readonly {settings.published_path}")
     print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, audit.drop_events")
@@ -84,7 +90,7 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     print(f"  validation results:      {settings.validation_dir}/<run id>/*.json and Data Docs *.html")
     print(f"  quarantined drops:       s3://{settings.quarantine_bucket}/<partner>/<date>/<delivery>/report.json")
     print(f"  file exports:            s3://{settings.activation_bucket}/<destination>/<segment>/<date>/<sync>/")
-    print(f"  partner outboxes:        s3://{settings.outbox_bucket}/<partner>/overlap/<date>.csv, .../erasure/<date>.csv")
+    print(f"  partner outboxes:        s3://{settings.outbox_bucket}/<partner>/overlap/<date>.csv, .../erasure/<date>.csv, .../seeds/<date>/")
     print(f"  run report (HTML):       {settings.reports_dir / f'{day}.html'}  and s3://{settings.reports_bucket}/{day}/report.html")
     print(f"  Airflow log of the run:  {log}")
     if mismatches:
