@@ -213,7 +213,7 @@ def test_a_missing_or_short_key_refuses_that_export_only(acme_key, pipeline_env,
     text = (settings.reports_dir / f"{D1}.html").read_text()
     assert page["report"] and "<h2>Seed sets</h2>" in text
     assert "<tr data-partner='acme_bank' data-status='refused'>" in text and "airflow variables set seed_secret_acme_bank" in text
-    assert f"<tr data-partner='globex_retail' data-status='sent'>" in text and f"s3://{settings.outbox_bucket}/globex/seeds/{D1}/" in text
+    assert "<tr data-partner='globex_retail' data-status='sent'>" in text and f"s3://{settings.outbox_bucket}/globex/seeds/{D1}/" in text
     found = "is not set" if acme_key is None else f"has {len(acme_key)} characters, fewer than 32"
-    assert f"agreement acme-2026-01 (partner acme_bank)" in reason and f"'seed_secret_acme_bank' (agreement field seed_set.secret_variable), {found}" in reason
+    assert "agreement acme-2026-01 (partner acme_bank)" in reason and f"'seed_secret_acme_bank' (agreement field seed_set.secret_variable), {found}" in reason
     assert "airflow variables set seed_secret_acme_bank" in reason and "AIRFLOW_VAR_SEED_SECRET_ACME_BANK" in reason
