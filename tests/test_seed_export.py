@@ -114,6 +114,7 @@ def test_the_seed_id_sql_is_hmac_sha256_cut_to_120_bits():
             assert got == hmac.new(key, f"{agreement_id}\0{profile_id}".encode(), hashlib.sha256).hexdigest()[:30]
 
 
+@pytest.mark.slow
 def test_seed_sets_end_to_end_stable_erasure_and_rerun(pipeline_env, audience_api, agreements_dir, tmp_path, s3_server, s3_api, monkeypatch):
     settings = load_settings()
     enable_globex_seeds(agreements_dir, settings.outbox_bucket)
@@ -184,6 +185,7 @@ def test_seed_sets_end_to_end_stable_erasure_and_rerun(pipeline_env, audience_ap
         assert secret.encode() not in audit_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("acme_key", [None, "too-short-0123456789"])
 def test_a_missing_or_short_key_refuses_that_export_only(acme_key, pipeline_env, audience_api, agreements_dir, tmp_path, s3_server, s3_api,
                                                          monkeypatch):
