@@ -219,3 +219,25 @@ def test_a_missing_or_short_key_refuses_that_export_only(acme_key, pipeline_env,
     found = "is not set" if acme_key is None else f"has {len(acme_key)} characters, fewer than 32"
     assert "agreement acme-2026-01 (partner acme_bank)" in reason and f"'seed_secret_acme_bank' (agreement field seed_set.secret_variable), {found}" in reason
     assert "airflow variables set seed_secret_acme_bank" in reason and "AIRFLOW_VAR_SEED_SECRET_ACME_BANK" in reason
+
+
+@pytest.mark.slow
+def test_a_failed_export_is_recorded_the_others_still_sent_and_the_task_retries(built, warehouse_copy, agreements_dir, s3_api,
+                                                                               monkeypatch):
+    """An outbox that cannot be written (an invalid bucket name: object storage refuses it) fails that
+    agreement's export: audited as failed, raised after the other agreement's set was sent, so the task retries."""
+    from conftest import BUILT_DAY
+
+    settings = warehouse_copy
+    enable_globex_seeds(agreements_dir, settings.outbox_bucket, fmt="csv.gz")
+    monkeypatch.setenv("AIRFLOW_VAR_SEED_SECRET_GLOBEX", GLOBEX_KEY)
+    agreements = load_agreements(agreements_dir)
+    agreements["globex_retail"] = agreements["globex_retail"].model_copy(update={"outbox_uri": "s3://bad..bucket/globex/"})
+    with warehouse(settings) as con:
+        with pytest.raises(seeds.SeedExportFailed, match=r"globex_retail: ClientError: .*InvalidBucketName"):
+            seeds.export_seed_sets(con, s3_api, settings, agreements, BUILT_DAY, "run-f")
+        rows = con.execute("SELECT partner_id, status, seeds_sent, location FROM audit.seed_exports ORDER BY 1").fetchall()
+        issued = dict(con.execute("SELECT partner_id, count(*) FROM raw.issued_seeds GROUP BY 1").fetchall())
+    assert rows[1] == ("globex_retail", "failed", 0, f"s3://bad..bucket/globex/seeds/{BUILT_DAY}/")
+    assert rows[0][:2] == ("acme_bank", "sent") and rows[0][2] == issued["acme_bank"] > 1000
+    assert sorted(objects(s3_api, "acme_bank")) == [f"{BUILT_DAY}/_SUCCESS", f"{BUILT_DAY}/manifest.json", f"{BUILT_DAY}/seeds.csv.gz"]
