@@ -26,7 +26,10 @@ access_request_records. The nightly data-rights step (nightly.data_rights), afte
 - expire_copies: delete the copies outside the warehouse past their declared retention (declared in
   retention.py, which deletes nothing).
 Activation's confirmed remove files are deleted here too (delete_confirmed_removes; activation decides
-which). Every deletion and export is recorded in the audit tables with counts, never identifiers.
+which), and for seed sets (v2): the outbox seed folders a newer complete set superseded
+(delete_superseded_seed_sets, called by seeds.py once it is written) and the issued seeds of the erased
+or past retention (delete_issued_seeds, from the mart issued_seed_deletions). Every deletion and export
+is recorded in the audit tables with counts, never identifiers.
 
 An identifier is matched as the warehouse's SQL macros say (warehouse.DATA_RIGHTS_MACROS:
 audit.normal_hash, audit.normal_person_id, audit.suppression_key), the one definition: what is read
