@@ -248,14 +248,16 @@ class Keyed(NamedTuple):
     keys: dict[str, str]  # identifier kind -> the suppression key of the identifier it carries
 
 
-_KEY_KINDS = ("email_sha256", "phone_sha256", "partner_person", "profile_id")
+_KEY_KINDS = ("email_sha256", "phone_sha256", "partner_person", "profile_id", "seed_id")
 _BATCH = 50_000  # rows keyed per query
 _KEYED_SQL = """
     SELECT audit.normal_person_id(person), audit.normal_hash(email),
            audit.suppression_key(audit.normal_hash(email)), audit.suppression_key(audit.normal_hash(phone)),
-           audit.suppression_key(partner || ':' || audit.normal_person_id(person)), audit.suppression_key(profile_id)
+           audit.suppression_key(partner || ':' || audit.normal_person_id(person)), audit.suppression_key(profile_id),
+           audit.suppression_key(partner || ':' || audit.normal_person_id(seed))
     FROM (SELECT unnest(range(?)) AS position, unnest(?::VARCHAR[]) AS email, unnest(?::VARCHAR[]) AS phone,
-                 unnest(?::VARCHAR[]) AS person, unnest(?::VARCHAR[]) AS partner, unnest(?::VARCHAR[]) AS profile_id)
+                 unnest(?::VARCHAR[]) AS person, unnest(?::VARCHAR[]) AS partner, unnest(?::VARCHAR[]) AS profile_id,
+                 unnest(?::VARCHAR[]) AS seed)
     ORDER BY position"""
 
 
@@ -272,7 +274,7 @@ def keyed(rows: list[dict], partner_id: str | None) -> list[Keyed]:
         columns = [[text(r.get("email_sha256")) for r in batch], [text(r.get("phone_sha256")) for r in batch],
                    [text(r.get("partner_person_id")) for r in batch],
                    [str(partner) if (partner := partner_id or r.get("partner_id")) else None for r in batch],
-                   [text(r.get("profile_id")) for r in batch]]
+                   [text(r.get("profile_id")) for r in batch], [text(r.get("seed_id")) for r in batch]]
         for person, email, *keys in _keying().execute(_KEYED_SQL, [len(batch), *columns]).fetchall():
             found.append(Keyed(person, email, {kind: key for kind, key in zip(_KEY_KINDS, keys) if key is not None}))
     return found

@@ -118,12 +118,12 @@ seed_sets as (
     qualify row_number() over (partition by partner_id, seed_date order by exported_at desc) = 1
 ),
 
--- each seed's first return with data: the earliest drop whose valid rows carry it
+-- each seed's last return with data: the latest drop whose valid rows carry it
 returned_seeds as (
     select
         partner_records.partner_id,
         partner_records.seed_id,
-        min(partner_records.drop_date) as first_returned_on
+        max(partner_records.drop_date) as last_returned_on
     from partner_records
     where partner_records.seed_id is not null
     group by all
@@ -150,6 +150,7 @@ seed_reconciliation as (
         on
             issued_seeds.partner_id = returned_seeds.partner_id
             and issued_seeds.seed_id = returned_seeds.seed_id
+            and seed_sets.seed_date <= returned_seeds.last_returned_on
     group by all
 ),
 
