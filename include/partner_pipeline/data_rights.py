@@ -254,7 +254,7 @@ _KEYED_SQL = """
     SELECT audit.normal_person_id(person), audit.normal_hash(email),
            audit.suppression_key(audit.normal_hash(email)), audit.suppression_key(audit.normal_hash(phone)),
            audit.suppression_key(partner || ':' || audit.normal_person_id(person)), audit.suppression_key(profile_id),
-           audit.suppression_key(partner || ':' || audit.normal_person_id(seed))
+           audit.suppression_key(audit.normal_person_id(seed))
     FROM (SELECT unnest(range(?)) AS position, unnest(?::VARCHAR[]) AS email, unnest(?::VARCHAR[]) AS phone,
                  unnest(?::VARCHAR[]) AS person, unnest(?::VARCHAR[]) AS partner, unnest(?::VARCHAR[]) AS profile_id,
                  unnest(?::VARCHAR[]) AS seed)

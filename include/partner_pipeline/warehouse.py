@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS raw.access_requests (
     request_id VARCHAR, received_at VARCHAR, request_date DATE, source_file VARCHAR, source_row BIGINT,
     profile_id VARCHAR, email VARCHAR);
 -- never an identifier itself: suppression_key = audit.suppression_key(x) (SUPPRESSION_KEY_MACRO), x being a
--- profile id, partner_id || ':' || audit.normal_person_id(partner_person_id or, kind seed_id, seed_id), or an audit.normal_hash(email/phone hash)
+-- profile id, partner_id || ':' || audit.normal_person_id(partner_person_id), audit.normal_person_id(seed_id), or an audit.normal_hash(email/phone hash)
 CREATE TABLE IF NOT EXISTS audit.erasure_suppressions (
     request_id VARCHAR, identifier_kind VARCHAR, suppression_key VARCHAR, added_at TIMESTAMPTZ);
 -- what each partner's outbox notice must say; emptied once the notices are written

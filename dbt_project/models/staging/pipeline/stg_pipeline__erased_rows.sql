@@ -1,7 +1,7 @@
 {{ config(materialized='table') }}
 -- Every raw row, not expired, of a person on the suppression list (stg_pipeline__erasure_keys), as
 -- keys (no identifier), one row per (request, row): a partner row, loaded or quarantined, by its
--- email hash, phone hash, (partner, person id) or (partner, seed id: v2), keyed by (partner, drop date, file, row); a
+-- email hash, phone hash, (partner, person id) or seed id (v2), keyed by (partner, drop date, file, row); a
 -- first-party row by its profile id or canonical email hash, keyed by its profile id's suppression
 -- key (profile_key). Staging leaves these rows out (stg_pipeline__partner_records,
 -- stg_first_party__profiles), so the marts are right the same night; the data-rights step deletes
@@ -69,7 +69,7 @@ partner_keys as (
             audit.suppression_key(partner_rows.email),
             audit.suppression_key(partner_rows.phone),
             audit.suppression_key(partner_rows.partner_id || ':' || partner_rows.person),
-            audit.suppression_key(partner_rows.partner_id || ':' || partner_rows.seed)
+            audit.suppression_key(partner_rows.seed)
         ]) as key_value
     from partner_rows
     left join partner_drops

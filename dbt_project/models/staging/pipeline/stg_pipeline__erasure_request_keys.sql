@@ -2,7 +2,8 @@
 -- What each pending erasure request (raw.erasure_requests, not answered yet) resolves to, as
 -- suppression keys (audit.suppression_key: the list never holds an identifier): our profile ids,
 -- their email hashed under every hash profile, their phone under every (hash profile, country code)
--- in use, the seeds issued for their profiles (v2, kind seed_id: partner_id || ':' || seed_id), and the
+-- in use, the seeds issued for their profiles (v2, kind seed_id: our own tokens, unique across agreements,
+-- so a row of any partner carrying one is found), and the
 -- partner persons whose rows, loaded or quarantined and not expired, carry those hashes or seeds
 -- (compared normalized: audit.normal_hash, audit.normal_person_id), so a person's partner-id-only
 -- rows go with them. The data-rights step
@@ -149,12 +150,12 @@ identifiers as (
     cross join phone_settings
 ),
 
--- the seeds issued for the erased profiles, each within its partner (as a partner person id is)
+-- the seeds issued for the erased profiles, under any agreement
 seeds as (
     select distinct
         identifiers.request_id,
         'seed_id' as identifier_kind,
-        issued_seeds.partner_id || ':' || audit.normal_person_id(issued_seeds.seed_id) as identifier
+        audit.normal_person_id(issued_seeds.seed_id) as identifier
     from identifiers
     inner join issued_seeds on identifiers.identifier = issued_seeds.profile_id
     where identifiers.identifier_kind = 'profile_id'
@@ -168,7 +169,7 @@ partner_rows as (
         partner_records.partner_id || ':' || audit.normal_person_id(partner_records.partner_person_id) as person,
         audit.normal_hash(partner_records.email_sha256) as email,
         audit.normal_hash(partner_records.phone_sha256) as phone,
-        partner_records.partner_id || ':' || audit.normal_person_id(partner_records.seed_id) as seed
+        audit.normal_person_id(partner_records.seed_id) as seed
     from partner_records
     union all
     select
@@ -177,7 +178,7 @@ partner_rows as (
         quarantined_rows.partner_id || ':' || audit.normal_person_id(quarantined_rows.record ->> 'partner_person_id') as person,
         audit.normal_hash(quarantined_rows.record ->> 'email_sha256') as email,
         audit.normal_hash(quarantined_rows.record ->> 'phone_sha256') as phone,
-        quarantined_rows.partner_id || ':' || audit.normal_person_id(quarantined_rows.record ->> 'seed_id') as seed
+        audit.normal_person_id(quarantined_rows.record ->> 'seed_id') as seed
     from quarantined_rows
 ),
 
