@@ -232,4 +232,5 @@ def write_seeded_drop(root: Path, bucket: str, spec: SeededDropSpec, profiles_se
         "rows_invalid": sum(len(v) for v in invalid.values()), "expected_invalid": invalid,
         "expected_profiles": expected_profiles, "expected_unmatched": expected_unmatched, "linked_persons": linked,
         "seeds_returned": sorted({s for s, k in zip(seed_ids, kinds) if k in ("seed", "seed_and_hashes")}),
+        "record_kinds": dict(zip(record_ids, kinds)),
     }
