@@ -155,7 +155,7 @@ def write_seeded_drop(root: Path, bucket: str, spec: SeededDropSpec, profiles_se
         seed_ids.append(made_up)
         persons.append(None)
     refresh = sorted(spec.refresh.items())
-    for person_id, _ in refresh:
+    for _ in refresh:
         kinds.append("partner_id_only")
         seed_ids.append(None)
         persons.append(None)
