@@ -140,16 +140,19 @@ identified as (
     select
         checked.*,
         case
-            when hit_via is null then 'unmatched'
-            when hit_via = 'seed_not_shareable' then hit_via
-            when profile_count > 1 or profile_has_several_persons or person_has_several_profiles then 'ambiguous'
-            else hit_via
+            when checked.hit_via is null then 'unmatched'
+            when checked.hit_via = 'seed_not_shareable' then checked.hit_via
+            when checked.profile_count > 1 or checked.profile_has_several_persons or checked.person_has_several_profiles
+                then 'ambiguous'
+            else checked.hit_via
         end as identified_status,
         case
             when
-                hit_via in ('email', 'phone', 'seed')
-                and profile_count = 1 and not profile_has_several_persons and not person_has_several_profiles
-                then candidate_profile_id
+                checked.hit_via in ('email', 'phone', 'seed')
+                and checked.profile_count = 1
+                and not checked.profile_has_several_persons
+                and not checked.person_has_several_profiles
+                then checked.candidate_profile_id
         end as identified_profile_id
     from checked
 ),
@@ -190,6 +193,7 @@ final as (
         identified.delivery_id,
         identified.loaded_at,
         identified.source_row,
+        identified.seed_id,
         case
             when not identified.is_partner_id_only then identified.identified_status
             when person_links.profile_id is not null then 'partner_id'
@@ -199,8 +203,7 @@ final as (
         case
             when identified.is_partner_id_only then person_links.profile_id
             else identified.identified_profile_id
-        end as profile_id,
-        identified.seed_id
+        end as profile_id
     from identified
     left join person_links
         on

@@ -176,25 +176,36 @@ scored as (
     left join deliveries using (partner_id, drop_date)
 ),
 
-final as (
+combined as (
     select
-        coalesce(scored.partner_id, seed_reconciliation.partner_id) as partner_id,
-        coalesce(scored.drop_date, seed_reconciliation.drop_date) as drop_date,
-        scored.rows_received,
-        scored.quarantine_rate,
-        scored.match_rate,
-        scored.attribute_fill_rate,
-        scored.new_information_share,
-        scored.delivery_lag_hours,
-        scored.age_days,
+        scored.*,
         seed_reconciliation.seeds_sent,
         seed_reconciliation.seeds_returned,
+        coalesce(scored.partner_id, seed_reconciliation.partner_id) as scorecard_partner_id,
+        coalesce(scored.drop_date, seed_reconciliation.drop_date) as scorecard_date,
         round(seed_reconciliation.seeds_returned / nullif(seed_reconciliation.seeds_sent, 0), 4) as seed_return_rate
     from scored
     full outer join seed_reconciliation
         on
             scored.partner_id = seed_reconciliation.partner_id
             and scored.drop_date = seed_reconciliation.drop_date
+),
+
+final as (
+    select
+        scorecard_partner_id as partner_id,
+        scorecard_date as drop_date,
+        rows_received,
+        quarantine_rate,
+        match_rate,
+        attribute_fill_rate,
+        new_information_share,
+        delivery_lag_hours,
+        age_days,
+        seeds_sent,
+        seeds_returned,
+        seed_return_rate
+    from combined
 )
 
 select * from final
