@@ -227,3 +227,19 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
     rows = {day: (sent, back, rate) for day, sent, back, rate in query(settings, """
         SELECT drop_date, seeds_sent, seeds_returned, seed_return_rate FROM marts.partner_scorecard WHERE partner_id = 'acme_bank'""")}
     assert rows == {D1: (200, len(returned), round(len(returned) / 200, 4)), D2: (None, None, None)}
+
+
+def test_partners_without_seeds_keep_their_rows_and_figures(built):
+    """On the demo scenario (no seed sets, no seed ids): the scorecard has exactly match_report's
+    (partner, drop) rows with no seed figures, and nothing is matched by seed or partner id."""
+    import duckdb
+
+    with duckdb.connect(str(built["marts"]), read_only=True) as con:
+        keys = "SELECT partner_id, drop_date FROM {}"
+        assert con.execute(f"({keys.format('partner_scorecard')}) EXCEPT ALL ({keys.format('match_report')})").fetchall() == []
+        assert con.execute(f"({keys.format('match_report')}) EXCEPT ALL ({keys.format('partner_scorecard')})").fetchall() == []
+        assert con.execute("""SELECT count(*), count(seeds_sent), count(seeds_returned), count(seed_return_rate)
+                              FROM partner_scorecard""").fetchone() == (2, 0, 0, 0)
+        assert con.execute("""SELECT sum(matched_by_seed), sum(matched_by_partner_id), sum(seed_not_shareable), sum(rows_with_seed),
+                                     count(seed_match_rate), bool_and(matched = matched_by_email + matched_by_phone)
+                              FROM match_report""").fetchone() == (0, 0, 0, 0, 0, True)
