@@ -161,7 +161,7 @@ persons_sent_by_id as (
     select distinct
         partner_id,
         partner_person_id
-    from identified
+    from records
     where is_partner_id_only
 ),
 
