@@ -62,7 +62,7 @@ def build_suite(agreement: Agreement):
              + (" AND partner_person_id IS NULL" if agreement.partner_id_only_rows else ""),
              "Send email_sha256 or phone_sha256 (or both), or the seed_id of our seed set, on every row"
              + (", or partner_person_id alone to refresh a person already sent with hashes." if agreement.partner_id_only_rows
-                else " (partner_person_id alone is not accepted: the agreement does not set partner_id_only_rows)." )),
+                else " (partner_person_id alone is not accepted: the agreement does not set partner_id_only_rows).")),
         rows("seed_id_unknown", f"seed_id IS NOT NULL AND seed_id NOT IN (SELECT seed_id FROM {StageFile.ISSUED_SEEDS})",
              f"Send only seed_id values from the seed sets we sent you under agreement {agreement.agreement_id} "
              f"(outbox {agreement.partner_id}/seeds/<date>/); a seed of another agreement or partner matches nothing."),
