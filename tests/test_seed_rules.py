@@ -89,3 +89,16 @@ def test_a_held_warehouse_is_waited_for_then_fails_the_task_for_a_retry(settings
     assert time.monotonic() - started >= 1.0
     holder.wait()
     assert seeds_in(path) == ["s-acme"]
+
+
+def test_a_row_carrying_a_seed_is_keyed_by_it_for_erasure_whatever_its_partner():
+    """data_rights.keyed (files read outside the warehouse: quarantined copies) keys a seed as the models
+    do (stg_pipeline__erased_rows): trimmed, without its partner, since our seeds are unique across agreements."""
+    from partner_pipeline import data_rights
+
+    rows = data_rights.keyed([{"seed_id": " s-acme\t", "partner_person_id": "x"}, {"seed_id": "s-acme"}, {"seed_id": ""}], "globex_retail")
+    assert rows[0].keys["seed_id"] == rows[1].keys["seed_id"] == data_rights.suppression_key("s-acme")
+    assert "seed_id" not in rows[2].keys
+    suppressed = {kind: {} for kind in data_rights._KEY_KINDS}
+    suppressed["seed_id"][data_rights.suppression_key("s-acme")] = {"erase-1"}
+    assert [data_rights._requests_of(r, suppressed) for r in rows] == [{"erase-1"}, {"erase-1"}, set()]
