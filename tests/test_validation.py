@@ -10,7 +10,7 @@ def test_every_rule_of_the_contract_has_one_expectation():
     rules = [e.meta["rule"] for e in suite.expectations]
     assert len(rules) == len(set(rules))
     assert set(rules) == {
-        "partner_record_id_missing", "partner_record_id_duplicate", "identifier_missing",
+        "partner_record_id_missing", "partner_record_id_duplicate", "identifier_missing", "seed_id_unknown",
         "email_sha256_malformed", "phone_sha256_malformed",
         "consent_enrichment_missing", "consent_enrichment_not_boolean",
         "consent_activation_missing", "consent_activation_not_boolean",
@@ -45,17 +45,20 @@ def test_row_rules_flag_exactly_the_rows_the_suite_fails(tmp_path):
     good = {"partner_record_id": None, "partner_person_id": "p", "email_sha256": "a" * 64, "phone_sha256": None,
             "consent_enrichment": "true", "consent_activation": "false", "consent_ts": "2026-11-20T10:00:00Z",
             "recent_mortgage": "true", "net_worth_band": agreement.attributes["net_worth_band"].allowed_values[0],
-            "household_income": "120000", "has_financial_advisor": None}
+            "household_income": "120000", "has_financial_advisor": None, "seed_id": None}
     breaches = [{"partner_record_id": None}, {"partner_record_id": "dup"}, {"partner_record_id": "dup"},
                 {"email_sha256": None}, {"email_sha256": "A" * 64}, {"phone_sha256": "xyz"},
                 {"consent_enrichment": None}, {"consent_enrichment": "maybe"}, {"consent_activation": None}, {"consent_activation": "yes"}, {"consent_ts": None},
                 {"consent_ts": "yesterday"}, {"consent_ts": "2030-01-01T00:00:00Z"}, {"recent_mortgage": "1"},
                 {"net_worth_band": "huge"}, {"household_income": "12.5"}, {"household_income": "-5"},
-                {"household_income": "99999999999"}, {"has_financial_advisor": "no"}, {}, {}]
+                {"household_income": "99999999999"}, {"has_financial_advisor": "no"}, {}, {},
+                {"seed_id": "s-foreign"}, {"email_sha256": None, "seed_id": "s-issued"}]
     columns = list(good)
     stage = tmp_path / "stage.duckdb"
     with duckdb.connect(str(stage)) as con:
         con.execute(StageFile.records_ddl(columns, quote_ident))
+        con.execute(StageFile.issued_seeds_ddl())
+        con.execute(f"INSERT INTO {StageFile.ISSUED_SEEDS} VALUES ('s-issued')")
         for n, breach in enumerate(breaches, start=1):
             row = {**good, "partner_record_id": f"r{n}", **breach}
             con.execute(f"INSERT INTO {StageFile.RECORDS} VALUES ({', '.join('?' * (len(columns) + 3))})",
@@ -68,3 +71,5 @@ def test_row_rules_flag_exactly_the_rows_the_suite_fails(tmp_path):
         by_gx = {rule: sorted(r for (r,) in con.execute(query).fetchall()) for rule, query in failing}
     assert {rule: rows for rule, rows in by_sql.items() if rows} == by_gx
     assert set(by_gx) == set(row_rules(agreement)) and len(by_gx["partner_record_id_duplicate"]) == 2
+    assert by_gx["seed_id_unknown"] == [len(breaches) - 1]  # the issued seed alone keys a valid row
+    assert by_gx["identifier_missing"] == [4]

@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 HASH_PROFILES = ("canonical", "uid2", "basic", "google")
 CONSENT_COLUMNS = ("consent_enrichment", "consent_activation")
-RECORD_COLUMNS = ("partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", *CONSENT_COLUMNS, "consent_ts")
+# every drop file has the required columns; an optional one (v2 `seed_id`, spec "Seeds in drops") may be absent
+REQUIRED_RECORD_COLUMNS = ("partner_record_id", "partner_person_id", "email_sha256", "phone_sha256", *CONSENT_COLUMNS, "consent_ts")
+OPTIONAL_RECORD_COLUMNS = ("seed_id",)
+RECORD_COLUMNS = (*REQUIRED_RECORD_COLUMNS, *OPTIONAL_RECORD_COLUMNS)
 # Article 9 GDPR special categories; a column whose name carries one of these words rejects the
 # drop unless the agreement lists it as an attribute.
 SPECIAL_CATEGORY_TERMS = (

@@ -97,12 +97,19 @@ class StageFile:
     PROVENANCE = ((SOURCE_FILE, "VARCHAR"), (SOURCE_ROW, "BIGINT"), (ROW, "BIGINT"))
     ROW_FAILURES = "row_failures"
     RULE = "rule"
+    # the seed ids issued to the drop's agreement (raw.issued_seeds), copied in by ingest when the drop
+    # carries seed ids (empty otherwise), so the seed_id_unknown rule is SQL over the stage file like the others
+    ISSUED_SEEDS = "issued_seeds"
 
     @classmethod
     def records_ddl(cls, columns: list[str], quote_ident) -> str:
         """CREATE TABLE records: the record and attribute `columns`, then the provenance columns."""
         return (f"CREATE TABLE {cls.RECORDS} (" + ", ".join(f"{quote_ident(c)} VARCHAR" for c in columns) + ", "
                 + ", ".join(f"{name} {kind}" for name, kind in cls.PROVENANCE) + ")")
+
+    @classmethod
+    def issued_seeds_ddl(cls) -> str:
+        return f"CREATE TABLE IF NOT EXISTS {cls.ISSUED_SEEDS} (seed_id VARCHAR PRIMARY KEY)"
 
     @classmethod
     def row_failures_ddl(cls) -> str:

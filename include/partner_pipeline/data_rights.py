@@ -186,6 +186,14 @@ def apply_deletions(con, run_id: str) -> dict:
         con.execute("""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, 'raw.first_party_profiles', NULL, NULL,
                        count(DISTINCT rid) FROM erasure_hits GROUP BY ALL""", [run_id])
         con.execute("DELETE FROM raw.first_party_profiles WHERE rowid IN (SELECT rid FROM erasure_hits)")
+        # v2: the seeds issued for an erased profile (its pseudonymous tokens), on the night and on any later one
+        con.execute("""CREATE OR REPLACE TEMP TABLE erasure_hits AS
+                       SELECT t.rowid AS rid, s.request_id, t.partner_id FROM raw.issued_seeds t
+                       JOIN audit.erasure_suppressions s ON s.suppression_key = audit.suppression_key(t.profile_id)
+                       WHERE s.identifier_kind = 'profile_id'""")
+        con.execute("""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, 'raw.issued_seeds', partner_id, NULL,
+                       count(DISTINCT rid) FROM erasure_hits GROUP BY ALL""", [run_id])
+        con.execute("DELETE FROM raw.issued_seeds WHERE rowid IN (SELECT rid FROM erasure_hits)")
         counts = dict(con.execute("""SELECT reason || ' ' || location, sum(rows) FROM audit.data_deletions
                                      WHERE run_id = ? AND position('/' IN location) = 0 GROUP BY 1""", [run_id]).fetchall())
         con.execute("DROP TABLE erasure_hits")
@@ -251,14 +259,16 @@ class Keyed(NamedTuple):
     keys: dict[str, str]  # identifier kind -> the suppression key of the identifier it carries
 
 
-_KEY_KINDS = ("email_sha256", "phone_sha256", "partner_person", "profile_id")
+_KEY_KINDS = ("email_sha256", "phone_sha256", "partner_person", "profile_id", "seed_id")
 _BATCH = 50_000  # rows keyed per query
 _KEYED_SQL = """
     SELECT audit.normal_person_id(person), audit.normal_hash(email),
            audit.suppression_key(audit.normal_hash(email)), audit.suppression_key(audit.normal_hash(phone)),
-           audit.suppression_key(partner || ':' || audit.normal_person_id(person)), audit.suppression_key(profile_id)
+           audit.suppression_key(partner || ':' || audit.normal_person_id(person)), audit.suppression_key(profile_id),
+           audit.suppression_key(audit.normal_person_id(seed))
     FROM (SELECT unnest(range(?)) AS position, unnest(?::VARCHAR[]) AS email, unnest(?::VARCHAR[]) AS phone,
-                 unnest(?::VARCHAR[]) AS person, unnest(?::VARCHAR[]) AS partner, unnest(?::VARCHAR[]) AS profile_id)
+                 unnest(?::VARCHAR[]) AS person, unnest(?::VARCHAR[]) AS partner, unnest(?::VARCHAR[]) AS profile_id,
+                 unnest(?::VARCHAR[]) AS seed)
     ORDER BY position"""
 
 
@@ -275,7 +285,7 @@ def keyed(rows: list[dict], partner_id: str | None) -> list[Keyed]:
         columns = [[text(r.get("email_sha256")) for r in batch], [text(r.get("phone_sha256")) for r in batch],
                    [text(r.get("partner_person_id")) for r in batch],
                    [str(partner) if (partner := partner_id or r.get("partner_id")) else None for r in batch],
-                   [text(r.get("profile_id")) for r in batch]]
+                   [text(r.get("profile_id")) for r in batch], [text(r.get("seed_id")) for r in batch]]
         for person, email, *keys in _keying().execute(_KEYED_SQL, [len(batch), *columns]).fetchall():
             found.append(Keyed(person, email, {kind: key for kind, key in zip(_KEY_KINDS, keys) if key is not None}))
     return found

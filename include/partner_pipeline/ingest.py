@@ -28,11 +28,16 @@ from partner_pipeline.problems import DropRejected, Problem, internal_error
 from partner_pipeline.staging import connect, local_paths, stage_drop
 from partner_pipeline.storage import read_bytes
 from partner_pipeline.validation import validate_staged, validation_view_sql
+from partner_pipeline.warehouse import quote_path
 
 # Bump when ingestion rules change, so unchanged drops are processed again under the new rules.
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"  # 2: v2 seed_id column, seed_id_unknown, partner-id-only rows
 
 log = logging.getLogger(__name__)
+
+# Ingest runs outside the warehouse pool: a writer (another night's publish, a backfill) may hold the
+# warehouse, and DuckDB then lets no other process open it, not even read-only. Wait this long for it.
+WAREHOUSE_LOCK_WAIT_SECONDS = 120.0
 
 
 def processing_key(drop: DropRef, agreement: Agreement | None) -> str:
@@ -60,6 +65,7 @@ def ingest_drop(client, drop: DropRef, agreements: dict[str, Agreement], run_id:
         outcome = outcome.but(rows_received=staged.rows_received, checksums=staged.checksums, seconds=seconds,
                               dropped_columns=staged.dropped_columns, absent_attributes=staged.absent_attributes)
         started = time.perf_counter()
+        copy_issued_seeds(staged.path, agreement, settings)
         outcome = _validate(staged.path, agreement, drop, run_id, settings, outcome)
         outcome = outcome.but(seconds={**seconds, "validate": round(time.perf_counter() - started, 2)})
         _check_bad_row_share(outcome, agreement, drop)
@@ -107,6 +113,42 @@ def is_infrastructure_fault(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
         return True
     return isinstance(exc, duckdb.IOException) and any(w in str(exc).lower() for w in _RESOURCE_WORDS)
+
+
+def copy_issued_seeds(stage_path: Path, agreement: Agreement, settings) -> int:
+    """Copy the seed ids issued to this agreement (raw.issued_seeds) into the stage file, for the rule
+    seed_id_unknown; only when the drop carries a seed id. The warehouse is attached read-only; while
+    another process writes it, retried for WAREHOUSE_LOCK_WAIT_SECONDS, then the lock error is raised
+    (an infrastructure fault: the task retries). Returns the seeds copied."""
+    con = connect(stage_path, settings)
+    try:
+        if not con.execute(f"SELECT count(seed_id) FROM {StageFile.RECORDS}").fetchone()[0]:
+            return 0
+        if not settings.warehouse_path.exists():
+            return 0  # no warehouse yet: nothing was ever issued
+        deadline, pause = time.monotonic() + WAREHOUSE_LOCK_WAIT_SECONDS, 0.5
+        while True:
+            try:
+                con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS issuer (READ_ONLY)")
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() + pause > deadline:
+                    raise
+                log.info("warehouse locked by a writer; reading the issued seeds again in %.1f s", pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+        try:
+            has_table = con.execute("""SELECT count(*) FROM duckdb_tables() WHERE database_name = 'issuer'
+                                       AND schema_name = 'raw' AND table_name = 'issued_seeds'""").fetchone()[0]
+            if has_table:
+                con.execute(f"""INSERT INTO {StageFile.ISSUED_SEEDS} SELECT DISTINCT seed_id FROM issuer.raw.issued_seeds
+                                WHERE partner_id = ? AND agreement_id = ? AND seed_id IS NOT NULL""",
+                            [agreement.partner_id, agreement.agreement_id])
+        finally:
+            con.execute("DETACH issuer")
+        return con.execute(f"SELECT count(*) FROM {StageFile.ISSUED_SEEDS}").fetchone()[0]
+    finally:
+        con.close()
 
 
 def _read_manifest(client, drop: DropRef) -> bytes | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, Agreement, special_category_term
+from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, REQUIRED_RECORD_COLUMNS, Agreement, special_category_term
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.drops import DropRef, ManifestFile, data_suffix
 from partner_pipeline.problems import DropRejected, Problem, scrub_paths
@@ -75,6 +75,7 @@ def stage_drop(client, drop: DropRef, files: list[ManifestFile], agreement: Agre
     con = connect(staged.path, settings)
     try:
         con.execute(StageFile.records_ddl(columns, quote_ident))
+        con.execute(StageFile.issued_seeds_ddl())
         for path, f in zip(paths, files):
             problems += _load_file(con, path, f, drop, agreement, staged)
     finally:
@@ -120,7 +121,7 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
         return [Problem("file_unreadable", "has no header row (the file is empty or has no column names).",
                         "Export the file with its header row (spec: Record columns) and re-deliver the drop.", file=where)]
     problems = []
-    for column in RECORD_COLUMNS:
+    for column in REQUIRED_RECORD_COLUMNS:
         if column not in header:
             problems.append(Problem("column_missing", f"required column {column} is missing (header has: {', '.join(header)}).",
                                     "Add the column (spec: Record columns); it may be empty on a row only where the spec allows.",
@@ -164,7 +165,7 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
 
 def _parquet_type_problems(con, path: Path, header: dict[str, str], agreement: Agreement, where: str) -> list[Problem]:
     expected = {
-        "partner_record_id": "string", "partner_person_id": "string", "email_sha256": "string", "phone_sha256": "string",
+        "partner_record_id": "string", "partner_person_id": "string", "email_sha256": "string", "phone_sha256": "string", "seed_id": "string",
         **{c: "boolean" for c in CONSENT_COLUMNS}, "consent_ts": "timestamp_or_text",
         **{name: attr.type for name, attr in agreement.attributes.items()},
     }

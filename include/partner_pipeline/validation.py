@@ -58,8 +58,14 @@ def build_suite(agreement: Agreement):
         rows("partner_record_id_duplicate",
              "partner_record_id IN (SELECT partner_record_id FROM {batch} GROUP BY partner_record_id HAVING count(*) > 1)",
              "Make partner_record_id unique within the drop (every copy of a repeated id is quarantined)."),
-        rows("identifier_missing", "email_sha256 IS NULL AND phone_sha256 IS NULL",
-             "Send email_sha256 or phone_sha256 (or both) on every row."),
+        rows("identifier_missing", "email_sha256 IS NULL AND phone_sha256 IS NULL AND seed_id IS NULL"
+             + (" AND partner_person_id IS NULL" if agreement.partner_id_only_rows else ""),
+             "Send email_sha256 or phone_sha256 (or both), or the seed_id of our seed set, on every row"
+             + (", or partner_person_id alone to refresh a person already sent with hashes." if agreement.partner_id_only_rows
+                else " (partner_person_id alone is not accepted: the agreement does not set partner_id_only_rows).")),
+        rows("seed_id_unknown", f"seed_id IS NOT NULL AND seed_id NOT IN (SELECT seed_id FROM {StageFile.ISSUED_SEEDS})",
+             f"Send only seed_id values from the seed sets we sent you under agreement {agreement.agreement_id} "
+             f"(outbox {agreement.partner_id}/seeds/<date>/); a seed of another agreement or partner matches nothing."),
     ]
     for col in ("email_sha256", "phone_sha256"):
         e.append(rows(f"{col}_malformed", f"{col} IS NOT NULL AND NOT {_HEX64.format(col=col)}",

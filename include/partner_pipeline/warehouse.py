@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS raw.partner_records (
     consent_enrichment VARCHAR, consent_activation VARCHAR, consent_ts VARCHAR,
     attributes STRUCT(attribute VARCHAR, value VARCHAR)[],
     partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, delivered_at TIMESTAMPTZ,
-    source_file VARCHAR, source_row BIGINT, loaded_at TIMESTAMPTZ, run_id VARCHAR);
+    source_file VARCHAR, source_row BIGINT, loaded_at TIMESTAMPTZ, run_id VARCHAR, seed_id VARCHAR);
+-- v2 `seed_id` (spec "Seeds in drops"), for a warehouse made before it (appended: every insert names its columns)
+ALTER TABLE raw.partner_records ADD COLUMN IF NOT EXISTS seed_id VARCHAR;
 CREATE TABLE IF NOT EXISTS raw.quarantined_rows (
     partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, source_file VARCHAR, source_row BIGINT,
     partner_record_id VARCHAR, failed_rules VARCHAR[], record JSON, run_id VARCHAR, quarantined_at TIMESTAMPTZ);
@@ -84,7 +86,7 @@ CREATE TABLE IF NOT EXISTS raw.access_requests (
     request_id VARCHAR, received_at VARCHAR, request_date DATE, source_file VARCHAR, source_row BIGINT,
     profile_id VARCHAR, email VARCHAR);
 -- never an identifier itself: suppression_key = audit.suppression_key(x) (SUPPRESSION_KEY_MACRO), x being a
--- profile id, partner_id || ':' || audit.normal_person_id(partner_person_id), or an audit.normal_hash(email/phone hash)
+-- profile id, partner_id || ':' || audit.normal_person_id(partner_person_id), audit.normal_person_id(seed_id), or an audit.normal_hash(email/phone hash)
 CREATE TABLE IF NOT EXISTS audit.erasure_suppressions (
     request_id VARCHAR, identifier_kind VARCHAR, suppression_key VARCHAR, added_at TIMESTAMPTZ);
 -- what each partner's outbox notice must say; emptied once the notices are written

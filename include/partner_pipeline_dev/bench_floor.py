@@ -73,6 +73,8 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     rows = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS}").fetchone()[0]
     if rows != manifest["record_count"]:
         raise RuntimeError(f"row count {rows} != manifest {manifest['record_count']}")
+    # the stage file's shape: the optional seed_id and the issued seeds the rule seed_id_unknown reads (none here)
+    con.execute(f"ALTER TABLE {StageFile.RECORDS} ADD COLUMN IF NOT EXISTS seed_id VARCHAR; {StageFile.issued_seeds_ddl()}")
     # the suite's rules (validation.row_rules) over the relation the suite runs on (validation_view_sql)
     con.execute(validation_view_sql(agreement, str(delivered_at)))
     rules = row_rules(agreement)
@@ -84,7 +86,7 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
         "SELECT " + ", ".join(f'count(*) FILTER (WHERE "{r}")' for r in rules) + " FROM checked").fetchone()) if v}
     con.execute("CREATE TABLE valid AS SELECT * EXCLUDE (" + ", ".join(f'"{c}"' for c in [*added, *rules]) + ") FROM checked WHERE NOT ("
                 + " OR ".join(f'coalesce("{r}", false)' for r in rules) + ")")
-    con.execute(f"DROP VIEW {VALIDATION_VIEW}; DROP TABLE {StageFile.RECORDS}; DROP TABLE checked")
+    con.execute(f"DROP VIEW {VALIDATION_VIEW}; DROP TABLE {StageFile.RECORDS}; DROP TABLE checked; DROP TABLE {StageFile.ISSUED_SEEDS}")
     found["rows_valid"] = con.execute("SELECT count(*) FROM valid").fetchone()[0]
     timings["load + check rows"] = time.perf_counter() - started
 

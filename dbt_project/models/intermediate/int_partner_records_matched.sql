@@ -1,14 +1,25 @@
--- Each valid partner record resolved to at most one profile: by email hash, else by phone hash,
--- under the partner's hash profile. Resolution rule (documented in _intermediate__models.yml):
--- a record whose hash hits several profiles, a profile hit by several partner persons of one
--- partner, or a partner person whose records hit several profiles, is `ambiguous` and linked to
--- nobody. So a partner_person_id maps to at most one profile and never links two profiles.
+-- Each valid partner record resolved to at most one profile: by its seed_id (v2: the profile the
+-- seed was issued for under the partner's agreement, if it may still be matched), else by email
+-- hash, else by phone hash, under the partner's hash profile; a partner-id-only row (no hash, no
+-- seed) only by the profile its partner_person_id is already linked to by the partner's other rows.
+-- Resolution rule (documented in _intermediate__models.yml): a record whose hash hits several
+-- profiles, a profile hit by several partner persons of one partner, or a partner person whose
+-- records hit several profiles, is `ambiguous` and linked to nobody. So a partner_person_id maps to
+-- at most one profile and never links two profiles; a partner-id-only row creates no link.
 with partner_records as (
     select * from {{ ref('stg_pipeline__partner_records') }}
 ),
 
 agreements as (
     select * from {{ ref('stg_pipeline__agreements') }}
+),
+
+issued_seeds as (
+    select * from {{ ref('stg_pipeline__issued_seeds') }}
+),
+
+profiles as (
+    select * from {{ ref('stg_first_party__profiles') }}
 ),
 
 -- read by both indexes below: inlined (a scan each), never copied
@@ -19,10 +30,27 @@ profile_identifiers as not materialized (
 records as (
     select
         partner_records.*,
+        agreements.agreement_id,
         agreements.hash_profile,
-        agreements.default_country_code
+        agreements.default_country_code,
+        partner_records.seed_id is null
+        and partner_records.email_sha256 is null
+        and partner_records.phone_sha256 is null as is_partner_id_only
     from partner_records
     inner join agreements using (partner_id)
+),
+
+-- each seed issued to an agreement: its profile, matchable only while the profile is in tonight's
+-- snapshot (so not erased) and still consents to partner sharing
+seed_index as (
+    select
+        issued_seeds.partner_id,
+        issued_seeds.agreement_id,
+        issued_seeds.seed_id,
+        issued_seeds.profile_id,
+        coalesce(profiles.has_consent_partner_sharing, false) as is_shareable
+    from issued_seeds
+    left join profiles on issued_seeds.profile_id = profiles.profile_id
 ),
 
 {%- for identifier in ['email', 'phone'] %}
@@ -44,16 +72,28 @@ records as (
 resolved as materialized (
     select
         records.*,
+        -- a row with a seed is matched by its seed alone (spec "Seeds in drops")
         case
+            when records.seed_id is not null and seed_index.is_shareable then 'seed'
+            when records.seed_id is not null then 'seed_not_shareable'
             when email_index.profile_count is not null then 'email'
             when phone_index.profile_count is not null then 'phone'
         end as hit_via,
-        coalesce(email_index.profile_count, phone_index.profile_count) as profile_count,
         case
+            when records.seed_id is not null then 1
+            else coalesce(email_index.profile_count, phone_index.profile_count)
+        end as profile_count,
+        case
+            when records.seed_id is not null and seed_index.is_shareable then seed_index.profile_id
+            when records.seed_id is not null then null
             when email_index.profile_count = 1 then email_index.profile_id
             when email_index.profile_count is null and phone_index.profile_count = 1 then phone_index.profile_id
         end as candidate_profile_id
     from records
+    left join seed_index
+        on records.partner_id = seed_index.partner_id
+            and records.agreement_id = seed_index.agreement_id
+            and records.seed_id = seed_index.seed_id
     left join email_index
         on records.hash_profile = email_index.hash_profile
             and records.default_country_code = email_index.default_country_code
@@ -95,30 +135,81 @@ checked as (
     left join profiles_per_person using (partner_id, partner_person_id)
 ),
 
+identified as (
+    -- rows with a hash or a seed; a partner-id-only row waits for its person's link (person_links)
+    select
+        checked.*,
+        case
+            when checked.hit_via is null then 'unmatched'
+            when checked.hit_via = 'seed_not_shareable' then checked.hit_via
+            when checked.profile_count > 1 or checked.profile_has_several_persons or checked.person_has_several_profiles
+                then 'ambiguous'
+            else checked.hit_via
+        end as identified_status,
+        case
+            when
+                checked.hit_via in ('email', 'phone', 'seed')
+                and checked.profile_count = 1
+                and not checked.profile_has_several_persons
+                and not checked.person_has_several_profiles
+                then checked.candidate_profile_id
+        end as identified_profile_id
+    from checked
+),
+
+persons_sent_by_id as (
+    select distinct
+        partner_id,
+        partner_person_id
+    from records
+    where is_partner_id_only
+),
+
+person_links as (
+    -- the profile each partner person sent by id alone is linked to by its rows with a hash or seed (at
+    -- most one: a person whose rows hit two profiles is ambiguous and linked to none)
+    select
+        identified.partner_id,
+        identified.partner_person_id,
+        min(identified.identified_profile_id) as profile_id,
+        bool_or(identified.identified_status = 'ambiguous') as has_ambiguous_rows
+    from identified
+    semi join persons_sent_by_id using (partner_id, partner_person_id)
+    where not identified.is_partner_id_only
+    group by all
+),
+
 final as (
     select
-        partner_id,
-        drop_date,
-        partner_record_id,
-        partner_person_id,
-        email_sha256,
-        phone_sha256,
-        has_consent_enrichment,
-        has_consent_activation,
-        consent_at,
-        delivery_id,
-        loaded_at,
-        source_row,
+        identified.partner_id,
+        identified.drop_date,
+        identified.partner_record_id,
+        identified.partner_person_id,
+        identified.email_sha256,
+        identified.phone_sha256,
+        identified.has_consent_enrichment,
+        identified.has_consent_activation,
+        identified.consent_at,
+        identified.delivery_id,
+        identified.loaded_at,
+        identified.source_row,
+        identified.seed_id,
         case
-            when hit_via is null then 'unmatched'
-            when profile_count > 1 or profile_has_several_persons or person_has_several_profiles then 'ambiguous'
-            else hit_via
+            when not identified.is_partner_id_only then identified.identified_status
+            when person_links.profile_id is not null then 'partner_id'
+            when person_links.has_ambiguous_rows then 'ambiguous'
+            else 'unmatched'
         end as match_status,
         case
-            when profile_count = 1 and not profile_has_several_persons and not person_has_several_profiles
-                then candidate_profile_id
+            when identified.is_partner_id_only then person_links.profile_id
+            else identified.identified_profile_id
         end as profile_id
-    from checked
+    from identified
+    left join person_links
+        on
+            identified.is_partner_id_only
+            and identified.partner_id = person_links.partner_id
+            and identified.partner_person_id = person_links.partner_person_id
 )
 
 select * from final

@@ -27,9 +27,13 @@ counts as (
         count(*) filter (where has_consent_enrichment) as rows_consented,
         count(*) filter (where match_status = 'email') as matched_by_email,
         count(*) filter (where match_status = 'phone') as matched_by_phone,
+        count(*) filter (where match_status = 'seed') as matched_by_seed,
+        count(*) filter (where match_status = 'partner_id') as matched_by_partner_id,
+        count(*) filter (where match_status = 'seed_not_shareable') as seed_not_shareable,
         count(*) filter (where match_status = 'ambiguous') as ambiguous,
         count(*) filter (where match_status = 'unmatched') as unmatched,
-        count(*) filter (where match_status in ('email', 'phone') and has_consent_enrichment) as matched_consented,
+        count(*) filter (where profile_id is not null and has_consent_enrichment) as matched_consented,
+        count(*) filter (where seed_id is not null) as rows_with_seed,
         count(*) filter (where email_sha256 is not null) as rows_with_email,
         count(*) filter (where phone_sha256 is not null) as rows_with_phone,
         count(*) filter (where phone_sha256 is not null and email_sha256 is null) as rows_with_phone_only
@@ -40,8 +44,10 @@ counts as (
 rates as (
     select
         *,
-        matched_by_email + matched_by_phone as matched,
-        round((matched_by_email + matched_by_phone) / nullif(rows_valid, 0), 4) as match_rate,
+        matched_by_email + matched_by_phone + matched_by_seed + matched_by_partner_id as matched,
+        round((matched_by_email + matched_by_phone + matched_by_seed + matched_by_partner_id) / nullif(rows_valid, 0), 4)
+            as match_rate,
+        round(matched_by_seed / nullif(rows_with_seed, 0), 4) as seed_match_rate,
         round(matched_by_email / nullif(rows_with_email, 0), 4) as email_match_rate,
         round(matched_by_phone / nullif(rows_with_phone_only, 0), 4) as phone_only_match_rate
     from counts
@@ -66,7 +72,12 @@ final as (
         rates.rows_with_email,
         rates.email_match_rate,
         rates.rows_with_phone,
-        rates.phone_only_match_rate
+        rates.phone_only_match_rate,
+        rates.matched_by_seed,
+        rates.matched_by_partner_id,
+        rates.seed_not_shareable,
+        rates.rows_with_seed,
+        rates.seed_match_rate
     from rates
     left join received using (partner_id, drop_date)
 )

@@ -1,6 +1,8 @@
 -- Is this partner worth it? Per partner and drop: volume, quarantine rate, match rate, how full
 -- its attributes are, how often it tells us something new about a matched profile, and how
--- fresh its deliveries are.
+-- fresh its deliveries are. v2, for a partner we send seed sets: per seed date, the seeds sent,
+-- how many came back with data (in valid rows of its drops dated on or after it) and the return
+-- rate; a seed date without a drop has a row of its own (its drop columns null).
 
 with match_report as (
     select * from {{ ref('match_report') }}
@@ -21,6 +23,18 @@ matched_records as (
 
 partner_records as (
     select * from {{ ref('stg_pipeline__partner_records') }}
+),
+
+seed_exports as (
+    select * from {{ source('audit', 'seed_exports') }}
+),
+
+issued_seeds as (
+    select * from {{ ref('stg_pipeline__issued_seeds') }}
+),
+
+agreements as (
+    select * from {{ ref('stg_pipeline__agreements') }}
 ),
 
 attributes_agreed as (
@@ -92,6 +106,54 @@ deliveries as (
     group by all
 ),
 
+-- the seed sets sent: the last export of each partner and seed date that sent seeds (counts only)
+seed_sets as (
+    select
+        partner_id,
+        agreement_id,
+        seed_date,
+        seeds_sent
+    from seed_exports
+    where seeds_sent is not null
+    qualify row_number() over (partition by partner_id, seed_date order by exported_at desc) = 1
+),
+
+-- each seed's last return with data: the latest drop whose valid rows carry it
+returned_seeds as (
+    select
+        partner_records.partner_id,
+        partner_records.seed_id,
+        max(partner_records.drop_date) as last_returned_on
+    from partner_records
+    where partner_records.seed_id is not null
+    group by all
+),
+
+-- the seeds of each seed set (issued that date, under the partner's agreement) that came back on or after it
+seed_reconciliation as (
+    select
+        seed_sets.partner_id,
+        seed_sets.seed_date as drop_date,
+        any_value(seed_sets.seeds_sent) as seeds_sent,
+        count(distinct returned_seeds.seed_id) as seeds_returned
+    from seed_sets
+    inner join agreements
+        on
+            seed_sets.partner_id = agreements.partner_id
+            and seed_sets.agreement_id = agreements.agreement_id
+    left join issued_seeds
+        on
+            seed_sets.partner_id = issued_seeds.partner_id
+            and seed_sets.agreement_id = issued_seeds.agreement_id
+            and seed_sets.seed_date between issued_seeds.first_issued_on and issued_seeds.last_issued_on
+    left join returned_seeds
+        on
+            issued_seeds.partner_id = returned_seeds.partner_id
+            and issued_seeds.seed_id = returned_seeds.seed_id
+            and seed_sets.seed_date <= returned_seeds.last_returned_on
+    group by all
+),
+
 scored as (
     select
         match_report.partner_id,
@@ -114,18 +176,36 @@ scored as (
     left join deliveries using (partner_id, drop_date)
 ),
 
+combined as (
+    select
+        scored.*,
+        seed_reconciliation.seeds_sent,
+        seed_reconciliation.seeds_returned,
+        coalesce(scored.partner_id, seed_reconciliation.partner_id) as scorecard_partner_id,
+        coalesce(scored.drop_date, seed_reconciliation.drop_date) as scorecard_date,
+        round(seed_reconciliation.seeds_returned / nullif(seed_reconciliation.seeds_sent, 0), 4) as seed_return_rate
+    from scored
+    full outer join seed_reconciliation
+        on
+            scored.partner_id = seed_reconciliation.partner_id
+            and scored.drop_date = seed_reconciliation.drop_date
+),
+
 final as (
     select
-        partner_id,
-        drop_date,
+        scorecard_partner_id as partner_id,
+        scorecard_date as drop_date,
         rows_received,
         quarantine_rate,
         match_rate,
         attribute_fill_rate,
         new_information_share,
         delivery_lag_hours,
-        age_days
-    from scored
+        age_days,
+        seeds_sent,
+        seeds_returned,
+        seed_return_rate
+    from combined
 )
 
 select * from final

@@ -39,6 +39,7 @@ profiles    the first-party profile snapshot
 drops       partner drops (DropSpec, corruptions, bad rows) and each drop's ground truth
 truth       the expected enriched_profiles mart, segment sizes and seed sets (expected_seed_set)
 scenario    generate_scenario: all of the above and ground_truth.json
+seeded      a partner's seed-keyed drop answering the seed set we sent it (spec v2), with ground truth
 cli         `python -m partner_pipeline_dev.synth`
 """
 

@@ -251,6 +251,12 @@ def _id_prefix(partner_id: str) -> str:
     return partner_id.split("_")[0][:6].upper() or "P"
 
 
+def partner_person_ids(partner_id: str, indices) -> pa.Array:
+    """The partner's own id of each person (stable per partner and person, unrelated across partners)."""
+    number = _permute(np.asarray(indices, dtype=np.int64), 10**6, 10**6, _text_key("partner_person_id/" + partner_id))
+    return _join(f"{_id_prefix(partner_id)}-", pc.utf8_lpad(pc.cast(pa.array(number), pa.string()), 12, "0"))
+
+
 def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, profiles_seed: int,
                 n_profiles: int) -> tuple[dict[str, pa.Array], dict[str, np.ndarray]]:
     """Columns for rows [lo, hi) of the drop, and per-row facts for the ground truth."""
@@ -266,9 +272,7 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
     number = plan.record_number[lo:hi]
     record_id = _join(f"{prefix}-{spec.drop_date:%Y%m%d}-", pc.utf8_lpad(pc.cast(pa.array(number), pa.string()), 9, "0"))
     cols["partner_record_id"] = _replace(record_id, number == 0, None)
-    pkey = _text_key("partner_person_id/" + spec.effective_partner_id)
-    person_number = _permute(people.idx, 10**6, 10**6, pkey)
-    cols["partner_person_id"] = _join(f"{prefix}-", pc.utf8_lpad(pc.cast(pa.array(person_number), pa.string()), 12, "0"))
+    cols["partner_person_id"] = partner_person_ids(spec.effective_partner_id, people.idx)
 
     kind = _weighted(rng.random(n), (0.60, 0.25, 0.15))  # both | email only | phone only
     has_email, has_phone = kind != 2, kind != 1

@@ -1,12 +1,12 @@
 {{ config(materialized='table') }}
 -- Every raw row, not expired, of a person on the suppression list (stg_pipeline__erasure_keys), as
 -- keys (no identifier), one row per (request, row): a partner row, loaded or quarantined, by its
--- email hash, phone hash or (partner, person id), keyed by (partner, drop date, file, row); a
+-- email hash, phone hash, (partner, person id) or seed id (v2), keyed by (partner, drop date, file, row); a
 -- first-party row by its profile id or canonical email hash, keyed by its profile id's suppression
 -- key (profile_key). Staging leaves these rows out (stg_pipeline__partner_records,
 -- stg_first_party__profiles), so the marts are right the same night; the data-rights step deletes
 -- them after the build (the mart data_rights_deletions). A table, computed once a night: it keys
--- every partner row three times.
+-- every partner row four times.
 with partner_records as (
     select * from {{ source('pipeline', 'partner_records') }}
 ),
@@ -38,7 +38,8 @@ partner_rows as (
         partner_records.source_row,
         audit.normal_person_id(partner_records.partner_person_id) as person,
         audit.normal_hash(partner_records.email_sha256) as email,
-        audit.normal_hash(partner_records.phone_sha256) as phone
+        audit.normal_hash(partner_records.phone_sha256) as phone,
+        audit.normal_person_id(partner_records.seed_id) as seed
     from partner_records
     union all
     select
@@ -49,11 +50,12 @@ partner_rows as (
         quarantined_rows.source_row,
         audit.normal_person_id(quarantined_rows.record ->> 'partner_person_id') as person,
         audit.normal_hash(quarantined_rows.record ->> 'email_sha256') as email,
-        audit.normal_hash(quarantined_rows.record ->> 'phone_sha256') as phone
+        audit.normal_hash(quarantined_rows.record ->> 'phone_sha256') as phone,
+        audit.normal_person_id(quarantined_rows.record ->> 'seed_id') as seed
     from quarantined_rows
 ),
 
--- each row's three keys once, then an equi-join with the list (not a key per row and suppression);
+-- each row's four keys once, then an equi-join with the list (not a key per row and suppression);
 -- an expired row is retention's
 partner_keys as (
     select
@@ -62,11 +64,12 @@ partner_keys as (
         partner_rows.drop_date,
         partner_rows.source_file,
         partner_rows.source_row,
-        unnest(['email_sha256', 'phone_sha256', 'partner_person']) as key_kind,
+        unnest(['email_sha256', 'phone_sha256', 'partner_person', 'seed_id']) as key_kind,
         unnest([
             audit.suppression_key(partner_rows.email),
             audit.suppression_key(partner_rows.phone),
-            audit.suppression_key(partner_rows.partner_id || ':' || partner_rows.person)
+            audit.suppression_key(partner_rows.partner_id || ':' || partner_rows.person),
+            audit.suppression_key(partner_rows.seed)
         ]) as key_value
     from partner_rows
     left join partner_drops

@@ -2,8 +2,11 @@
 -- What each pending erasure request (raw.erasure_requests, not answered yet) resolves to, as
 -- suppression keys (audit.suppression_key: the list never holds an identifier): our profile ids,
 -- their email hashed under every hash profile, their phone under every (hash profile, country code)
--- in use, and the partner persons whose rows, loaded or quarantined and not expired, carry those
--- hashes (compared normalized: audit.normal_hash, audit.normal_person_id). The data-rights step
+-- in use, the seeds issued for their profiles (v2, kind seed_id: our own tokens, unique across agreements,
+-- so a row of any partner carrying one is found), and the
+-- partner persons whose rows, loaded or quarantined and not expired, carry those hashes or seeds
+-- (compared normalized: audit.normal_hash, audit.normal_person_id), so a person's partner-id-only
+-- rows go with them. The data-rights step
 -- adds these keys to audit.erasure_suppressions for good (the mart data_rights_erasure_keys); until
 -- then staging already applies them (stg_pipeline__erasure_keys, stg_pipeline__erased_rows).
 -- A table: it reads every partner row, and both of those read it.
@@ -33,6 +36,10 @@ partner_records as (
 
 quarantined_rows as (
     select * from {{ source('pipeline', 'quarantined_rows') }}
+),
+
+issued_seeds as (
+    select * from {{ source('pipeline', 'issued_seeds') }}
 ),
 
 partner_drops as (
@@ -143,6 +150,17 @@ identifiers as (
     cross join phone_settings
 ),
 
+-- the seeds issued for the erased profiles, under any agreement
+seeds as (
+    select distinct
+        identifiers.request_id,
+        'seed_id' as identifier_kind,
+        audit.normal_person_id(issued_seeds.seed_id) as identifier
+    from identifiers
+    inner join issued_seeds on identifiers.identifier = issued_seeds.profile_id
+    where identifiers.identifier_kind = 'profile_id'
+),
+
 -- every partner row, its identifiers normalized (audit.normal_hash / audit.normal_person_id)
 partner_rows as (
     select
@@ -150,7 +168,8 @@ partner_rows as (
         partner_records.drop_date,
         partner_records.partner_id || ':' || audit.normal_person_id(partner_records.partner_person_id) as person,
         audit.normal_hash(partner_records.email_sha256) as email,
-        audit.normal_hash(partner_records.phone_sha256) as phone
+        audit.normal_hash(partner_records.phone_sha256) as phone,
+        audit.normal_person_id(partner_records.seed_id) as seed
     from partner_records
     union all
     select
@@ -158,7 +177,8 @@ partner_rows as (
         quarantined_rows.drop_date,
         quarantined_rows.partner_id || ':' || audit.normal_person_id(quarantined_rows.record ->> 'partner_person_id') as person,
         audit.normal_hash(quarantined_rows.record ->> 'email_sha256') as email,
-        audit.normal_hash(quarantined_rows.record ->> 'phone_sha256') as phone
+        audit.normal_hash(quarantined_rows.record ->> 'phone_sha256') as phone,
+        audit.normal_person_id(quarantined_rows.record ->> 'seed_id') as seed
     from quarantined_rows
 ),
 
@@ -187,6 +207,21 @@ partner_persons as (
     where
         searched_rows.person is not null
         and not coalesce(partner_drops.is_expired, false)
+    union
+    select distinct
+        seeds.request_id,
+        'partner_person' as identifier_kind,
+        searched_rows.person as identifier,
+        searched_rows.partner_id
+    from searched_rows
+    left join partner_drops
+        on
+            searched_rows.partner_id = partner_drops.partner_id
+            and searched_rows.drop_date = partner_drops.drop_date
+    inner join seeds on searched_rows.seed = seeds.identifier
+    where
+        searched_rows.person is not null
+        and not coalesce(partner_drops.is_expired, false)
 ),
 
 found as (
@@ -196,6 +231,13 @@ found as (
         identifiers.identifier,
         cast(null as varchar) as partner_id
     from identifiers
+    union all
+    select
+        seeds.request_id,
+        seeds.identifier_kind,
+        seeds.identifier,
+        cast(null as varchar) as partner_id
+    from seeds
     union all
     select
         partner_persons.request_id,

@@ -34,6 +34,7 @@ final as (
         partner_records.partner_person_id,
         partner_records.email_sha256,
         partner_records.phone_sha256,
+        partner_records.seed_id,
         cast(partner_records.consent_enrichment as boolean) as has_consent_enrichment,
         cast(partner_records.consent_activation as boolean) as has_consent_activation,
         cast(partner_records.consent_ts as timestamptz) as consent_at,
