@@ -186,14 +186,6 @@ def apply_deletions(con, run_id: str) -> dict:
         con.execute("""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, 'raw.first_party_profiles', NULL, NULL,
                        count(DISTINCT rid) FROM erasure_hits GROUP BY ALL""", [run_id])
         con.execute("DELETE FROM raw.first_party_profiles WHERE rowid IN (SELECT rid FROM erasure_hits)")
-        # v2: the seeds issued for an erased profile (its pseudonymous tokens), on the night and on any later one
-        con.execute("""CREATE OR REPLACE TEMP TABLE erasure_hits AS
-                       SELECT t.rowid AS rid, s.request_id, t.partner_id FROM raw.issued_seeds t
-                       JOIN audit.erasure_suppressions s ON s.suppression_key = audit.suppression_key(t.profile_id)
-                       WHERE s.identifier_kind = 'profile_id'""")
-        con.execute("""INSERT INTO audit.data_deletions SELECT now(), ?, 'erasure', request_id, 'raw.issued_seeds', partner_id, NULL,
-                       count(DISTINCT rid) FROM erasure_hits GROUP BY ALL""", [run_id])
-        con.execute("DELETE FROM raw.issued_seeds WHERE rowid IN (SELECT rid FROM erasure_hits)")
         counts = dict(con.execute("""SELECT reason || ' ' || location, sum(rows) FROM audit.data_deletions
                                      WHERE run_id = ? AND position('/' IN location) = 0 GROUP BY 1""", [run_id]).fetchall())
         con.execute("DROP TABLE erasure_hits")

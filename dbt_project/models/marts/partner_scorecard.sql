@@ -106,7 +106,8 @@ deliveries as (
     group by all
 ),
 
--- the seed sets sent: the last export of each partner and seed date that sent seeds (counts only)
+-- the seed sets sent: the last export of each partner and seed date that was sent (a refused or
+-- failed export sent nothing; counts only)
 seed_sets as (
     select
         partner_id,
@@ -114,7 +115,7 @@ seed_sets as (
         seed_date,
         seeds_sent
     from seed_exports
-    where seeds_sent is not null
+    where status = 'sent'
     qualify row_number() over (partition by partner_id, seed_date order by exported_at desc) = 1
 ),
 
