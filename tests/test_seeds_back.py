@@ -1,21 +1,22 @@
-"""Seeds and partner ids in drops (spec v2 "Seeds in drops", "Partner ids"), two nights end to end.
+"""Seeds and partner ids in drops (spec v2 "Seeds in drops", "Partner ids"), three nights end to end on
+the pipeline's own seed export.
 
-The seed sets are written here in the spec's outbox format and their seeds put in raw.issued_seeds
-(the seed export is another module's); the partners' answers come from synth.seeded, whose ground
-truth maps seeds to people through the seed files' hashes. Night 1: acme_bank (partner-id-only rows
-allowed) and globex_retail (not allowed) send seed-keyed drops carrying each other's seeds and made-up
-ones. Night 2: one person withdrew consent_partner_sharing, another is erased by profile id, and acme
-refreshes a linked person and an unknown one by partner id alone.
+Night 0: the export sends acme_bank (csv.gz) and globex_retail (parquet) their seed sets. The partners'
+answers come from synth.seeded, from the seed sets as the partners received them (the outbox objects),
+whose ground truth maps seeds to people through the seed files' hashes, never through the key.
+Night 1: acme_bank (partner-id-only rows allowed) and globex_retail (not allowed) send seed-keyed
+drops carrying each other's seeds and made-up ones. Night 2: one person withdrew
+consent_partner_sharing, another is erased by profile id, and acme refreshes a linked person and an
+unknown one by partner id alone.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import gzip
-import hashlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,13 +29,9 @@ from partner_pipeline_dev.synth.seeded import SeededDropSpec, SeedSet, write_see
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-D1, D2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
+D0, D1, D2 = dt.date(2026, 11, 19), dt.date(2026, 11, 20), dt.date(2026, 11, 21)
 PROFILES_SEED, N_PROFILES = 7, 300
-
-
-def seed_of(agreement_id: str, profile_id: str) -> str:
-    """A stand-in for the export's keyed token: stable per (agreement, profile), unrelated across agreements."""
-    return "S" + hashlib.sha256(f"test-secret/{agreement_id}/{profile_id}".encode()).hexdigest()[:31]
+GLOBEX_KEY = "test-seed-key-globex-retail-0123456789abcdef"
 
 
 def write_profiles(root, bucket: str, day: dt.date, not_sharing: set[str]) -> dict[str, int]:
@@ -53,40 +50,16 @@ def write_profiles(root, bucket: str, day: dt.date, not_sharing: set[str]) -> di
     return {p["profile_id"]: p["person_index"] for p in people}
 
 
-def write_seed_set(root, outbox: str, agreement, day: dt.date, persons: range) -> list[dict]:
-    """The spec's seed set: seed_id plus the profile's identifiers hashed as the partner hashes them
-    (only for persons whose typed email or phone normalizes to their base; others get a hash nobody has)."""
-    people = synth.People(PROFILES_SEED, list(persons))
-    emails_ok, phones_ok = people.email_matches(agreement.hash_profile), people.phone_matches(agreement.default_country_code)
-    rows = []
-    for i, pid, email, phone, e_ok, p_ok in zip(people.idx.tolist(), synth.profile_ids(people.idx).to_pylist(),
-                                                people.base_emails().to_pylist(), people.base_phones().to_pylist(),
-                                                emails_ok.tolist(), phones_ok.tolist()):
-        email_hash, phone_hash = synth.partner_hashes(email, phone, agreement.hash_profile)
-        rows.append({"seed_id": seed_of(agreement.agreement_id, pid), "profile_id": pid,
-                     "email_sha256": email_hash if e_ok else hashlib.sha256(f"typed/{i}".encode()).hexdigest(),
-                     "phone_sha256": phone_hash if p_ok else None})
-    folder = root / outbox / agreement.partner_id / "seeds" / day.isoformat()
-    folder.mkdir(parents=True, exist_ok=True)
-    text = "seed_id,email_sha256,phone_sha256\n" + "".join(
-        f"{r['seed_id']},{r['email_sha256']},{r['phone_sha256'] or ''}\n" for r in rows)
-    data = gzip.compress(text.encode(), mtime=0)
-    (folder / "seeds-000.csv.gz").write_bytes(data)
-    (folder / "manifest.json").write_text(json.dumps({
-        "kind": "seed_set", "mode": "full", "partner_id": agreement.partner_id, "agreement_id": agreement.agreement_id,
-        "drop_date": day.isoformat(), "record_count": len(rows),
-        "files": [{"key": "seeds-000.csv.gz", "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}]}))
-    (folder / "_SUCCESS").write_bytes(b"")
-    return rows
-
-
-def issue(settings, agreement, rows: list[dict], day: dt.date) -> None:
-    """What the seed export records (raw.issued_seeds, audit.seed_exports), as it would."""
-    with warehouse(settings) as con:
-        con.executemany("INSERT INTO raw.issued_seeds VALUES (?, ?, ?, ?, ?, ?)",
-                        [[agreement.partner_id, agreement.agreement_id, r["seed_id"], r["profile_id"], day, day] for r in rows])
-        con.execute("INSERT INTO audit.seed_exports VALUES (?, ?, ?, 'test', now(), 'sent', ?, NULL, '{}')",
-                    [agreement.partner_id, agreement.agreement_id, day, len(rows)])
+def received_seed_set(s3_api, settings, partner_id: str, day: dt.date, into: Path) -> Path:
+    """The seed set as the partner receives it: the objects of the folder the export's audit row names, copied."""
+    [(location,)] = query(settings, """SELECT location FROM audit.seed_exports
+                                       WHERE partner_id = ? AND seed_date = ? AND status = 'sent'""", [partner_id, day])
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    folder = into / partner_id / day.isoformat()
+    folder.mkdir(parents=True)
+    for obj in s3_api.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+        (folder / obj["Key"].rsplit("/", 1)[-1]).write_bytes(s3_api.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+    return folder
 
 
 def query(settings, sql: str, params=()) -> list[tuple]:
@@ -100,11 +73,11 @@ def matched(settings, partner_id: str, day: dt.date) -> dict[str, tuple[str, str
         WHERE partner_id = ? AND drop_date = ?""", [partner_id, day])}
 
 
-def quarantined(settings, partner_id: str, day: dt.date) -> dict[str, list[str]]:
+def quarantined(settings, partner_id: str, day: dt.date, file: str = "records-000.csv.gz") -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for rid, rules, source_file, source_row in query(settings, """SELECT partner_record_id, failed_rules, source_file, source_row
             FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ? ORDER BY ALL""", [partner_id, day]):
-        assert source_file == "records-000.csv.gz" and source_row >= 1  # file and row, for the partner's fix
+        assert source_file == file and source_row >= 1  # file and row, for the partner's fix
         for rule in rules:
             found.setdefault(rule, []).append(rid)
     return found
@@ -117,10 +90,14 @@ def report(settings, partner_id: str, day: dt.date) -> dict:
 
 
 @pytest.fixture
-def agreements(agreements_dir):
-    """acme_bank allows partner-id-only rows; globex_retail does not."""
-    path = agreements_dir / "acme_bank.yaml"
-    path.write_text(path.read_text() + "\npartner_id_only_rows: true\n")
+def agreements(agreements_dir, monkeypatch):
+    """acme_bank (its shipped seed set, csv.gz) allows partner-id-only rows; globex_retail gets a parquet
+    seed set of its own key and does not allow them."""
+    acme = agreements_dir / "acme_bank.yaml"
+    acme.write_text(acme.read_text() + "\npartner_id_only_rows: true\n")
+    globex = agreements_dir / "globex_retail.yaml"
+    globex.write_text(globex.read_text() + "\nseed_set:\n  format: parquet\n  secret_variable: seed_secret_globex\n")
+    monkeypatch.setenv("AIRFLOW_VAR_SEED_SECRET_GLOBEX", GLOBEX_KEY)
     return load_agreements(agreements_dir)
 
 
@@ -128,34 +105,35 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
         pipeline_env, governance_dir, audience_api, agreements, s3_api, tmp_path):
     settings = load_settings()
     acme, globex = agreements["acme_bank"], agreements["globex_retail"]
-    root = tmp_path / "tree"
-    outbox = root / "outbox"
-    write_profiles(root, settings.first_party_bucket, D1, not_sharing=set())
-    acme_seeds = write_seed_set(root, "outbox", acme, D1, range(0, 200))
-    globex_seeds = write_seed_set(root, "outbox", globex, D1, range(100, 250))
-    issue(settings, acme, acme_seeds, D1)
-    issue(settings, globex, globex_seeds, D1)
-    assert {r["seed_id"] for r in acme_seeds}.isdisjoint(r["seed_id"] for r in globex_seeds)
-    acme_set, globex_set = outbox / "acme_bank" / "seeds" / D1.isoformat(), outbox / "globex_retail" / "seeds" / D1.isoformat()
-    assert len(SeedSet.read(acme_set).rows) == 200
+    root, received = tmp_path / "tree", tmp_path / "received"
+    write_profiles(root, settings.first_party_bucket, D0, not_sharing=set())
+    synth.upload_tree(s3_api, root)
+    run_night(D0, "n0")  # no drop yet: the export sends each partner its seed set
+    acme_set = received_seed_set(s3_api, settings, "acme_bank", D0, received)
+    globex_set = received_seed_set(s3_api, settings, "globex_retail", D0, received)
+    acme_seeds, globex_seeds = SeedSet.read(acme_set).rows, SeedSet.read(globex_set).rows
+    assert len(acme_seeds) > 250 and {r["seed_id"] for r in acme_seeds}.isdisjoint(r["seed_id"] for r in globex_seeds)
+    profile_of_seed = dict(query(settings, "SELECT seed_id, profile_id FROM raw.issued_seeds WHERE partner_id = 'acme_bank'"))
 
     # night 1: each partner's answer, carrying three of the other's seeds and two made-up ones; globex also
     # sends a partner-id-only row, which its agreement does not allow
     truth_a1 = write_seeded_drop(root, settings.landing_bucket, SeededDropSpec(
         acme, D1, acme_set, foreign_seed_set=globex_set, foreign_rows=3), PROFILES_SEED, N_PROFILES, seed=1)
     truth_g1 = write_seeded_drop(root, settings.landing_bucket, SeededDropSpec(
-        globex, D1, globex_set, foreign_seed_set=acme_set, foreign_rows=3, refresh={"GLOBEX-000000000001": None}),
-        PROFILES_SEED, N_PROFILES, seed=2)
+        globex, D1, globex_set, foreign_seed_set=acme_set, foreign_rows=3, refresh={"GLOBEX-000000000001": None},
+        file_format="parquet"), PROFILES_SEED, N_PROFILES, seed=2)
     synth.upload_tree(s3_api, root)
     run_night(D1, "n1")
 
-    assert 100 < len(truth_a1["expected_profiles"]) < 200 and truth_a1["rows_by_kind"]["seed_and_hashes"] > 10
+    assert len(truth_a1["expected_profiles"]) > 150 and truth_a1["rows_by_kind"]["seed_and_hashes"] > 30
+    # the seeds resolve to the profiles they were issued for (the generator found them by the seed file's hashes)
+    assert all(profile_of_seed[seed] in truth_a1["expected_profiles"].values() for seed in truth_a1["seeds_returned"])
     assert matched(settings, "acme_bank", D1) == {rid: ("seed", pid) for rid, pid in truth_a1["expected_profiles"].items()}
     assert matched(settings, "globex_retail", D1) == {rid: ("seed", pid) for rid, pid in truth_g1["expected_profiles"].items()}
     # another agreement's seeds and made-up ones are quarantined as seed_id_unknown; globex's id-only row too
     assert quarantined(settings, "acme_bank", D1) == truth_a1["expected_invalid"]
     assert len(truth_a1["expected_invalid"]["seed_id_unknown"]) == 5
-    assert quarantined(settings, "globex_retail", D1) == truth_g1["expected_invalid"]
+    assert quarantined(settings, "globex_retail", D1, "records-000.parquet") == truth_g1["expected_invalid"]
     assert set(truth_g1["expected_invalid"]) == {"seed_id_unknown", "identifier_missing"}
     [reasons] = query(settings, """SELECT reasons FROM audit.drop_events WHERE partner_id = 'acme_bank' AND event = 'loaded'""")[0]
     [unknown] = [r for r in json.loads(reasons) if r.get("rule") == "seed_id_unknown"]
@@ -173,14 +151,14 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
     # answers the same seed set again and refreshes one linked person and one it never sent by id alone
     person_of = {pid: person for person, pid in truth_a1["linked_persons"].items()}
     # the erased one is among the three acme seeds sent to globex, so a quarantined row there carries its seed
-    erased = next(r["profile_id"] for r in acme_seeds[:3] if r["profile_id"] in person_of)
+    erased_seed = next(r["seed_id"] for r in acme_seeds[:3] if profile_of_seed[r["seed_id"]] in person_of)
+    erased = profile_of_seed[erased_seed]
     withdrawn, refreshed = sorted(set(person_of) - {erased})[:2]
     erased_person, withdrawn_person, refreshed_person = person_of[erased], person_of[withdrawn], person_of[refreshed]
     write_profiles(root, settings.first_party_bucket, D2, not_sharing={withdrawn})
     requests = root / settings.first_party_bucket / "erasure_requests" / D2.isoformat()
     requests.mkdir(parents=True)
     (requests / "requests.csv").write_text(f"request_id,received_at,profile_id\nerase-1,{D2}T08:00:00Z,{erased}\n")
-    erased_seed = seed_of(acme.agreement_id, erased)
     truth_a2 = write_seeded_drop(root, settings.landing_bucket, SeededDropSpec(
         acme, D2, acme_set, returned_share=1.0, foreign_rows=0, made_up_rows=0,
         refresh={refreshed_person: refreshed, "ACME-999999999999": None}), PROFILES_SEED, N_PROFILES, seed=3)
@@ -208,7 +186,11 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
     assert r2["rows_with_seed"] == n_seed and r2["seed_match_rate"] == round((n_seed - 1) / n_seed, 4)
     assert r2["matched"] == n_seed - 1 + 1
 
-    # the erased person: every row of theirs (by seed, by their partner id, quarantined with their seed) is gone
+    # the erased person: out of tonight's seed sets; every row of theirs (by seed, by their partner id,
+    # quarantined with their seed) and every seed issued for them is gone
+    tonight = SeedSet.read(received_seed_set(s3_api, settings, "acme_bank", D2, received)).rows
+    assert erased_seed not in {r["seed_id"] for r in tonight} and len(tonight) == len(acme_seeds) - 2  # erased, withdrawn
+    assert query(settings, "SELECT count(*) FROM raw.issued_seeds WHERE profile_id = ?", [erased]) == [(0,)]
     assert query(settings, "SELECT count(*) FROM raw.partner_records WHERE seed_id = ? OR partner_person_id = ?",
                  [erased_seed, erased_person]) == [(0,)]
     assert query(settings, "SELECT count(*) FROM raw.quarantined_rows WHERE record->>'seed_id' = ?", [erased_seed]) == [(0,)]
@@ -216,17 +198,25 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
                                       AND location LIKE 'raw.%' GROUP BY 1"""))
     assert deleted["raw.partner_records"] == 2  # its seed rows of both nights
     assert deleted["raw.quarantined_rows"] == 1  # globex's row carrying its acme seed
-    assert deleted["raw.issued_seeds"] == 1
+    assert deleted["raw.issued_seeds"] == 2  # its seed under each agreement
     rewrite_warehouse(settings)  # what the night does once activation has let go of the person
     for path in (settings.warehouse_path, settings.marts_path, settings.published_path):
         data = path.read_bytes()
         assert erased_seed.encode() not in data and erased_person.encode() not in data, path
 
-    # the scorecard's seed reconciliation: acme's set of night 1 (200 sent) and the seeds that came back
+    # the scorecard's seed reconciliation per seed date: the set sent that night, and its seeds that came
+    # back in a drop dated on or after it (the erased one's forgotten; the withdrawn one left the set on D2)
+    withdrawn_seed = next(s for s, p in profile_of_seed.items() if p == withdrawn)
     returned = (set(truth_a1["seeds_returned"]) | set(truth_a2["seeds_returned"])) - {erased_seed}
-    rows = {day: (sent, back, rate) for day, sent, back, rate in query(settings, """
+    returned_d2 = set(truth_a2["seeds_returned"]) - {erased_seed, withdrawn_seed}
+    sent = {D0: len(acme_seeds), D1: len(acme_seeds), D2: len(acme_seeds) - 2}
+    want = {D0: len(returned), D1: len(returned), D2: len(returned_d2)}
+    rows = {day: (n, back, rate) for day, n, back, rate in query(settings, """
         SELECT drop_date, seeds_sent, seeds_returned, seed_return_rate FROM marts.partner_scorecard WHERE partner_id = 'acme_bank'""")}
-    assert rows == {D1: (200, len(returned), round(len(returned) / 200, 4)), D2: (None, None, None)}
+    # tonight's set is exported after tonight's build (it reads the built marts): the next build counts it
+    assert rows == {**{day: (sent[day], want[day], round(want[day] / sent[day], 4)) for day in (D0, D1)}, D2: (None, None, None)}
+    assert query(settings, "SELECT seeds_sent FROM audit.seed_exports WHERE partner_id = 'acme_bank' AND seed_date = ?",
+                 [D2]) == [(sent[D2],)] and want[D2] == sent[D2]  # all of it came back on D2 (returned_share=1.0)
 
 
 def test_partners_without_seeds_keep_their_rows_and_figures(built):
