@@ -33,7 +33,8 @@ from partner_pipeline.storage import list_objects
 from partner_pipeline.warehouse import quote_path
 
 log = logging.getLogger(__name__)
-MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256")
+# a member as a destination holds it; partner_person_id only for a destination accepting that partner's ids
+MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256", "partner_person_id")
 
 
 class ActivationFailed(RuntimeError):
@@ -152,15 +153,15 @@ def _apply(con, destination_id: str, segment: str, operation: str, table: str, r
     source = f"(SELECT * FROM {table}{' WHERE position BETWEEN ? AND ?' if positions else ''})"
     where = list(positions or ())
     if operation == "add":
-        con.execute(f"""INSERT INTO activation.destination_members
-                        SELECT ?, ?, {', '.join(MEMBER_COLUMNS)}, now(), ? FROM {source}""",
+        members = ", ".join(MEMBER_COLUMNS)
+        con.execute(f"""INSERT INTO activation.destination_members (destination_id, segment_name, {members}, synced_at, run_id)
+                        SELECT ?, ?, {members}, now(), ? FROM {source}""",
                     [destination_id, segment, run.run_id, *where])
     else:
+        same = " AND ".join(f"b.{c} IS NOT DISTINCT FROM d.{c}" for c in MEMBER_COLUMNS)
         con.execute(f"""DELETE FROM activation.destination_members d
                         WHERE destination_id = ? AND segment_name = ?
-                          AND EXISTS (SELECT 1 FROM {source} b WHERE b.profile_id IS NOT DISTINCT FROM d.profile_id
-                                      AND b.email_sha256 IS NOT DISTINCT FROM d.email_sha256
-                                      AND b.phone_sha256 IS NOT DISTINCT FROM d.phone_sha256)""",
+                          AND EXISTS (SELECT 1 FROM {source} b WHERE {same})""",
                     [destination_id, segment, *where])
 
 
@@ -275,7 +276,8 @@ class HttpAudience:
 
 class S3FileExport:
     """Customer-list files: `remove-NNNNN.<fmt>` and `add-NNNNN.<fmt>` (or `members-NNNNN` for a full refresh,
-    which replaces the list), with columns email_sha256 / phone_sha256 under the destination's hash profile,
+    which replaces the list), with columns email_sha256 / phone_sha256 under the destination's hash profile
+    (those its identifiers list) and partner_person_id for a destination accepting a partner's ids,
     a manifest.json and `_SUCCESS` written last, under <uri><segment>/<run_date>/<sync number>/."""
 
     def __init__(self, destination_id: str, destination: Destination, s3, activation_bucket: str):
@@ -302,7 +304,8 @@ class S3FileExport:
             self.drop_confirmed_removes(con, segment, run)
             return {"adds": 0, "removes": 0, "batches": 0, "full_refresh": False}
         prefix = f"{self.prefix}{segment}/{run.run_date.isoformat()}/{batches_applied + 1:06d}/"
-        columns = [f"{c}_sha256" for c in self.destination.identifiers]
+        columns = [f"{c}_sha256" for c in self.destination.hashed_identifiers]
+        columns += ["partner_person_id"] if self.destination.partner_ids_of else []
         fmt = self.destination.format
         files = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -320,6 +323,7 @@ class S3FileExport:
                                   "sha256": hashlib.sha256(data).hexdigest()})
         manifest = {"destination_id": self.destination_id, "audience": segment, "run_date": run.run_date.isoformat(),
                     "mode": "replace" if full else "delta", "hash_profile": self.destination.hash_profile,
+                    **({"partner_person_id_of": self.destination.partner_ids_of} if self.destination.partner_ids_of else {}),
                     "columns": columns, "format": fmt, "adds": adds, "removes": removes, "files": files}
         self.s3.put_object(Bucket=self.bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest, indent=2).encode())
         self.s3.put_object(Bucket=self.bucket, Key=prefix + "_SUCCESS", Body=b"")
@@ -381,6 +385,14 @@ def policy_violations(con, destination_id: str, segment: str) -> list[str]:
         [segment, destination_id]).fetchall()]
 
 
+def destination_violations(con, destination_id: str) -> list[str]:
+    """The send-time re-check of a destination taking a partner's ids (destination_policy_violations):
+    any row refuses the whole destination, every segment."""
+    return [m for (m,) in con.execute(
+        "SELECT message FROM marts.destination_policy_violations WHERE destination_id = ? ORDER BY message",
+        [destination_id]).fetchall()]
+
+
 def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
              credentials: Callable[[str], tuple[str, str]] = airflow_credentials) -> list[dict]:
     """Sync every pair; a failing pair does not stop the others. Raises ActivationFailed at the end naming each failure."""
@@ -392,6 +404,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
             destination = governance.destinations[destination_id]
             result = {"destination_id": destination_id, "segment": segment}
             blocked = policy_violations(con, destination_id, segment) if (destination_id, segment) in declared else []
+            blocked += destination_violations(con, destination_id)
             profiles = {p for (p,) in con.execute("SELECT DISTINCT hash_profile FROM marts.activation_audiences WHERE destination_id = ?",
                                                   [destination_id]).fetchall()}
             if profiles - {destination.hash_profile}:

@@ -1,6 +1,8 @@
 -- depends_on: {{ ref('segment_policy_violations') }}
+-- depends_on: {{ ref('destination_policy_violations') }}
 -- What each destination should hold for each segment tonight: the members we may send, hashed
--- under the destination's hash profile. A member is sent only if they gave us marketing consent
+-- under the destination's hash profile, with the partner_person_id of the partner whose ids the
+-- destination accepts (identifiers partner_id:<partner>) where int_partner_person_ids allows it. A member is sent only if they gave us marketing consent
 -- (first party) and every partner whose attributes the segment's rule reads, and who holds data
 -- about them, says consent_activation = true in its latest record. The activation task sends
 -- the difference between this and what the destination already holds.
@@ -28,6 +30,10 @@ profiles as (
 
 destinations as (
     select * from {{ ref('stg_pipeline__destinations') }}
+),
+
+partner_person_ids as (
+    select * from {{ ref('int_partner_person_ids') }}
 ),
 
 segment_destinations as (
@@ -91,10 +97,14 @@ member_identifiers as (
         case
             when list_contains(destinations.identifiers, 'phone')
                 then sha256({{ normalize_phone('sendable_members.phone', 'destinations.hash_profile', 'destinations.default_country_code') }})
-        end as phone_sha256
+        end as phone_sha256,
+        partner_person_ids.partner_person_id
     from sendable_members
     inner join segment_destinations using (segment_name)
     inner join destinations using (destination_id)
+    left join partner_person_ids
+        on destinations.partner_ids_of = partner_person_ids.partner_id
+            and sendable_members.profile_id = partner_person_ids.profile_id
 ),
 
 final as (
@@ -104,9 +114,10 @@ final as (
         profile_id,
         hash_profile,
         email_sha256,
-        phone_sha256
+        phone_sha256,
+        partner_person_id
     from member_identifiers
-    where email_sha256 is not null or phone_sha256 is not null
+    where email_sha256 is not null or phone_sha256 is not null or partner_person_id is not null
 )
 
 select * from final
