@@ -121,7 +121,8 @@ def test_ids_are_sent_only_where_allowed_and_linked(with_ids, audience_api, s3_a
                          WHERE destination_id = ? AND segment_name = 'high_earning_homeowners'""", [HTTP]))
     assert {(e, i) for e, _, i in held} == {(e, wanted[p]) for e, p in sent.items()}
     assert any(i for _, _, i in held) and any(i is None for _, _, i in held)
-    assert query("SELECT count(*) FROM activation.destination_members WHERE destination_id = ? AND partner_person_id IS NOT NULL",
+    assert query("SELECT count(*) FROM activation.destination_members WHERE destination_id = ? AND segment_name = 'high_earning_homeowners' "
+                 "AND partner_person_id IS NOT NULL",
                  [HTTP])[0][0] == sum(1 for *_, i in held if i)
     # a destination that does not ask for them gets none
     manifest, rows = delivered_rows(s3_api, "ads_customer_list", "attrition_risk")
@@ -197,24 +198,31 @@ def test_governance_refuses_a_bad_partner_id_identifier(governance_dir, identifi
     assert "destinations.yaml" in str(failure.value)
 
 
-def test_an_erased_persons_id_leaves_the_destination_and_the_delivered_files(with_ids, audience_api, s3_api):
+def test_an_erased_persons_id_leaves_the_destination_and_the_delivered_files(with_ids, governance_dir, audience_api, s3_api):
     settings = load_settings()
+    # the CRM takes Globex's ids alone: only the person id can find the erased person's row in its file
+    set_identifiers(governance_dir, crm_email=[GLOBEX_IDS])
+    rebuild("ids-only")
+    for obj in s3_api.list_objects_v2(Bucket="built-first-party", Prefix="profiles/")["Contents"]:  # the built scenario's snapshot
+        s3_api.copy_object(Bucket=settings.first_party_bucket, Key=obj["Key"], CopySource={"Bucket": "built-first-party", "Key": obj["Key"]})
     nightly.activate(DAY, "night-1")
     person, person_id = query("""SELECT profile_id, partner_person_id FROM activation.destination_members
                                  WHERE destination_id = 'crm_email' AND partner_person_id IS NOT NULL ORDER BY 1 LIMIT 1""")[0]
-    _, rows = delivered_rows(s3_api, "crm_email", "upsell_prospects")
-    assert person_id in {r["partner_person_id"] for r in rows}
+    manifest, rows = delivered_rows(s3_api, "crm_email", "upsell_prospects")
+    assert manifest["columns"] == ["partner_person_id"] and person_id in {r["partner_person_id"] for r in rows}
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([["request_id", "received_at", "profile_id", "email", "email_sha256"],
                                                    ["ER-ID", "2026-11-22T08:00:00Z", person, "", ""]])
     day = DAY + dt.timedelta(days=1)
     s3_api.put_object(Bucket=settings.first_party_bucket, Key=f"erasure_requests/{day}/requests.csv", Body=out.getvalue().encode())
-    nightly.load_first_party(day)
+    loaded = nightly.load_first_party(day)
     nightly.transform(day, "night-2")
-    nightly.data_rights(day, "night-2")
+    rights = nightly.data_rights(day, "night-2")
+    assert loaded["profiles"] > 0 and rights["activation_files_scrubbed"]
     nightly.activate(day, "night-2")
     assert query("SELECT count(*) FROM activation.destination_members WHERE partner_person_id = ?", [person_id]) == [(0,)]
-    _, rows = delivered_rows(s3_api, "crm_email", "upsell_prospects")  # night-1's add file, rewritten
+    after, rows = delivered_rows(s3_api, "crm_email", "upsell_prospects")  # night-1's add file, rewritten
     assert rows and person_id not in {r["partner_person_id"] for r in rows}
+    assert after["adds"] == manifest["adds"] - 1 and after["rows_removed_after_delivery_for_erasure"] == 1
     assert {i for _, _, i in audience_api.members_with_ids("upsell_prospects")} - {None}  # others keep theirs
     assert person_id not in {i for _, _, i in audience_api.members_with_ids("upsell_prospects")}
