@@ -120,9 +120,11 @@
     from problems
 {% endmacro %}
 
-{# Every declared segment: [{name, description, rule, destinations}], from segment_membership's
-   meta in dbt's graph; refuses a malformed declaration naming it. Only meaningful when executing. #}
-{% macro declared_segments() %}
+{# Every declared segment: [{name, description, rule, destinations, kind}], from segment_membership's
+   meta in dbt's graph; refuses a malformed declaration naming it. Only meaningful when executing.
+   kind: customer (default; rule over enriched_profiles) or prospect (rule over prospect_profiles,
+   one partner's prospecting attributes). `only` keeps one kind. #}
+{% macro declared_segments(only=none) %}
     {%- set declared = [] %}
     {%- set node = graph.nodes.get('model.' ~ project_name ~ '.segment_membership') if execute else none %}
     {%- if node is none %}{{ return(declared) }}{% endif %}
@@ -143,16 +145,35 @@
         {%- if entry.get('rule') is not string or not entry.get('rule').strip() %}
             {{ exceptions.raise_compiler_error("segment " ~ name ~ " needs a rule (a SQL condition over enriched_profiles) in " ~ where) }}
         {%- endif %}
+        {%- set kind = entry.get('kind') or 'customer' %}
+        {%- if kind not in ['customer', 'prospect'] %}
+            {{ exceptions.raise_compiler_error("segment " ~ name ~ ": field kind must be customer (the default: our profiles) or prospect (one partner's prospects, prospect_profiles), got " ~ kind ~ " in " ~ where) }}
+        {%- endif %}
         {%- set destinations = entry.get('destinations') or [] %}
         {%- if destinations is string or destinations is mapping %}
             {{ exceptions.raise_compiler_error("segment " ~ name ~ ": destinations must be a list of destination ids (include/governance/destinations.yaml)") }}
         {%- endif %}
         {%- do names.append(name) %}
         {%- do declared.append({'name': name, 'description': entry.get('description') or '', 'rule': entry['rule'].strip(),
-                                'destinations': destinations | map('string') | list}) %}
+                                'destinations': destinations | map('string') | list, 'kind': kind}) %}
     {%- endfor %}
-    {{ return(declared | sort(attribute='name')) }}
+    {{ return(declared | sort(attribute='name') | selectattr('kind', 'in', [only] if only else ['customer', 'prospect']) | list) }}
 {% endmacro %}
+
+{#- Every agreement attribute labelled `prospecting`, as [partner_id, attribute, attribute_type] rows: the
+    columns of prospect_profiles, read from the source table while the model compiles. Never a
+    special-category attribute (no_special_categories_outbound forbids prospecting with it). -#}
+{% macro prospecting_attributes() -%}
+    {%- set attributes = [] -%}
+    {%- set table = configuration_table('agreement_attributes') -%}
+    {%- if execute -%}
+        {%- for row in run_query("select partner_id, attribute, type from " ~ table
+                ~ " where list_contains(usage_labels, 'prospecting') and not coalesce(special_category, false) order by 1, 2").rows -%}
+            {%- do attributes.append([row[0], row[1], row[2]]) -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {{ return(attributes) }}
+{%- endmacro %}
 
 {# A string as a SQL literal #}
 {% macro sql_literal(value) %}{{ return("'" ~ (value | string | replace("'", "''")) ~ "'") }}{% endmacro %}

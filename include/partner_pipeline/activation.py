@@ -120,14 +120,21 @@ def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None
     return row
 
 
-def _stage_diff(con, destination_id: str, segment: str) -> tuple[int, int]:
+def _wanted(withheld: bool) -> str:
+    """What the destination should hold for the pair (parameters destination_id, segment_name): the
+    audience, or nothing while it is withheld (a prospect audience below min_audience_size)."""
+    return (f"SELECT {', '.join(MEMBER_COLUMNS)} FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?"
+            + (" AND false" if withheld else ""))
+
+
+def _stage_diff(con, destination_id: str, segment: str, withheld: bool = False) -> tuple[int, int]:
     """The members to remove and to add into temp tables pending_removes / pending_adds, numbered
     1..n in a stable order (`position`), so a batch is a range of positions and is sent and applied
     straight from the table."""
     pair = [destination_id, segment]
     members = ", ".join(MEMBER_COLUMNS)
     held = f"SELECT {members} FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?"
-    wanted = f"SELECT {members} FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?"
+    wanted = _wanted(withheld)
     _number(con, "pending_removes", f"{held} EXCEPT {wanted}", pair + pair)
     _number(con, "pending_adds", f"{wanted} EXCEPT {held}", pair + pair)
     return (con.execute("SELECT count(*) FROM pending_removes").fetchone()[0],
@@ -234,7 +241,7 @@ class HttpAudience:
             run.sleep(delay)
         raise AssertionError("unreachable")
 
-    def sync(self, con, segment: str, run: Run) -> dict:
+    def sync(self, con, segment: str, run: Run, withheld: bool = False) -> dict:
         log_ = ActivationLog(con, run, self.destination_id, segment)
         batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
         path = f"/audiences/{segment}/members"
@@ -250,7 +257,7 @@ class HttpAudience:
             con.execute("COMMIT")
             batches_applied += 1
             cleared = True
-        removes, adds = _stage_diff(con, self.destination_id, segment)
+        removes, adds = _stage_diff(con, self.destination_id, segment, withheld)
         size = self.destination.rows_per_batch
         batch_number = 0
         for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
@@ -288,18 +295,17 @@ class S3FileExport:
     def close(self) -> None:
         pass
 
-    def sync(self, con, segment: str, run: Run) -> dict:
+    def sync(self, con, segment: str, run: Run, withheld: bool = False) -> dict:
         log_ = ActivationLog(con, run, self.destination_id, segment)
         batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
         full = run.full_refresh and refreshed_by != run.run_id
         if full:  # the export replaces the whole list: everything the audience should hold is "added"
             member_columns = ", ".join(MEMBER_COLUMNS)
             _number(con, "pending_removes", f"SELECT {member_columns} FROM activation.destination_members WHERE false", [])
-            _number(con, "pending_adds", f"""SELECT {member_columns} FROM marts.activation_audiences
-                                             WHERE destination_id = ? AND segment_name = ?""", [self.destination_id, segment])
+            _number(con, "pending_adds", _wanted(withheld), [self.destination_id, segment])
             removes, adds = 0, con.execute("SELECT count(*) FROM pending_adds").fetchone()[0]
         else:
-            removes, adds = _stage_diff(con, self.destination_id, segment)
+            removes, adds = _stage_diff(con, self.destination_id, segment, withheld)
         if not full and removes == adds == 0:
             self.drop_confirmed_removes(con, segment, run)
             return {"adds": 0, "removes": 0, "batches": 0, "full_refresh": False}
@@ -385,6 +391,20 @@ def policy_violations(con, destination_id: str, segment: str) -> list[str]:
         [segment, destination_id]).fetchall()]
 
 
+def below_min_audience_size(con, destination_id: str, destination: Destination, segment: str) -> str | None:
+    """Why a prospect audience is withheld from the destination (nothing of it sent, what it holds
+    removed), or None: it has fewer members than the destination's min_audience_size."""
+    kind = con.execute("SELECT segment_kind FROM marts.segments WHERE segment_name = ?", [segment]).fetchone()
+    if not kind or kind[0] != "prospect":
+        return None
+    size = con.execute("SELECT count(*) FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?",
+                       [destination_id, segment]).fetchone()[0]
+    if size >= destination.min_audience_size:
+        return None
+    return (f"prospect audience {segment} has {size} members for {destination_id}, fewer than its min_audience_size "
+            f"{destination.min_audience_size} (include/governance/destinations.yaml): nothing of it is sent")
+
+
 def destination_violations(con, destination_id: str) -> list[str]:
     """The send-time re-check of a destination taking a partner's ids (destination_policy_violations):
     any row refuses the whole destination, every segment."""
@@ -416,12 +436,16 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                 failures.append(f"{segment} -> {destination_id}: blocked, nothing sent:\n    " + "\n    ".join(blocked))
                 run.results.append({**result, "status": "blocked"})
                 continue
+            withheld = below_min_audience_size(con, destination_id, destination, segment)
+            if withheld:
+                ActivationLog(con, run, destination_id, segment).write("check", None, 0, 0, None, "withheld", detail=withheld)
+                log.warning("%s -> %s: %s", segment, destination_id, withheld)
             try:
                 if destination_id not in senders:
                     senders[destination_id] = (HttpAudience(destination_id, destination, credentials)
                                                if destination.type == "http_audience"
                                                else S3FileExport(destination_id, destination, s3, activation_bucket))
-                outcome = senders[destination_id].sync(con, segment, run)
+                outcome = senders[destination_id].sync(con, segment, run, withheld=bool(withheld))
             except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
                 try:
                     con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction
@@ -433,7 +457,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                 log.error("%s -> %s failed: %s", segment, destination_id, exc)
                 continue
             _record_run(con, destination_id, segment, run, synced=True)
-            run.results.append({**result, "status": "synced", **outcome})
+            run.results.append({**result, "status": "withheld" if withheld else "synced", **outcome})
             log.info("%s -> %s: %s", segment, destination_id, outcome)
     finally:
         for sender in senders.values():

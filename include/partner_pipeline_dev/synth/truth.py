@@ -28,10 +28,11 @@ def load_segment_rules(path: Path | None = None) -> dict[str, str]:
     return {name: segment["rule"] for name, segment in load_segments(path).items()}
 
 
-def load_segments(path: Path | None = None) -> dict[str, dict]:
-    """{segment name: {"rule", "destinations", "description"}} from a segments YAML laid out as the
-    dbt project's (default SEGMENTS_YML); refuses what dbt's declared_segments() refuses, so a
-    test scenario never expects what the build would not run."""
+def load_segments(path: Path | None = None, kind: str = "customer") -> dict[str, dict]:
+    """{segment name: {"rule", "destinations", "description"}} of one kind (customer: over our profiles;
+    prospect: over a partner's prospects) from a segments YAML laid out as the dbt project's (default
+    SEGMENTS_YML); refuses what dbt's declared_segments() refuses, so a test scenario never expects
+    what the build would not run."""
     import yaml
 
     path = Path(path or SEGMENTS_YML)
@@ -49,9 +50,11 @@ def load_segments(path: Path | None = None) -> dict[str, dict]:
             raise ValueError(f"{path}: segment {name} is declared twice")
         if not isinstance(entry.get("rule"), str) or not entry["rule"].strip():
             raise ValueError(f"{path}: segment {name} needs a rule (a SQL condition over enriched_profiles)")
+        if entry.get("kind", "customer") not in ("customer", "prospect"):
+            raise ValueError(f"{path}: segment {name}: kind must be customer or prospect")
         segments[name] = {"rule": entry["rule"].strip(), "destinations": [str(d) for d in entry.get("destinations") or []],
-                          "description": str(entry.get("description") or "")}
-    return segments
+                          "description": str(entry.get("description") or ""), "kind": entry.get("kind", "customer")}
+    return {name: segment for name, segment in segments.items() if segment["kind"] == kind}
 
 
 def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,
