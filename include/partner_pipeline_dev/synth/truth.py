@@ -171,3 +171,43 @@ def _segment_sizes(enriched_profiles: pa.Table, rules: dict[str, str], activatio
             except duckdb.Error as exc:
                 raise ValueError(f"segment {name}: its rule does not run over enriched_profiles ({rule!r}): {exc}") from exc
     return sizes, sendable
+
+
+
+def expected_prospects(spec, profiles_seed: int, n_profiles: int, seed: int) -> pa.Table:
+    """The prospects one partner drop (the only drop of its partner) should give prospect_profiles:
+    the rows the generator wrote valid, matching no profile (neither by_email nor by_phone), with
+    consent_enrichment and consent_activation: person (the generator's person index),
+    partner_person_id, email_sha256, phone_sha256 and the attributes the agreement labels
+    prospecting, as <partner_id>__<attribute>. Replays the drop's own generation (the plan, chunks
+    and seeds write_drop used), so nothing is re-hashed or re-validated here."""
+    from partner_pipeline_dev.synth.drops import _drop_chunk, _DropPlan
+    from partner_pipeline_dev.synth.identities import CHUNK_ROWS
+
+    agreement = spec.agreement
+    labelled = sorted(name for name, attr in agreement.attributes.items() if "prospecting" in attr.usage_labels)
+    plan = _DropPlan(spec, n_profiles, seed)
+    parts = []
+    for _, start, stop, listed in plan.files:
+        for lo in range(start, stop, CHUNK_ROWS) if listed else ():
+            cols, facts = _drop_chunk(plan, lo, min(lo + CHUNK_ROWS, stop), plan.chunk_rng(seed, lo), profiles_seed, n_profiles)
+            keep = (facts["valid"] & ~facts["by_email"] & ~facts["by_phone"]
+                    & facts["consent_enrichment"] & facts["consent_activation"])
+            mask = pa.array(keep)
+            columns = {"person": pa.array(facts["person"][keep]), "partner_person_id": cols["partner_person_id"].filter(mask),
+                       "email_sha256": cols["email_sha256"].filter(mask), "phone_sha256": cols["phone_sha256"].filter(mask)}
+            for name in labelled:
+                columns[f"{agreement.partner_id}__{name}"] = facts["attributes"][name].filter(mask)
+            parts.append(pa.table(columns))
+    return pa.concat_tables(parts) if parts else pa.table({"person": pa.array([], pa.int64())})
+
+
+def expected_prospect_audience(prospects: pa.Table, rule: str, same_hash_profile: bool = True) -> set[tuple]:
+    """(partner_person_id, email_sha256, phone_sha256) of the expected_prospects a prospect segment's rule
+    selects; the hashes only for a destination under the partner's own hash profile."""
+    import duckdb
+
+    if prospects.num_rows == 0:
+        return set()
+    rows = duckdb.sql(f"SELECT partner_person_id, email_sha256, phone_sha256 FROM prospects WHERE ({rule})").fetchall()
+    return {(person, email if same_hash_profile else None, phone if same_hash_profile else None) for person, email, phone in rows}
