@@ -102,7 +102,8 @@ def test_a_prospect_who_becomes_a_customer_is_removed_the_next_night(scenario, a
     settings = scenario["settings"]
     nightly.activate(DAY, "night-1")
     person_id, email_hash, phone_hash = sorted(scenario["audience"], key=str)[0]
-    index = scenario["prospects"].filter(scenario["prospects"]["partner_person_id"] == person_id)["person"][0].as_py()
+    prospects = scenario["prospects"]
+    index = prospects["person"][prospects["partner_person_id"].to_pylist().index(person_id)].as_py()
     email = People(scenario["seed"], np.array([index])).base_emails()[0].as_py()
     # the next snapshot: the built one plus a new customer with the prospect's email
     day = DAY + dt.timedelta(days=1)
@@ -114,7 +115,7 @@ def test_a_prospect_who_becomes_a_customer_is_removed_the_next_night(scenario, a
     night(day, "night-2")
     assert query("SELECT profile_id FROM marts.partner_person_links WHERE partner_person_id = ?", [person_id]) == [("p0000900001",)]
     assert query("SELECT count(*) FROM marts.prospect_profiles WHERE partner_person_id = ?", [person_id]) == [(0,)]
-    manifest, rows = delivered(s3_api, day)
+    manifest, rows = delivered(s3_api, day, sync=2)
     assert manifest["removes"] == 1 and rows == {"remove": [(email_hash, phone_hash)]}
     assert query("SELECT count(*) FROM activation.destination_members WHERE segment_name = ? AND email_sha256 IS NOT DISTINCT FROM ? "
                  "AND phone_sha256 IS NOT DISTINCT FROM ?", [SEGMENT, email_hash, phone_hash]) == [(0,)]
@@ -133,7 +134,7 @@ def test_an_erased_prospect_is_removed_and_never_sent_again(scenario, audience_a
     assert query("SELECT count(*) FROM marts.prospect_profiles WHERE partner_person_id = ?", [person_id]) == [(0,)]
     assert query("SELECT count(*) FROM raw.partner_records WHERE partner_person_id = ?", [person_id]) == [(0,)]
     assert query("SELECT count(*) FROM activation.destination_members WHERE email_sha256 = ?", [email_hash]) == [(0,)]
-    _, rows = delivered(s3_api, day)
+    _, rows = delivered(s3_api, day, sync=2)
     assert rows == {"remove": [(email_hash, phone_hash)]}
     _, first = delivered(s3_api)  # night-1's add file, rewritten without them
     assert (email_hash, phone_hash) not in first["add"] and len(first["add"]) == len(scenario["audience"]) - 1
