@@ -157,8 +157,8 @@ def test_below_min_audience_size_nothing_is_sent(scenario, governance_dir, audie
 
 def test_a_prospect_rule_reading_two_partners_is_refused_at_build(scenario, agreements_dir, tmp_path, monkeypatch):
     path = agreements_dir / "acme_bank.yaml"
-    path.write_text(path.read_text().replace("    allowed_values: [under_100k, 100k_500k, 500k_1m, over_1m]\n    usage_labels: [segmentation, onsite_personalization]",
-                                             "    allowed_values: [under_100k, 100k_500k, 500k_1m, over_1m]\n    usage_labels: [segmentation, onsite_personalization, prospecting]"))
+    band = "    allowed_values: [under_100k, 100k_500k, 500k_1m, over_1m]\n    usage_labels: [segmentation, onsite_personalization"
+    path.write_text(path.read_text().replace(band + "]", band + ", prospecting]"))
     project = tmp_path / "dbt_project"
     shutil.copytree(transform.DBT_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
     segments = project / "models" / "marts" / "_segments.yml"
