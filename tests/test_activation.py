@@ -80,7 +80,8 @@ def test_every_declared_pair_syncs_with_the_token_from_the_airflow_connection(wa
     results = nightly.activate(DAY, "night-1")  # as the DAG's task: AIRFLOW_CONN_PERSONALIZATION_API
     assert {(r["destination_id"], r["segment"]): r["status"] for r in results} == {
         ("ads_customer_list", "attrition_risk"): "synced", ("crm_email", "upsell_prospects"): "synced",
-        (HTTP, "high_earning_homeowners"): "synced", (HTTP, "upsell_prospects"): "synced"}
+        (HTTP, "high_earning_homeowners"): "synced", (HTTP, "upsell_prospects"): "synced",
+        ("prospect_ads", "globex_loyal_prospects"): "synced"}
     assert all(r.status in (200, None) and r.applied for r in audience_api.requests)
 
 

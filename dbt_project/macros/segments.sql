@@ -177,3 +177,54 @@
 
 {# A string as a SQL literal #}
 {% macro sql_literal(value) %}{{ return("'" ~ (value | string | replace("'", "''")) ~ "'") }}{% endmacro %}
+
+
+{#- What each prospect segment's rule reads (segment_rule_reads) and the ONE partner whose prospects it
+    selects, as {reads: {segment: [column]}, partner_of: {segment: [partner_id]}}; a rule reading first-party
+    columns, unlabelled or two partners' attributes, or no partner's, stops the build naming segment, field
+    and fix. Used by prospect_segment_membership while it compiles. -#}
+{% macro prospect_segment_partners(segments) %}
+    {%- set where = "models/marts/_segments.yml (config.meta.segments of segment_membership)" %}
+    {%- set reads, partner_of = {}, {} %}
+    {%- if execute and segments %}
+        {%- set declared %}
+            (values {% for s in segments %}({{ sql_literal(s.name) }}, {{ sql_literal(s.rule) }}){{ ", " if not loop.last }}{% endfor %})
+                as declared (segment_name, rule)
+        {%- endset %}
+        {%- set columns = {} %}
+        {%- for partner_id, attribute, attribute_type in prospecting_attributes() %}
+            {%- do columns.update({partner_id ~ '__' ~ attribute: partner_id}) %}
+        {%- endfor %}
+        {%- set problems, refused = [], [] %}
+        {%- for segment_name, column_name, rule_problem in run_query(segment_rule_reads(declared)).rows %}
+            {%- if rule_problem %}
+                {%- do problems.append("segment " ~ segment_name ~ " field rule: " ~ rule_problem) %}
+                {%- do refused.append(segment_name) %}
+            {%- elif column_name not in columns %}
+                {%- do problems.append("segment " ~ segment_name ~ " (kind prospect) field rule reads " ~ column_name
+                    ~ ", which is no prospecting attribute of a partner (prospect_profiles has only the attributes an agreement labels "
+                    ~ "prospecting, never our first-party columns). Fix: read only one partner's prospecting attributes, or label "
+                    ~ "the attribute prospecting in the partner's agreement if it allows this use") %}
+                {%- do refused.append(segment_name) %}
+            {%- else %}
+                {%- do reads.setdefault(segment_name, []).append(column_name) %}
+                {%- do partner_of.setdefault(segment_name, []).append(columns[column_name]) %}
+            {%- endif %}
+        {%- endfor %}
+        {%- for segment in segments %}
+            {%- set partners = partner_of.get(segment.name, []) | unique | sort %}
+            {%- if partners | length > 1 %}
+                {%- do problems.append("segment " ~ segment.name ~ " (kind prospect) field rule reads the attributes of "
+                    ~ (partners | join(' and ')) ~ "; a prospect segment selects one partner's prospects. Fix: read one partner's "
+                    ~ "attributes, or declare a prospect segment per partner") %}
+            {%- elif not partners and segment.name not in refused %}
+                {%- do problems.append("segment " ~ segment.name ~ " (kind prospect) field rule reads no partner's attribute, so it "
+                    ~ "names no partner whose prospects it selects. Fix: read one partner's prospecting attributes") %}
+            {%- endif %}
+        {%- endfor %}
+        {%- if problems %}
+            {{ exceptions.raise_compiler_error("prospect segment rules refused (" ~ where ~ "):\n" ~ (problems | sort | join("\n"))) }}
+        {%- endif %}
+    {%- endif %}
+    {{ return({'reads': reads, 'partner_of': partner_of}) }}
+{% endmacro %}

@@ -57,7 +57,7 @@ policy_violations as (
             || case
                 when policies.requires_label is not null
                     then ', whose partner_person_id_usage_labels ' || cast(agreements.partner_person_id_usage_labels as varchar)
-                    || ' lack label ' || policies.requires_label
+                        || ' lack label ' || policies.requires_label
                 else ', whose partner_person_id_usage_labels carry label ' || policies.denied_label
             end
             || '; forbidden by policy ' || policies.policy_id

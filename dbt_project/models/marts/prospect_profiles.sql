@@ -43,7 +43,7 @@ pivoted as (
         {%- for partner_id, attribute, attribute_type in attributes %},
         max({{ value_column[attribute_type] }}) filter (where partner_id = '{{ partner_id }}' and attribute = '{{ attribute }}')
             as "{{ partner_id }}__{{ attribute }}"
-        {%- endfor %}
+    {%- endfor %}
     from typed_values
     group by partner_id, partner_person_id
 ),
@@ -59,7 +59,7 @@ final as (
         prospect_records.drop_date
         {%- for partner_id, attribute, attribute_type in attributes %},
         pivoted."{{ partner_id }}__{{ attribute }}"
-        {%- endfor %}
+    {%- endfor %}
     from prospect_records
     left join pivoted using (partner_id, partner_person_id)
 )

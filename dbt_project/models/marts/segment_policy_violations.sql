@@ -153,12 +153,12 @@ unreachable_prospects as (
     inner join destinations using (destination_id)
     inner join agreements using (partner_id)
     where not (
-        (
-            destinations.hash_profile = agreements.hash_profile
-            and (list_contains(destinations.identifiers, 'email') or list_contains(destinations.identifiers, 'phone'))
+            (
+                destinations.hash_profile = agreements.hash_profile
+                and (list_contains(destinations.identifiers, 'email') or list_contains(destinations.identifiers, 'phone'))
+            )
+            or coalesce(destinations.partner_ids_of = prospect_destinations.partner_id, false)
         )
-        or coalesce(destinations.partner_ids_of = prospect_destinations.partner_id, false)
-    )
 ),
 
 unreadable_rules as (
