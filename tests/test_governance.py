@@ -29,7 +29,7 @@ def edit(path, change):
 
 def test_the_projects_files_load_and_every_agreement_label_is_declared():
     governance = load_governance(GOVERNANCE, load_agreements(PROJECT_ROOT / "include" / "agreements"))
-    assert set(governance.destinations) == {"crm_email", "ads_customer_list", "personalization_api"}
+    assert set(governance.destinations) == {"crm_email", "ads_customer_list", "personalization_api", "prospect_ads"}
     assert {p.id for p in governance.policies} >= {"email_targeting_needs_label", "no_special_categories_outbound"}
 
 
