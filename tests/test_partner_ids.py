@@ -17,7 +17,7 @@ import yaml
 
 from partner_pipeline import activation, nightly
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.governance import GovernanceError, load_governance
+from partner_pipeline.governance import load_governance
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import ModelBuildFailed
 from partner_pipeline.warehouse import warehouse
@@ -183,19 +183,6 @@ def test_a_destination_whose_ids_are_forbidden_fails_the_build(with_ids, governa
     assert ("destination ads_customer_list (action advertising): field identifiers asks for partner_id:globex_retail, "
             "whose partner_person_id_usage_labels [email_targeting, onsite_personalization] lack label advertising; "
             "forbidden by policy advertising_needs_label") in str(failure.value)
-
-
-@pytest.mark.parametrize(("identifiers", "error"), [
-    (["email", "partner_id:nobody"], "destination 'crm_email' field 'identifiers' names 'partner_id:nobody', but no agreement"),
-    (["email", GLOBEX_IDS, "partner_id:acme_bank"], "more than one partner_id:<partner_id>"),
-    (["email", "partner_id:Globex"], "identifiers.1"),
-])
-def test_governance_refuses_a_bad_partner_id_identifier(governance_dir, identifiers, error):
-    set_identifiers(governance_dir, crm_email=identifiers)
-    from partner_pipeline.settings import PROJECT_ROOT
-    with pytest.raises(GovernanceError, match=re.escape(error)) as failure:
-        load_governance(governance_dir, load_agreements(PROJECT_ROOT / "include" / "agreements"))
-    assert "destinations.yaml" in str(failure.value)
 
 
 def test_an_erased_persons_id_leaves_the_destination_and_the_delivered_files(with_ids, governance_dir, audience_api, s3_api):

@@ -183,3 +183,19 @@ def test_a_prospect_rule_reading_two_partners_is_refused_at_build(scenario, agre
             "segment selects one partner's prospects. Fix: read one partner's attributes, or declare a prospect segment per partner") in message
     assert "segment with_our_columns (kind prospect) field rule reads tier, which is no prospecting attribute of a partner" in message
     assert "models/marts/_segments.yml" in message and SEGMENT not in message
+
+
+def test_withdrawn_consent_and_retention_remove_prospects(scenario):
+    person_id = sorted(scenario["audience"], key=str)[0][0]
+    # the person's newest record withdraws consent_activation: no longer a prospect
+    with warehouse(load_settings()) as con:
+        con.execute("""INSERT INTO raw.partner_records SELECT * REPLACE ('x-withdrawn' AS partner_record_id, 'false' AS consent_activation,
+                                                                      '2026-11-21T00:00:00Z' AS consent_ts)
+                       FROM raw.partner_records WHERE partner_id = 'globex_retail' AND partner_person_id = ?""", [person_id])
+    nightly.transform(DAY, "withdrawn")
+    prospects = {i for (i,) in query("SELECT partner_person_id FROM marts.prospect_profiles")}
+    assert person_id not in prospects and len(prospects) == scenario["prospects"].num_rows - 1
+    # Globex keeps records 180 days: built for a date past that, no prospect is left
+    nightly.transform(DAY + dt.timedelta(days=181), "expired")
+    assert query("SELECT count(*) FROM marts.prospect_profiles") == [(0,)]
+    assert query("SELECT count(*) FROM marts.prospect_segment_membership") == [(0,)]
