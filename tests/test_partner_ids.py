@@ -213,3 +213,24 @@ def test_an_erased_persons_id_leaves_the_destination_and_the_delivered_files(wit
     assert after["adds"] == manifest["adds"] - 1 and after["rows_removed_after_delivery_for_erasure"] == 1
     assert {i for _, _, i in audience_api.members_with_ids("upsell_prospects")} - {None}  # others keep theirs
     assert person_id not in {i for _, _, i in audience_api.members_with_ids("upsell_prospects")}
+
+
+def test_an_access_export_lists_the_partner_ids_sent(with_ids, audience_api, s3_api):
+    settings = load_settings()
+    for obj in s3_api.list_objects_v2(Bucket="built-first-party", Prefix="profiles/")["Contents"]:
+        s3_api.copy_object(Bucket=settings.first_party_bucket, Key=obj["Key"], CopySource={"Bucket": "built-first-party", "Key": obj["Key"]})
+    nightly.activate(DAY, "night-1")
+    person, person_id = query("""SELECT profile_id, partner_person_id FROM activation.destination_members
+                                 WHERE destination_id = 'crm_email' AND partner_person_id IS NOT NULL ORDER BY 1 LIMIT 1""")[0]
+    day = DAY + dt.timedelta(days=1)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([["request_id", "received_at", "profile_id", "email"],
+                                                   ["AR-ID", "2026-11-22T08:00:00Z", person, ""]])
+    s3_api.put_object(Bucket=settings.first_party_bucket, Key=f"access_requests/{day}/requests.csv", Body=out.getvalue().encode())
+    nightly.load_first_party(day)
+    nightly.transform(day, "night-2")
+    nightly.data_rights(day, "night-2")
+    export = json.loads(s3_api.get_object(Bucket=settings.first_party_bucket, Key=f"access_exports/{day}/AR-ID.json")["Body"].read())
+    sent = {(a["destination_id"], a["segment_name"], a["partner_person_id"]) for a in export["subjects"][0]["activation"]}
+    assert ("crm_email", "upsell_prospects", person_id) in sent
+    assert {(d, s, i) for d, s, i in sent if d == "ads_customer_list"} <= {("ads_customer_list", "attrition_risk", None)}
