@@ -80,7 +80,8 @@ def test_every_declared_pair_syncs_with_the_token_from_the_airflow_connection(wa
     results = nightly.activate(DAY, "night-1")  # as the DAG's task: AIRFLOW_CONN_PERSONALIZATION_API
     assert {(r["destination_id"], r["segment"]): r["status"] for r in results} == {
         ("ads_customer_list", "attrition_risk"): "synced", ("crm_email", "upsell_prospects"): "synced",
-        (HTTP, "high_earning_homeowners"): "synced", (HTTP, "upsell_prospects"): "synced"}
+        (HTTP, "high_earning_homeowners"): "synced", (HTTP, "upsell_prospects"): "synced",
+        ("prospect_ads", "globex_loyal_prospects"): "synced"}
     assert all(r.status in (200, None) and r.applied for r in audience_api.requests)
 
 
@@ -210,8 +211,8 @@ def test_send_time_recheck_blocks_a_segment_whose_attribute_lost_a_label(warehou
     # after the build, the agreement is amended: Globex no longer allows loyalty_tier for personalization
     path = agreements_dir / "globex_retail.yaml"
     path.write_text(path.read_text().replace(
-        "usage_labels: [segmentation, email_targeting, advertising, onsite_personalization]",
-        "usage_labels: [segmentation, email_targeting, advertising]"))
+        "usage_labels: [segmentation, email_targeting, advertising, onsite_personalization, prospecting]",
+        "usage_labels: [segmentation, email_targeting, advertising, prospecting]"))
     with pytest.raises(activation.ActivationFailed) as failure:
         nightly.activate(DAY, "night-1")
     message = str(failure.value)
@@ -228,8 +229,8 @@ def test_policy_violation_fails_the_build_naming_segment_attribute_label_destina
     settings = load_settings()
     path = agreements_dir / "globex_retail.yaml"
     path.write_text(path.read_text().replace(
-        "usage_labels: [segmentation, email_targeting, advertising, onsite_personalization]",
-        "usage_labels: [segmentation, advertising, onsite_personalization]"))
+        "usage_labels: [segmentation, email_targeting, advertising, onsite_personalization, prospecting]",
+        "usage_labels: [segmentation, advertising, onsite_personalization, prospecting]"))
     synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
                             agreements=load_agreements(agreements_dir), drop_date=DAY, n_profiles=300, rows_per_partner=200, seed=2)
     synth.upload_tree(s3_api, tmp_path / "synth")
@@ -238,7 +239,7 @@ def test_policy_violation_fails_the_build_naming_segment_attribute_label_destina
     with pytest.raises(ModelBuildFailed) as failure:
         nightly.transform(DAY, "r")
     assert ("segment upsell_prospects -> destination crm_email (action email_targeting): reads globex_retail__loyalty_tier, "
-            "whose usage labels [segmentation, advertising, onsite_personalization] lack label email_targeting; "
+            "whose usage labels [segmentation, advertising, onsite_personalization, prospecting] lack label email_targeting; "
             "forbidden by policy email_targeting_needs_label") in str(failure.value)
     with warehouse(settings, read_only=True) as con:  # a failed build replaces no marts: activation has nothing to send
         assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'marts'").fetchone()[0] == 0

@@ -17,5 +17,6 @@ def test_partner_columns_carry_usage_labels():
     doc = yaml.safe_load(FILES[PROJECT_ROOT / "dbt_project" / "models" / "marts" / "_enriched_profiles__models.yml"])
     columns = {c["name"]: c for c in doc["models"][0]["columns"]}
     assert columns["acme_bank__household_income"]["meta"]["usage_labels"] == ["segmentation", "onsite_personalization"]
-    assert columns["globex_retail__loyalty_tier"]["meta"]["usage_labels"] == ["segmentation", "email_targeting", "advertising", "onsite_personalization"]
+    assert columns["globex_retail__loyalty_tier"]["meta"]["usage_labels"] == ["segmentation", "email_targeting", "advertising",
+                                                                            "onsite_personalization", "prospecting"]
     assert "email" not in columns and "phone" not in columns

@@ -29,7 +29,7 @@ def edit(path, change):
 
 def test_the_projects_files_load_and_every_agreement_label_is_declared():
     governance = load_governance(GOVERNANCE, load_agreements(PROJECT_ROOT / "include" / "agreements"))
-    assert set(governance.destinations) == {"crm_email", "ads_customer_list", "personalization_api"}
+    assert set(governance.destinations) == {"crm_email", "ads_customer_list", "personalization_api", "prospect_ads"}
     assert {p.id for p in governance.policies} >= {"email_targeting_needs_label", "no_special_categories_outbound"}
 
 
@@ -58,3 +58,30 @@ def test_an_agreement_label_that_is_not_declared_is_refused(files, agreements_di
     with pytest.raises(GovernanceError, match=r"agreement acme_bank: attribute 'net_worth_band' field 'usage_labels' has "
                                               r"'segmentaton', which .*policies.yaml does not declare"):
         load_governance(files, load_agreements(agreements_dir))
+
+
+@pytest.mark.parametrize(("identifiers", "expected"), [
+    (["email", "partner_id:nobody"], "destination 'crm_email' field 'identifiers' names 'partner_id:nobody', but no agreement "
+                                     "in include/agreements has partner_id 'nobody'; fix the partner id or remove the identifier"),
+    (["email", "partner_id:globex_retail", "partner_id:acme_bank"], "more than one partner_id:<partner_id>"),
+    (["email", "partner_id:Globex"], "field 'destinations.crm_email.identifiers.1'"),
+    (["email", "email"], "lists an identifier twice"),
+])
+def test_a_bad_partner_id_identifier_is_refused_naming_file_destination_and_field(files, identifiers, expected):
+    edit(files / "destinations.yaml", lambda d: d["destinations"]["crm_email"].update(identifiers=identifiers))
+    with pytest.raises(GovernanceError) as failure:
+        load_governance(files, load_agreements(PROJECT_ROOT / "include" / "agreements"))
+    assert "destinations.yaml" in str(failure.value) and expected in str(failure.value)
+
+
+def test_partner_person_id_usage_labels_must_be_declared(files, tmp_path):
+    agreements = tmp_path / "agreements"
+    shutil.copytree(PROJECT_ROOT / "include" / "agreements", agreements)
+    path = agreements / "globex_retail.yaml"
+    path.write_text(path.read_text() + "partner_person_id_usage_labels: [email_targeting, telemarketing]\n")
+    with pytest.raises(GovernanceError, match=r"agreement globex_retail: field 'partner_person_id_usage_labels' has "
+                                              r"'telemarketing', which .*policies.yaml does not declare as a usage label"):
+        load_governance(files, load_agreements(agreements))
+    path.write_text(path.read_text().replace(", telemarketing]", "]"))
+    governance = load_governance(files, load_agreements(agreements))
+    assert governance.destinations["crm_email"].partner_ids_of is None

@@ -88,7 +88,7 @@ def test_add_remove_clear_round_trip(api):
     (batch([{"email_sha256": A[:63]}]), PATH, "members[0].email_sha256: not 64 lowercase hex characters"),
     (batch([{"email_sha256": None}]), PATH, "members[0].email_sha256: not 64 lowercase hex characters"),
     (batch([{"email_sha256": A, "email": "a@example.com"}]), PATH, "members[0]: unexpected key(s) email"),
-    (batch([{"email_sha256": A}, {}]), PATH, "members[1]: needs email_sha256 or phone_sha256"),
+    (batch([{"email_sha256": A}, {}]), PATH, "members[1]: needs email_sha256, phone_sha256 or partner_person_id"),
     (batch(["not an object"]), PATH, "members[0]: must be an object"),
     (batch([{"email_sha256": A}] * 101), PATH, "members: 101 members exceeds max_batch_size 100"),
     (batch([]), PATH, "members: must be a non-empty list"),

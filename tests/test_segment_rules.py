@@ -119,16 +119,25 @@ def test_each_rule_runs_over_only_the_columns_the_policy_check_names(built, ware
     sql = (built["warehouse"].parent / "dbt" / "target" / "compiled" / "partner_pipeline" / "models" / "marts"
            / "segment_membership.sql").read_text()
     inputs = compiled_inputs(sql)
+    prospects = compiled_inputs((built["warehouse"].parent / "dbt" / "target" / "compiled" / "partner_pipeline" / "models" / "marts"
+                                 / "prospect_segment_membership.sql").read_text())
+    assert set(prospects) == set(synth.load_segments(kind="prospect"))
+    inputs |= prospects
     with warehouse(warehouse_copy, read_only=True) as con:
         checked = {}
         for segment, column in con.execute("""SELECT segment_name, column_name FROM intermediate.int_segment_reads
                                               WHERE column_name IS NOT NULL""").fetchall():
-            checked.setdefault(segment, {"profile_id"}).add(column)
+            # a customer rule runs over profile_id and its columns; a prospect rule over the prospect's key and its columns
+            checked.setdefault(segment, {"partner_id", "partner_person_id"} if segment in prospects else {"profile_id"}).add(column)
         partners = set(con.execute("""SELECT DISTINCT segment_name, partner_id FROM intermediate.int_segment_reads
                                       WHERE partner_id IS NOT NULL""").fetchall())
-        assert set(inputs) == set(synth.load_segments()) and inputs == checked
+        assert set(inputs) == set(synth.load_segments()) | set(prospects) and inputs == checked
         # what the consent requirement follows: the partners of those same columns
         assert partners == {(s, c.split("__")[0]) for s, columns in inputs.items() for c in columns if "__" in c}
+        # a prospect rule reads only its partner's prospects: the relation it runs over is filtered to them
+        assert "where partner_id = 'globex_retail'" in " ".join(
+            (built["warehouse"].parent / "dbt" / "target" / "compiled" / "partner_pipeline" / "models" / "marts"
+             / "prospect_segment_membership.sql").read_text().split()).lower()
         # reading anything else over that relation does not bind: upsell_prospects cannot see Acme's income
         tampered = sql.replace("where (tier = 'standard'", "where (acme_bank__household_income > 0 and tier = 'standard'", 1)
         assert tampered != sql
@@ -141,6 +150,7 @@ def test_shipped_segments_and_audiences_equal_the_ground_truth(built, warehouse_
     with warehouse(warehouse_copy, read_only=True) as con:
         sizes = dict(con.execute("SELECT segment_name, count(*) FROM marts.segment_membership GROUP BY 1").fetchall())
         audiences = con.execute("""SELECT destination_id, segment_name, count(DISTINCT profile_id) FROM marts.activation_audiences
+                                   WHERE profile_id IS NOT NULL
                                    GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
     assert sizes == truth["segments"] and all(sizes.values())
     assert audiences == sorted((d, s, truth["sendable"][s]) for s, segment in synth.load_segments().items()

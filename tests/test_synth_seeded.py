@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 
@@ -11,10 +12,43 @@ import pytest
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT
 from partner_pipeline_dev.synth.seeded import SeededDropSpec, SeedSet, write_seeded_drop
-from test_seeds_back import N_PROFILES, PROFILES_SEED, write_seed_set
+from partner_pipeline_dev import synth
 
+PROFILES_SEED, N_PROFILES = 7, 300
 AGREEMENTS = load_agreements(PROJECT_ROOT / "include" / "agreements")
 DAY = dt.date(2026, 11, 20)
+
+
+def seed_of(agreement_id: str, profile_id: str) -> str:
+    """A stand-in for the export's keyed token: stable per (agreement, profile), unrelated across agreements."""
+    return "S" + hashlib.sha256(f"test-secret/{agreement_id}/{profile_id}".encode()).hexdigest()[:31]
+
+
+def write_seed_set(root, outbox: str, agreement, day: dt.date, persons: range) -> list[dict]:
+    """The spec's seed set: seed_id plus the profile's identifiers hashed as the partner hashes them
+    (only for persons whose typed email or phone normalizes to their base; others get a hash nobody has)."""
+    people = synth.People(PROFILES_SEED, list(persons))
+    emails_ok, phones_ok = people.email_matches(agreement.hash_profile), people.phone_matches(agreement.default_country_code)
+    rows = []
+    for i, pid, email, phone, e_ok, p_ok in zip(people.idx.tolist(), synth.profile_ids(people.idx).to_pylist(),
+                                                people.base_emails().to_pylist(), people.base_phones().to_pylist(),
+                                                emails_ok.tolist(), phones_ok.tolist()):
+        email_hash, phone_hash = synth.partner_hashes(email, phone, agreement.hash_profile)
+        rows.append({"seed_id": seed_of(agreement.agreement_id, pid), "profile_id": pid,
+                     "email_sha256": email_hash if e_ok else hashlib.sha256(f"typed/{i}".encode()).hexdigest(),
+                     "phone_sha256": phone_hash if p_ok else None})
+    folder = root / outbox / agreement.partner_id / "seeds" / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "seed_id,email_sha256,phone_sha256\n" + "".join(
+        f"{r['seed_id']},{r['email_sha256']},{r['phone_sha256'] or ''}\n" for r in rows)
+    data = gzip.compress(text.encode(), mtime=0)
+    (folder / "seeds-000.csv.gz").write_bytes(data)
+    (folder / "manifest.json").write_text(json.dumps({
+        "kind": "seed_set", "mode": "full", "partner_id": agreement.partner_id, "agreement_id": agreement.agreement_id,
+        "drop_date": day.isoformat(), "record_count": len(rows),
+        "files": [{"key": "seeds-000.csv.gz", "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}]}))
+    (folder / "_SUCCESS").write_bytes(b"")
+    return rows
 
 
 @pytest.fixture

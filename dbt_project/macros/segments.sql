@@ -120,9 +120,11 @@
     from problems
 {% endmacro %}
 
-{# Every declared segment: [{name, description, rule, destinations}], from segment_membership's
-   meta in dbt's graph; refuses a malformed declaration naming it. Only meaningful when executing. #}
-{% macro declared_segments() %}
+{# Every declared segment: [{name, description, rule, destinations, kind}], from segment_membership's
+   meta in dbt's graph; refuses a malformed declaration naming it. Only meaningful when executing.
+   kind: customer (default; rule over enriched_profiles) or prospect (rule over prospect_profiles,
+   one partner's prospecting attributes). `only` keeps one kind. #}
+{% macro declared_segments(only=none) %}
     {%- set declared = [] %}
     {%- set node = graph.nodes.get('model.' ~ project_name ~ '.segment_membership') if execute else none %}
     {%- if node is none %}{{ return(declared) }}{% endif %}
@@ -143,16 +145,86 @@
         {%- if entry.get('rule') is not string or not entry.get('rule').strip() %}
             {{ exceptions.raise_compiler_error("segment " ~ name ~ " needs a rule (a SQL condition over enriched_profiles) in " ~ where) }}
         {%- endif %}
+        {%- set kind = entry.get('kind') or 'customer' %}
+        {%- if kind not in ['customer', 'prospect'] %}
+            {{ exceptions.raise_compiler_error("segment " ~ name ~ ": field kind must be customer (the default: our profiles) or prospect (one partner's prospects, prospect_profiles), got " ~ kind ~ " in " ~ where) }}
+        {%- endif %}
         {%- set destinations = entry.get('destinations') or [] %}
         {%- if destinations is string or destinations is mapping %}
             {{ exceptions.raise_compiler_error("segment " ~ name ~ ": destinations must be a list of destination ids (include/governance/destinations.yaml)") }}
         {%- endif %}
         {%- do names.append(name) %}
         {%- do declared.append({'name': name, 'description': entry.get('description') or '', 'rule': entry['rule'].strip(),
-                                'destinations': destinations | map('string') | list}) %}
+                                'destinations': destinations | map('string') | list, 'kind': kind}) %}
     {%- endfor %}
-    {{ return(declared | sort(attribute='name')) }}
+    {{ return(declared | sort(attribute='name') | selectattr('kind', 'in', [only] if only else ['customer', 'prospect']) | list) }}
 {% endmacro %}
+
+{#- Every agreement attribute labelled `prospecting`, as [partner_id, attribute, attribute_type] rows: the
+    columns of prospect_profiles, read from the source table while the model compiles. Never a
+    special-category attribute (no_special_categories_outbound forbids prospecting with it). -#}
+{% macro prospecting_attributes() -%}
+    {%- set attributes = [] -%}
+    {%- set table = configuration_table('agreement_attributes') -%}
+    {%- if execute -%}
+        {%- for row in run_query("select partner_id, attribute, type from " ~ table
+                ~ " where list_contains(usage_labels, 'prospecting') and not coalesce(special_category, false) order by 1, 2").rows -%}
+            {%- do attributes.append([row[0], row[1], row[2]]) -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {{ return(attributes) }}
+{%- endmacro %}
 
 {# A string as a SQL literal #}
 {% macro sql_literal(value) %}{{ return("'" ~ (value | string | replace("'", "''")) ~ "'") }}{% endmacro %}
+
+
+{#- What each prospect segment's rule reads (segment_rule_reads) and the ONE partner whose prospects it
+    selects, as {reads: {segment: [column]}, partner_of: {segment: [partner_id]}}; a rule reading first-party
+    columns, unlabelled or two partners' attributes, or no partner's, stops the build naming segment, field
+    and fix. Used by prospect_segment_membership while it compiles. -#}
+{% macro prospect_segment_partners(segments) %}
+    {%- set where = "models/marts/_segments.yml (config.meta.segments of segment_membership)" %}
+    {%- set reads, partner_of = {}, {} %}
+    {%- if execute and segments %}
+        {%- set declared %}
+            (values {% for s in segments %}({{ sql_literal(s.name) }}, {{ sql_literal(s.rule) }}){{ ", " if not loop.last }}{% endfor %})
+                as declared (segment_name, rule)
+        {%- endset %}
+        {%- set columns = {} %}
+        {%- for partner_id, attribute, attribute_type in prospecting_attributes() %}
+            {%- do columns.update({partner_id ~ '__' ~ attribute: partner_id}) %}
+        {%- endfor %}
+        {%- set problems, refused = [], [] %}
+        {%- for segment_name, column_name, rule_problem in run_query(segment_rule_reads(declared)).rows %}
+            {%- if rule_problem %}
+                {%- do problems.append("segment " ~ segment_name ~ " field rule: " ~ rule_problem) %}
+                {%- do refused.append(segment_name) %}
+            {%- elif column_name not in columns %}
+                {%- do problems.append("segment " ~ segment_name ~ " (kind prospect) field rule reads " ~ column_name
+                    ~ ", which is no prospecting attribute of a partner (prospect_profiles has only the attributes an agreement labels "
+                    ~ "prospecting, never our first-party columns). Fix: read only one partner's prospecting attributes, or label "
+                    ~ "the attribute prospecting in the partner's agreement if it allows this use") %}
+                {%- do refused.append(segment_name) %}
+            {%- else %}
+                {%- do reads.setdefault(segment_name, []).append(column_name) %}
+                {%- do partner_of.setdefault(segment_name, []).append(columns[column_name]) %}
+            {%- endif %}
+        {%- endfor %}
+        {%- for segment in segments %}
+            {%- set partners = partner_of.get(segment.name, []) | unique | sort %}
+            {%- if partners | length > 1 %}
+                {%- do problems.append("segment " ~ segment.name ~ " (kind prospect) field rule reads the attributes of "
+                    ~ (partners | join(' and ')) ~ "; a prospect segment selects one partner's prospects. Fix: read one partner's "
+                    ~ "attributes, or declare a prospect segment per partner") %}
+            {%- elif not partners and segment.name not in refused %}
+                {%- do problems.append("segment " ~ segment.name ~ " (kind prospect) field rule reads no partner's attribute, so it "
+                    ~ "names no partner whose prospects it selects. Fix: read one partner's prospecting attributes") %}
+            {%- endif %}
+        {%- endfor %}
+        {%- if problems %}
+            {{ exceptions.raise_compiler_error("prospect segment rules refused (" ~ where ~ "):\n" ~ (problems | sort | join("\n"))) }}
+        {%- endif %}
+    {%- endif %}
+    {{ return({'reads': reads, 'partner_of': partner_of}) }}
+{% endmacro %}

@@ -33,7 +33,8 @@ from partner_pipeline.storage import list_objects
 from partner_pipeline.warehouse import quote_path
 
 log = logging.getLogger(__name__)
-MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256")
+# a member as a destination holds it; partner_person_id only for a destination accepting that partner's ids
+MEMBER_COLUMNS = ("profile_id", "email_sha256", "phone_sha256", "partner_person_id")
 
 
 class ActivationFailed(RuntimeError):
@@ -119,14 +120,21 @@ def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None
     return row
 
 
-def _stage_diff(con, destination_id: str, segment: str) -> tuple[int, int]:
+def _wanted(withheld: bool) -> str:
+    """What the destination should hold for the pair (parameters destination_id, segment_name): the
+    audience, or nothing while it is withheld (a prospect audience below min_audience_size)."""
+    return (f"SELECT {', '.join(MEMBER_COLUMNS)} FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?"
+            + (" AND false" if withheld else ""))
+
+
+def _stage_diff(con, destination_id: str, segment: str, withheld: bool = False) -> tuple[int, int]:
     """The members to remove and to add into temp tables pending_removes / pending_adds, numbered
     1..n in a stable order (`position`), so a batch is a range of positions and is sent and applied
     straight from the table."""
     pair = [destination_id, segment]
     members = ", ".join(MEMBER_COLUMNS)
     held = f"SELECT {members} FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?"
-    wanted = f"SELECT {members} FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?"
+    wanted = _wanted(withheld)
     _number(con, "pending_removes", f"{held} EXCEPT {wanted}", pair + pair)
     _number(con, "pending_adds", f"{wanted} EXCEPT {held}", pair + pair)
     return (con.execute("SELECT count(*) FROM pending_removes").fetchone()[0],
@@ -152,15 +160,15 @@ def _apply(con, destination_id: str, segment: str, operation: str, table: str, r
     source = f"(SELECT * FROM {table}{' WHERE position BETWEEN ? AND ?' if positions else ''})"
     where = list(positions or ())
     if operation == "add":
-        con.execute(f"""INSERT INTO activation.destination_members
-                        SELECT ?, ?, {', '.join(MEMBER_COLUMNS)}, now(), ? FROM {source}""",
+        members = ", ".join(MEMBER_COLUMNS)
+        con.execute(f"""INSERT INTO activation.destination_members (destination_id, segment_name, {members}, synced_at, run_id)
+                        SELECT ?, ?, {members}, now(), ? FROM {source}""",
                     [destination_id, segment, run.run_id, *where])
     else:
+        same = " AND ".join(f"b.{c} IS NOT DISTINCT FROM d.{c}" for c in MEMBER_COLUMNS)
         con.execute(f"""DELETE FROM activation.destination_members d
                         WHERE destination_id = ? AND segment_name = ?
-                          AND EXISTS (SELECT 1 FROM {source} b WHERE b.profile_id IS NOT DISTINCT FROM d.profile_id
-                                      AND b.email_sha256 IS NOT DISTINCT FROM d.email_sha256
-                                      AND b.phone_sha256 IS NOT DISTINCT FROM d.phone_sha256)""",
+                          AND EXISTS (SELECT 1 FROM {source} b WHERE {same})""",
                     [destination_id, segment, *where])
 
 
@@ -233,7 +241,7 @@ class HttpAudience:
             run.sleep(delay)
         raise AssertionError("unreachable")
 
-    def sync(self, con, segment: str, run: Run) -> dict:
+    def sync(self, con, segment: str, run: Run, withheld: bool = False) -> dict:
         log_ = ActivationLog(con, run, self.destination_id, segment)
         batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
         path = f"/audiences/{segment}/members"
@@ -249,7 +257,7 @@ class HttpAudience:
             con.execute("COMMIT")
             batches_applied += 1
             cleared = True
-        removes, adds = _stage_diff(con, self.destination_id, segment)
+        removes, adds = _stage_diff(con, self.destination_id, segment, withheld)
         size = self.destination.rows_per_batch
         batch_number = 0
         for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
@@ -275,7 +283,8 @@ class HttpAudience:
 
 class S3FileExport:
     """Customer-list files: `remove-NNNNN.<fmt>` and `add-NNNNN.<fmt>` (or `members-NNNNN` for a full refresh,
-    which replaces the list), with columns email_sha256 / phone_sha256 under the destination's hash profile,
+    which replaces the list), with columns email_sha256 / phone_sha256 under the destination's hash profile
+    (those its identifiers list) and partner_person_id for a destination accepting a partner's ids,
     a manifest.json and `_SUCCESS` written last, under <uri><segment>/<run_date>/<sync number>/."""
 
     def __init__(self, destination_id: str, destination: Destination, s3, activation_bucket: str):
@@ -286,23 +295,23 @@ class S3FileExport:
     def close(self) -> None:
         pass
 
-    def sync(self, con, segment: str, run: Run) -> dict:
+    def sync(self, con, segment: str, run: Run, withheld: bool = False) -> dict:
         log_ = ActivationLog(con, run, self.destination_id, segment)
         batches_applied, refreshed_by = _sync_state(con, self.destination_id, segment)
         full = run.full_refresh and refreshed_by != run.run_id
         if full:  # the export replaces the whole list: everything the audience should hold is "added"
             member_columns = ", ".join(MEMBER_COLUMNS)
             _number(con, "pending_removes", f"SELECT {member_columns} FROM activation.destination_members WHERE false", [])
-            _number(con, "pending_adds", f"""SELECT {member_columns} FROM marts.activation_audiences
-                                             WHERE destination_id = ? AND segment_name = ?""", [self.destination_id, segment])
+            _number(con, "pending_adds", _wanted(withheld), [self.destination_id, segment])
             removes, adds = 0, con.execute("SELECT count(*) FROM pending_adds").fetchone()[0]
         else:
-            removes, adds = _stage_diff(con, self.destination_id, segment)
+            removes, adds = _stage_diff(con, self.destination_id, segment, withheld)
         if not full and removes == adds == 0:
             self.drop_confirmed_removes(con, segment, run)
             return {"adds": 0, "removes": 0, "batches": 0, "full_refresh": False}
         prefix = f"{self.prefix}{segment}/{run.run_date.isoformat()}/{batches_applied + 1:06d}/"
-        columns = [f"{c}_sha256" for c in self.destination.identifiers]
+        columns = [f"{c}_sha256" for c in self.destination.hashed_identifiers]
+        columns += ["partner_person_id"] if self.destination.partner_ids_of else []
         fmt = self.destination.format
         files = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -320,6 +329,7 @@ class S3FileExport:
                                   "sha256": hashlib.sha256(data).hexdigest()})
         manifest = {"destination_id": self.destination_id, "audience": segment, "run_date": run.run_date.isoformat(),
                     "mode": "replace" if full else "delta", "hash_profile": self.destination.hash_profile,
+                    **({"partner_person_id_of": self.destination.partner_ids_of} if self.destination.partner_ids_of else {}),
                     "columns": columns, "format": fmt, "adds": adds, "removes": removes, "files": files}
         self.s3.put_object(Bucket=self.bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest, indent=2).encode())
         self.s3.put_object(Bucket=self.bucket, Key=prefix + "_SUCCESS", Body=b"")
@@ -381,6 +391,28 @@ def policy_violations(con, destination_id: str, segment: str) -> list[str]:
         [segment, destination_id]).fetchall()]
 
 
+def below_min_audience_size(con, destination_id: str, destination: Destination, segment: str) -> str | None:
+    """Why a prospect audience is withheld from the destination (nothing of it sent, what it holds
+    removed), or None: it has fewer members than the destination's min_audience_size."""
+    kind = con.execute("SELECT segment_kind FROM marts.segments WHERE segment_name = ?", [segment]).fetchone()
+    if not kind or kind[0] != "prospect":
+        return None
+    size = con.execute("SELECT count(*) FROM marts.activation_audiences WHERE destination_id = ? AND segment_name = ?",
+                       [destination_id, segment]).fetchone()[0]
+    if size >= destination.min_audience_size:
+        return None
+    return (f"prospect audience {segment} has {size} members for {destination_id}, fewer than its min_audience_size "
+            f"{destination.min_audience_size} (include/governance/destinations.yaml): nothing of it is sent")
+
+
+def destination_violations(con, destination_id: str) -> list[str]:
+    """The send-time re-check of a destination taking a partner's ids (destination_policy_violations):
+    any row refuses the whole destination, every segment."""
+    return [m for (m,) in con.execute(
+        "SELECT message FROM marts.destination_policy_violations WHERE destination_id = ? ORDER BY message",
+        [destination_id]).fetchall()]
+
+
 def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
              credentials: Callable[[str], tuple[str, str]] = airflow_credentials) -> list[dict]:
     """Sync every pair; a failing pair does not stop the others. Raises ActivationFailed at the end naming each failure."""
@@ -392,6 +424,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
             destination = governance.destinations[destination_id]
             result = {"destination_id": destination_id, "segment": segment}
             blocked = policy_violations(con, destination_id, segment) if (destination_id, segment) in declared else []
+            blocked += destination_violations(con, destination_id)
             profiles = {p for (p,) in con.execute("SELECT DISTINCT hash_profile FROM marts.activation_audiences WHERE destination_id = ?",
                                                   [destination_id]).fetchall()}
             if profiles - {destination.hash_profile}:
@@ -403,12 +436,16 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                 failures.append(f"{segment} -> {destination_id}: blocked, nothing sent:\n    " + "\n    ".join(blocked))
                 run.results.append({**result, "status": "blocked"})
                 continue
+            withheld = below_min_audience_size(con, destination_id, destination, segment)
+            if withheld:
+                ActivationLog(con, run, destination_id, segment).write("check", None, 0, 0, None, "withheld", detail=withheld)
+                log.warning("%s -> %s: %s", segment, destination_id, withheld)
             try:
                 if destination_id not in senders:
                     senders[destination_id] = (HttpAudience(destination_id, destination, credentials)
                                                if destination.type == "http_audience"
                                                else S3FileExport(destination_id, destination, s3, activation_bucket))
-                outcome = senders[destination_id].sync(con, segment, run)
+                outcome = senders[destination_id].sync(con, segment, run, withheld=bool(withheld))
             except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
                 try:
                     con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction
@@ -420,7 +457,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                 log.error("%s -> %s failed: %s", segment, destination_id, exc)
                 continue
             _record_run(con, destination_id, segment, run, synced=True)
-            run.results.append({**result, "status": "synced", **outcome})
+            run.results.append({**result, "status": "withheld" if withheld else "synced", **outcome})
             log.info("%s -> %s: %s", segment, destination_id, outcome)
     finally:
         for sender in senders.values():

@@ -111,6 +111,9 @@ class Agreement(BaseModel):
     # v2: a nightly seed set to the partner's outbox; rows keyed by partner_person_id alone (spec "Partner ids")
     seed_set: SeedSet | None = None
     partner_id_only_rows: bool = False
+    # the usage labels under which our destinations may receive this partner's partner_person_id
+    # (a destination listing `partner_id:<partner>` among its identifiers); none: the ids never leave
+    partner_person_id_usage_labels: list[str] = []
 
     @field_validator("partner_id")
     @classmethod

@@ -493,7 +493,8 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
     """Rewrite the add (and full-refresh members) files still in every s3_file destination's folder
     without the rows of the people whose erasure is answered tonight, and their manifests to match.
 
-    A row is theirs when the suppression key of its email or phone hash (audit.suppression_key(hash),
+    A row is theirs when the suppression key of its email or phone hash, or of its partner_person_id within
+    the destination's partner (identifier kind partner_person) (audit.suppression_key(hash),
     audit.erasure_suppressions, which holds their hashes under every hash profile and country code
     in use) is listed for a request not yet done; files written after tonight never hold them (the
     audiences are built without them). Remove files are left whole: they carry the instruction to
@@ -501,7 +502,7 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
     Logged in audit.data_deletions per file (rows removed, never the hashes)."""
     keys = [k for (k,) in con.execute(
         """SELECT DISTINCT suppression_key FROM audit.erasure_suppressions
-           WHERE identifier_kind IN ('email_sha256', 'phone_sha256')
+           WHERE identifier_kind IN ('email_sha256', 'phone_sha256', 'partner_person')
              AND request_id NOT IN (SELECT request_id FROM audit.data_subject_requests
                                     WHERE request_type = 'erasure' AND status = 'done')""").fetchall()]
     if not keys:
@@ -525,8 +526,12 @@ def scrub_delivered_files(con, s3, governance: Governance, activation_bucket: st
                 s3.download_file(bucket, obj.key, str(source))
                 reader = "read_parquet(?)" if name.endswith(".parquet") else "read_csv(?, header = true, all_varchar = true)"
                 local.execute(f"CREATE OR REPLACE TABLE delivered AS SELECT * FROM {reader}", [str(source)])
-                columns = [c for (c,) in local.execute("SELECT column_name FROM (DESCRIBE delivered)").fetchall()
-                           if c in ("email_sha256", "phone_sha256")]
+                present = {c for (c,) in local.execute("SELECT column_name FROM (DESCRIBE delivered)").fetchall()}
+                # hashes as delivered; a partner person id keyed within the destination's partner, as the
+                # suppression list keys it (the partner id is a validated snake_case name: safe to splice)
+                columns = [c for c in ("email_sha256", "phone_sha256") if c in present]
+                if "partner_person_id" in present and destination.partner_ids_of:
+                    columns.append(f"'{destination.partner_ids_of}:' || audit.normal_person_id(partner_person_id)")
                 erased = " OR ".join(f"coalesce(audit.suppression_key({c}) IN (SELECT suppression_key FROM erased), false)"
                                      for c in columns)
                 removed = local.execute(f"SELECT count(*) FROM delivered WHERE {erased}").fetchone()[0] if columns else 0
@@ -694,7 +699,7 @@ def answer_access_requests(con, client, settings, day: dt.date, run_id: str) -> 
                 "first_party": _rows(con, "SELECT * FROM raw.first_party_profiles WHERE profile_id = ?", [profile_id]),
                 "partners": by_partner,
                 "segments": _rows(con, "SELECT segment_name FROM marts.segment_membership WHERE profile_id = ? ORDER BY 1", [profile_id]),
-                "activation": _rows(con, """SELECT destination_id, segment_name, email_sha256, phone_sha256, synced_at
+                "activation": _rows(con, """SELECT destination_id, segment_name, email_sha256, phone_sha256, partner_person_id, synced_at
                                             FROM activation.destination_members WHERE profile_id = ? ORDER BY ALL""", [profile_id]),
             })
         document = {"request_id": request_id, "request_date": str(request_date), "generated_on": day.isoformat(),

@@ -21,6 +21,8 @@ DESTINATION_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 SPECIAL_CATEGORY_LABEL = "special_category"
 # how long the files delivered to an s3_file destination stay in our bucket, unless it says otherwise
 DEFAULT_FILE_RETENTION_DAYS = 30
+DEFAULT_MIN_AUDIENCE_SIZE = 100
+PARTNER_ID_IDENTIFIER = "partner_id:"
 
 
 class GovernanceError(ValueError):
@@ -52,7 +54,11 @@ class Destination(BaseModel):
     marketing_actions: list[str] = Field(min_length=1)
     hash_profile: Literal["canonical", "uid2", "basic", "google"]
     default_country_code: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,2}$")]
-    identifiers: list[Literal["email", "phone"]] = Field(min_length=1)
+    # email / phone hashes, and at most one `partner_id:<partner_id>`: that partner's partner_person_id,
+    # sent where the agreement's partner_person_id_usage_labels allow the destination's actions
+    identifiers: list[Annotated[str, Field(pattern=r"^(email|phone|partner_id:[a-z][a-z0-9_]*)$")]] = Field(min_length=1)
+    # a prospect audience smaller than this is not sent at all (its members could be singled out)
+    min_audience_size: Annotated[int, Field(ge=1)] = DEFAULT_MIN_AUDIENCE_SIZE
     # s3_file
     uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9.\-]{3,63}/([^\s]*/)?$")] | None = None
     format: Literal["csv", "parquet"] = "csv"
@@ -74,9 +80,24 @@ class Destination(BaseModel):
                              "its base URL as host and its bearer token as password)")
         if self.type == "s3_file" and self.connection_id:
             raise ValueError("connection_id only applies to type http_audience; s3_file uses the pipeline's S3 settings")
+        if len(self.identifiers) != len(set(self.identifiers)):
+            raise ValueError("field 'identifiers' lists an identifier twice; list each once")
+        if sum(i.startswith(PARTNER_ID_IDENTIFIER) for i in self.identifiers) > 1:
+            raise ValueError("field 'identifiers' lists more than one partner_id:<partner_id>; a destination accepts at most "
+                             "one partner's ids (keep one, or declare a destination per partner)")
         if self.type == "http_audience" and self.file_retention_days is not None:
             raise ValueError("file_retention_days only applies to type s3_file (an http_audience destination keeps no files of ours)")
         return self
+
+    @property
+    def partner_ids_of(self) -> str | None:
+        """The partner whose partner_person_id this destination accepts, if any."""
+        return next((i.removeprefix(PARTNER_ID_IDENTIFIER) for i in self.identifiers if i.startswith(PARTNER_ID_IDENTIFIER)), None)
+
+    @property
+    def hashed_identifiers(self) -> list[str]:
+        """email / phone, the identifiers sent hashed under hash_profile."""
+        return [i for i in self.identifiers if not i.startswith(PARTNER_ID_IDENTIFIER)]
 
     @property
     def file_retention(self) -> int:
@@ -146,6 +167,11 @@ def load_governance(directory: Path, agreements: dict[str, Agreement]) -> Govern
             if action not in governance.marketing_actions:
                 problems.append(f"{destinations_path}: destination '{destination_id}' field 'marketing_actions' names "
                                 f"'{action}', which {policies_path.name} does not declare; declare it there or fix the spelling")
+        partner = destination.partner_ids_of
+        if partner is not None and partner not in agreements:
+            problems.append(f"{destinations_path}: destination '{destination_id}' field 'identifiers' names "
+                            f"'partner_id:{partner}', but no agreement in include/agreements has partner_id '{partner}'; "
+                            f"fix the partner id or remove the identifier")
     for agreement in agreements.values():
         for name, attribute in agreement.attributes.items():
             for label in attribute.usage_labels:
@@ -153,6 +179,11 @@ def load_governance(directory: Path, agreements: dict[str, Agreement]) -> Govern
                     problems.append(f"agreement {agreement.partner_id}: attribute '{name}' field 'usage_labels' has "
                                     f"'{label}', which {policies_path} does not declare as a usage label; use one of "
                                     f"{sorted(set(governance.labels) - {SPECIAL_CATEGORY_LABEL})} or declare it there")
+        for label in agreement.partner_person_id_usage_labels:
+            if label not in governance.labels or label == SPECIAL_CATEGORY_LABEL:
+                problems.append(f"agreement {agreement.partner_id}: field 'partner_person_id_usage_labels' has '{label}', "
+                                f"which {policies_path} does not declare as a usage label; use one of "
+                                f"{sorted(set(governance.labels) - {SPECIAL_CATEGORY_LABEL})} or declare it there")
     if problems:
         raise GovernanceError("\n".join(problems))
     return governance

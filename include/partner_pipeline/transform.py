@@ -104,7 +104,9 @@ def published_summary(published: Path, day: dt.date) -> dict:
         cursor = con.execute("SELECT * FROM match_report WHERE drop_date = ? ORDER BY partner_id", [day])
         names = [d[0] for d in cursor.description]
         report = [dict(zip(names, row)) for row in cursor.fetchall()]
-        segments = dict(con.execute("SELECT segment_name, members FROM segments ORDER BY segment_name").fetchall())
+        # our customers' segments; prospect segments (segment_kind prospect) count a partner's prospects, not profiles
+        segments = dict(con.execute("SELECT segment_name, members FROM segments WHERE segment_kind = 'customer' "
+                                    "ORDER BY segment_name").fetchall())
         enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
         cursor = con.execute("""
             -- per destination and segment, what the last sync for this date sent

@@ -104,12 +104,17 @@ CREATE TABLE IF NOT EXISTS raw.agreements (partner_id VARCHAR, agreement_id VARC
 -- the v2 columns, for a warehouse made before them (appended, so the mirror's positional INSERT still fits)
 ALTER TABLE raw.agreements ADD COLUMN IF NOT EXISTS seed_set_format VARCHAR;
 ALTER TABLE raw.agreements ADD COLUMN IF NOT EXISTS partner_id_only_rows BOOLEAN;
+ALTER TABLE raw.agreements ADD COLUMN IF NOT EXISTS partner_person_id_usage_labels VARCHAR[];
 CREATE TABLE IF NOT EXISTS raw.agreement_attributes (partner_id VARCHAR, attribute VARCHAR, type VARCHAR,
     allowed_values VARCHAR[], min_value DOUBLE, max_value DOUBLE, usage_labels VARCHAR[], special_category BOOLEAN,
     description VARCHAR);
 CREATE TABLE IF NOT EXISTS raw.destinations (destination_id VARCHAR, destination_type VARCHAR,
     marketing_actions VARCHAR[], hash_profile VARCHAR, default_country_code VARCHAR, identifiers VARCHAR[],
     export_uri VARCHAR, export_format VARCHAR, connection_id VARCHAR);
+-- the partner whose partner_person_id the destination accepts (identifiers `partner_id:<partner>`), and the
+-- smallest audience it is sent; appended for warehouses made before them
+ALTER TABLE raw.destinations ADD COLUMN IF NOT EXISTS partner_ids_of VARCHAR;
+ALTER TABLE raw.destinations ADD COLUMN IF NOT EXISTS min_audience_size INTEGER;
 CREATE TABLE IF NOT EXISTS raw.usage_policies (policy_id VARCHAR, description VARCHAR,
     marketing_actions VARCHAR[], requires_label VARCHAR, denied_label VARCHAR);
 -- the first-party snapshot in force; first_party.load_snapshot replaces it with the snapshot's own columns
@@ -125,6 +130,8 @@ CREATE SCHEMA IF NOT EXISTS activation;
 CREATE TABLE IF NOT EXISTS activation.destination_members (
     destination_id VARCHAR, segment_name VARCHAR, profile_id VARCHAR, email_sha256 VARCHAR, phone_sha256 VARCHAR,
     synced_at TIMESTAMPTZ, run_id VARCHAR);
+-- the partner's person id sent with the member (a destination accepting that partner's ids)
+ALTER TABLE activation.destination_members ADD COLUMN IF NOT EXISTS partner_person_id VARCHAR;
 CREATE TABLE IF NOT EXISTS activation.syncs (
     destination_id VARCHAR, segment_name VARCHAR, batches_applied BIGINT, last_synced_at TIMESTAMPTZ,
     last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, members_held BIGINT, PRIMARY KEY (destination_id, segment_name));
@@ -255,11 +262,11 @@ def publish_agreements(con, agreements: dict[str, Agreement], outbox_bucket: str
     con.execute("DELETE FROM raw.agreement_attributes")
     for a in agreements.values():
         dp = a.differential_privacy
-        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO raw.agreements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [a.partner_id, a.agreement_id, a.valid_from, a.valid_to, a.hash_profile, a.default_country_code,
                      list(a.required_consents), a.retention_days, a.max_bad_row_share, a.min_group_size, a.outbox(outbox_bucket),
                      list(a.overlap_dimensions), dp and dp.epsilon_per_release, dp and dp.budget_per_period, dp and dp.period,
-                     a.seed_set and a.seed_set.format, a.partner_id_only_rows])
+                     a.seed_set and a.seed_set.format, a.partner_id_only_rows, list(a.partner_person_id_usage_labels)])
         for name, attr in a.attributes.items():
             con.execute("INSERT INTO raw.agreement_attributes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [a.partner_id, name, attr.type, attr.allowed_values, attr.min, attr.max, list(attr.usage_labels),
@@ -271,10 +278,10 @@ def publish_governance(con, governance: Governance, activation_bucket: str) -> N
     con.execute("DELETE FROM raw.destinations")
     con.execute("DELETE FROM raw.usage_policies")
     for destination_id, d in governance.destinations.items():
-        con.execute("INSERT INTO raw.destinations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO raw.destinations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [destination_id, d.type, list(d.marketing_actions), d.hash_profile, d.default_country_code,
                      list(d.identifiers), d.export_uri(destination_id, activation_bucket) if d.type == "s3_file" else None,
-                     d.format if d.type == "s3_file" else None, d.connection_id])
+                     d.format if d.type == "s3_file" else None, d.connection_id, d.partner_ids_of, d.min_audience_size])
     for p in governance.policies:
         con.execute("INSERT INTO raw.usage_policies VALUES (?, ?, ?, ?, ?)",
                     [p.id, p.description, list(p.marketing_actions), p.requires_label, p.denied_label])

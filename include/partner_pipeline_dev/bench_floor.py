@@ -142,11 +142,11 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
             destination = destinations[destination_id]
             email, phone = normalizations[(destination.hash_profile, destination.default_country_code)]
             hashed = {"email": f"sha256({email}) AS email_sha256", "phone": f"sha256({phone}) AS phone_sha256"}
-            columns = [hashed[i] for i in destination.identifiers]
+            columns = [hashed[i] for i in destination.hashed_identifiers]
             written = con.execute(f"""COPY (
                 SELECT * FROM (SELECT {', '.join(columns)} FROM enriched
                                WHERE ({segment['rule']}) AND consent_marketing = 'true' AND {refusal})
-                WHERE {' OR '.join(f'{i}_sha256 IS NOT NULL' for i in destination.identifiers)}
+                WHERE {' OR '.join(f'{i}_sha256 IS NOT NULL' for i in destination.hashed_identifiers)}
                 ) TO '{work / 'exports' / f'{destination_id}-{name}.csv'}' (HEADER)""").fetchone()[0]
             found["exports"][f"{destination_id}/{name}"] = written
     timings["segments + export"] = time.perf_counter() - started

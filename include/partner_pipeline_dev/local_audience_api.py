@@ -30,11 +30,12 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 HASH_PROFILES = ("canonical", "uid2", "basic", "google")  # same names as agreements.HASH_PROFILES
-MEMBER_KEYS = ("email_sha256", "phone_sha256")
+MEMBER_KEYS = ("email_sha256", "phone_sha256", "partner_person_id")  # a partner's own person id, when the audience takes them
+HASH_KEYS = MEMBER_KEYS[:2]
 _ROUTE = re.compile(r"/audiences/([^/]+)/members")
 _AUDIENCE_ID = re.compile(r"[a-z0-9_]{1,64}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-Member = tuple[str | None, str | None]
+Member = tuple[str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -119,16 +120,19 @@ def _parse_batch(body: bytes, expected_profile: str | None, max_batch_size: int)
         if extra := sorted(set(member) - set(MEMBER_KEYS)):
             raise _Invalid(f"members[{i}]: unexpected key(s) {', '.join(extra)}")
         if not member:
-            raise _Invalid(f"members[{i}]: needs email_sha256 or phone_sha256")
-        for key in MEMBER_KEYS:
+            raise _Invalid(f"members[{i}]: needs email_sha256, phone_sha256 or partner_person_id")
+        for key in HASH_KEYS:
             if key in member and not (isinstance(member[key], str) and _SHA256_HEX.fullmatch(member[key])):
                 raise _Invalid(f"members[{i}].{key}: not 64 lowercase hex characters")
-        parsed.append((member.get("email_sha256"), member.get("phone_sha256")))
+        if "partner_person_id" in member and not (isinstance(member["partner_person_id"], str)
+                                                  and 0 < len(member["partner_person_id"]) <= 256):
+            raise _Invalid(f"members[{i}].partner_person_id: must be a non-empty string of at most 256 characters")
+        parsed.append((member.get("email_sha256"), member.get("phone_sha256"), member.get("partner_person_id")))
     return operation, parsed
 
 
-def _sort_key(member: Member) -> tuple[str, str]:
-    return member[0] or "", member[1] or ""
+def _sort_key(member: Member) -> tuple[str, str, str]:
+    return member[0] or "", member[1] or "", member[2] or ""
 
 
 def _member_dict(member: Member) -> dict[str, str]:
@@ -157,7 +161,8 @@ class AudienceApi:
         self._thread: threading.Thread | None = None
         if self.state_file and self.state_file.exists():
             saved = json.loads(self.state_file.read_text())["audiences"]
-            self._audiences = {aid: {(e, p) for e, p in members} for aid, members in saved.items()}
+            # a state written before partner ids holds (email, phone) pairs
+            self._audiences = {aid: {(*m, None)[:3] for m in map(tuple, members)} for aid, members in saved.items()}
 
     @property
     def url(self) -> str:
@@ -168,7 +173,12 @@ class AudienceApi:
         with self._lock:
             return list(self._records)
 
-    def members(self, audience_id: str) -> set[Member]:
+    def members(self, audience_id: str) -> set[tuple[str | None, str | None]]:
+        """The (email_sha256, phone_sha256) of each member."""
+        return {m[:2] for m in self.members_with_ids(audience_id)}
+
+    def members_with_ids(self, audience_id: str) -> set[Member]:
+        """(email_sha256, phone_sha256, partner_person_id) of each member."""
         with self._lock:
             return set(self._audiences.get(audience_id, ()))
 

@@ -1,5 +1,5 @@
--- Every segment declared in YAML (config.meta.segments of segment_membership): its rule and
--- destinations, from dbt's graph, so the governance checks see exactly what segment_membership runs.
+-- Every segment declared in YAML (config.meta.segments of segment_membership): its kind (customer
+-- or prospect), rule and destinations, from dbt's graph, so the governance checks see exactly what segment_membership runs.
 {%- set segments = declared_segments() %}
 
 with
@@ -8,6 +8,7 @@ declared as (
     {%- for segment in segments %}
     select
         {{ sql_literal(segment.name) }} as segment_name,
+        {{ sql_literal(segment.kind) }} as segment_kind,
         {{ sql_literal(segment.rule) }} as rule,
         cast([
             {%- for destination in segment.destinations %}
@@ -18,6 +19,7 @@ declared as (
     {%- else %}
     select
         cast(null as varchar) as segment_name,
+        cast(null as varchar) as segment_kind,
         cast(null as varchar) as rule,
         cast(null as varchar []) as destinations
     where false
@@ -27,6 +29,7 @@ declared as (
 final as (
     select
         segment_name,
+        segment_kind,
         rule,
         destinations
     from declared

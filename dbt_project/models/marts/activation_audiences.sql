@@ -1,6 +1,11 @@
 -- depends_on: {{ ref('segment_policy_violations') }}
+-- depends_on: {{ ref('destination_policy_violations') }}
 -- What each destination should hold for each segment tonight: the members we may send, hashed
--- under the destination's hash profile. A member is sent only if they gave us marketing consent
+-- under the destination's hash profile, with the partner_person_id of the partner whose ids the
+-- destination accepts (identifiers partner_id:<partner>) where int_partner_person_ids allows it.
+-- Prospect segments' members (profile_id null) are sent with the partner's own identifiers only:
+-- its hashes where the destination's hash profile (and country code) is the partner's, its ids
+-- where the destination accepts them; prospects carry consent_activation already (int_prospect_records). A member is sent only if they gave us marketing consent
 -- (first party) and every partner whose attributes the segment's rule reads, and who holds data
 -- about them, says consent_activation = true in its latest record. The activation task sends
 -- the difference between this and what the destination already holds.
@@ -28,6 +33,25 @@ profiles as (
 
 destinations as (
     select * from {{ ref('stg_pipeline__destinations') }}
+),
+
+partner_person_ids as (
+    select * from {{ ref('int_partner_person_ids') }}
+),
+
+prospect_segment_membership as (
+    select * from {{ ref('prospect_segment_membership') }}
+),
+
+prospect_profiles as (
+    select
+        partner_id,
+        partner_person_id,
+        hash_profile,
+        default_country_code,
+        email_sha256,
+        phone_sha256
+    from {{ ref('prospect_profiles') }}
 ),
 
 segment_destinations as (
@@ -91,8 +115,36 @@ member_identifiers as (
         case
             when list_contains(destinations.identifiers, 'phone')
                 then sha256({{ normalize_phone('sendable_members.phone', 'destinations.hash_profile', 'destinations.default_country_code') }})
-        end as phone_sha256
+        end as phone_sha256,
+        partner_person_ids.partner_person_id
     from sendable_members
+    inner join segment_destinations using (segment_name)
+    inner join destinations using (destination_id)
+    left join partner_person_ids
+        on destinations.partner_ids_of = partner_person_ids.partner_id
+            and sendable_members.profile_id = partner_person_ids.profile_id
+),
+
+prospect_identifiers as (
+    select
+        prospect_segment_membership.segment_name,
+        segment_destinations.destination_id,
+        cast(null as varchar) as profile_id,
+        destinations.hash_profile,
+        case
+            when list_contains(destinations.identifiers, 'email') and destinations.hash_profile = prospect_profiles.hash_profile
+                then prospect_profiles.email_sha256
+        end as email_sha256,
+        case
+            when
+                list_contains(destinations.identifiers, 'phone') and destinations.hash_profile = prospect_profiles.hash_profile
+                and destinations.default_country_code = prospect_profiles.default_country_code
+                then prospect_profiles.phone_sha256
+        end as phone_sha256,
+        case when destinations.partner_ids_of = prospect_profiles.partner_id then prospect_profiles.partner_person_id end
+            as partner_person_id
+    from prospect_segment_membership
+    inner join prospect_profiles using (partner_id, partner_person_id)
     inner join segment_destinations using (segment_name)
     inner join destinations using (destination_id)
 ),
@@ -104,9 +156,21 @@ final as (
         profile_id,
         hash_profile,
         email_sha256,
-        phone_sha256
+        phone_sha256,
+        partner_person_id
     from member_identifiers
-    where email_sha256 is not null or phone_sha256 is not null
+    where email_sha256 is not null or phone_sha256 is not null or partner_person_id is not null
+    union all
+    select
+        segment_name,
+        destination_id,
+        profile_id,
+        hash_profile,
+        email_sha256,
+        phone_sha256,
+        partner_person_id
+    from prospect_identifiers
+    where email_sha256 is not null or phone_sha256 is not null or partner_person_id is not null
 )
 
 select * from final

@@ -3,7 +3,7 @@
 -- in YAML (_segments.yml). Each rule runs over a relation holding only profile_id and the columns
 -- segment_rule_reads derives from it (the policy check's own list): anything else it tries to read
 -- fails to bind. A rule the check refuses, or one naming a column the mart lacks, stops the build.
-{%- set segments = declared_segments() %}
+{%- set segments = declared_segments('customer') %}
 {%- set reads = {} %}
 {%- if execute and segments %}
     {%- set declared %}

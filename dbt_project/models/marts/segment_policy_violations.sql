@@ -7,6 +7,7 @@
 with segments as (
     select
         segment_name,
+        segment_kind,
         destinations
     from {{ ref('int_segments') }}
 ),
@@ -14,8 +15,18 @@ with segments as (
 destinations as (
     select
         destination_id,
-        marketing_actions
+        marketing_actions,
+        hash_profile,
+        identifiers,
+        partner_ids_of
     from {{ ref('stg_pipeline__destinations') }}
+),
+
+agreements as (
+    select
+        partner_id,
+        hash_profile
+    from {{ ref('stg_pipeline__agreements') }}
 ),
 
 usage_policies as (
@@ -27,13 +38,21 @@ segment_reads as not materialized (
     select * from {{ ref('int_segment_reads') }}
 ),
 
--- building the segment is itself the action `segmentation`; each destination adds its own actions
+-- building the segment is itself the action `segmentation` (and `prospecting` for a prospect
+-- segment); each destination adds its own actions
 segment_actions as (
     select
         segment_name,
         cast(null as varchar) as destination_id,
         'segmentation' as marketing_action
     from segments
+    union all
+    select
+        segment_name,
+        cast(null as varchar) as destination_id,
+        'prospecting' as marketing_action
+    from segments
+    where segment_kind = 'prospect'
     union all
     select
         segments.segment_name,
@@ -106,6 +125,42 @@ unknown_destinations as (
     anti join destinations using (destination_id)
 ),
 
+-- a prospect segment goes only where the partner's identifiers mean something: its hashes under the
+-- partner's own hash profile, or its ids (identifiers partner_id:<partner>)
+prospect_destinations as (
+    select distinct
+        segments.segment_name,
+        listed.destination_id,
+        attributes_read.partner_id
+    from segments
+    cross join unnest(segments.destinations) as listed (destination_id)
+    inner join attributes_read using (segment_name)
+    where segments.segment_kind = 'prospect'
+),
+
+unreachable_prospects as (
+    select
+        prospect_destinations.segment_name,
+        prospect_destinations.destination_id,
+        (
+            'prospect segment ' || prospect_destinations.segment_name || ' lists destination ' || prospect_destinations.destination_id
+            || ', which accepts neither the hashes of ' || prospect_destinations.partner_id || ' (its hash_profile is '
+            || destinations.hash_profile || ', the partner''s ' || agreements.hash_profile || ') nor its ids (identifiers partner_id:'
+            || prospect_destinations.partner_id || '). Fix: drop the destination from the segment''s destinations '
+            || '(models/marts/_segments.yml) or give it the partner''s hash_profile or ids (include/governance/destinations.yaml).'
+        ) as message
+    from prospect_destinations
+    inner join destinations using (destination_id)
+    inner join agreements using (partner_id)
+    where not (
+            (
+                destinations.hash_profile = agreements.hash_profile
+                and (list_contains(destinations.identifiers, 'email') or list_contains(destinations.identifiers, 'phone'))
+            )
+            or coalesce(destinations.partner_ids_of = prospect_destinations.partner_id, false)
+        )
+),
+
 unreadable_rules as (
     select
         segment_name,
@@ -136,6 +191,17 @@ final as (
         null as policy_id,
         message
     from unknown_destinations
+    union all
+    select
+        segment_name,
+        destination_id,
+        null as marketing_action,
+        null as partner_id,
+        null as attribute,
+        null as label,
+        null as policy_id,
+        message
+    from unreachable_prospects
     union all
     select
         segment_name,

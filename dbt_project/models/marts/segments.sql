@@ -1,5 +1,5 @@
--- Every declared segment (models/marts/_segments.yml) with its rule, destinations and tonight's
--- number of members; an empty segment is here with 0. What activation syncs and what the run
+-- Every declared segment (models/marts/_segments.yml) with its kind (customer or prospect), rule,
+-- destinations and tonight's number of members; an empty segment is here with 0. What activation syncs and what the run
 -- report and segment_size_history count.
 
 with
@@ -12,17 +12,28 @@ segment_membership as (
     select * from {{ ref('segment_membership') }}
 ),
 
+prospect_segment_membership as (
+    select * from {{ ref('prospect_segment_membership') }}
+),
+
 member_counts as (
     select
         segment_name,
         count(*) as members
     from segment_membership
     group by segment_name
+    union all
+    select
+        segment_name,
+        count(*) as members
+    from prospect_segment_membership
+    group by segment_name
 ),
 
 final as (
     select
         declared_segments.segment_name,
+        declared_segments.segment_kind,
         declared_segments.rule,
         declared_segments.destinations,
         coalesce(member_counts.members, 0) as members

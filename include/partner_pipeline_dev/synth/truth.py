@@ -30,10 +30,11 @@ def load_segment_rules(path: Path | None = None) -> dict[str, str]:
     return {name: segment["rule"] for name, segment in load_segments(path).items()}
 
 
-def load_segments(path: Path | None = None) -> dict[str, dict]:
-    """{segment name: {"rule", "destinations", "description"}} from a segments YAML laid out as the
-    dbt project's (default SEGMENTS_YML); refuses what dbt's declared_segments() refuses, so a
-    test scenario never expects what the build would not run."""
+def load_segments(path: Path | None = None, kind: str = "customer") -> dict[str, dict]:
+    """{segment name: {"rule", "destinations", "description"}} of one kind (customer: over our profiles;
+    prospect: over a partner's prospects) from a segments YAML laid out as the dbt project's (default
+    SEGMENTS_YML); refuses what dbt's declared_segments() refuses, so a test scenario never expects
+    what the build would not run."""
     import yaml
 
     path = Path(path or SEGMENTS_YML)
@@ -51,9 +52,11 @@ def load_segments(path: Path | None = None) -> dict[str, dict]:
             raise ValueError(f"{path}: segment {name} is declared twice")
         if not isinstance(entry.get("rule"), str) or not entry["rule"].strip():
             raise ValueError(f"{path}: segment {name} needs a rule (a SQL condition over enriched_profiles)")
+        if entry.get("kind", "customer") not in ("customer", "prospect"):
+            raise ValueError(f"{path}: segment {name}: kind must be customer or prospect")
         segments[name] = {"rule": entry["rule"].strip(), "destinations": [str(d) for d in entry.get("destinations") or []],
-                          "description": str(entry.get("description") or "")}
-    return segments
+                          "description": str(entry.get("description") or ""), "kind": entry.get("kind", "customer")}
+    return {name: segment for name, segment in segments.items() if segment["kind"] == kind}
 
 
 def _expected_enriched(agreements: dict[str, Agreement], run_date: dt.date, n_profiles: int, snapshot_date: dt.date,
@@ -198,3 +201,42 @@ def expected_seed_set(agreement: Agreement, profiles_seed: int, n_profiles: int,
     table = table.filter(pc.invert(pc.is_in(table["profile_id"], excluded)))
     table = table.filter(pc.invert(pc.and_(pc.is_null(table["email_sha256"]), pc.is_null(table["phone_sha256"]))))
     return table.sort_by("profile_id")
+
+
+def expected_prospects(spec, profiles_seed: int, n_profiles: int, seed: int) -> pa.Table:
+    """The prospects one partner drop (the only drop of its partner) should give prospect_profiles:
+    the rows the generator wrote valid, matching no profile (neither by_email nor by_phone), with
+    consent_enrichment and consent_activation: person (the generator's person index),
+    partner_person_id, email_sha256, phone_sha256 and the attributes the agreement labels
+    prospecting, as <partner_id>__<attribute>. Replays the drop's own generation (the plan, chunks
+    and seeds write_drop used), so nothing is re-hashed or re-validated here."""
+    from partner_pipeline_dev.synth.drops import _drop_chunk, _DropPlan
+    from partner_pipeline_dev.synth.identities import CHUNK_ROWS
+
+    agreement = spec.agreement
+    labelled = sorted(name for name, attr in agreement.attributes.items() if "prospecting" in attr.usage_labels)
+    plan = _DropPlan(spec, n_profiles, seed)
+    parts = []
+    for _, start, stop, listed in plan.files:
+        for lo in range(start, stop, CHUNK_ROWS) if listed else ():
+            cols, facts = _drop_chunk(plan, lo, min(lo + CHUNK_ROWS, stop), plan.chunk_rng(seed, lo), profiles_seed, n_profiles)
+            keep = (facts["valid"] & ~facts["by_email"] & ~facts["by_phone"]
+                    & facts["consent_enrichment"] & facts["consent_activation"])
+            mask = pa.array(keep)
+            columns = {"person": pa.array(facts["person"][keep]), "partner_person_id": cols["partner_person_id"].filter(mask),
+                       "email_sha256": cols["email_sha256"].filter(mask), "phone_sha256": cols["phone_sha256"].filter(mask)}
+            for name in labelled:
+                columns[f"{agreement.partner_id}__{name}"] = facts["attributes"][name].filter(mask)
+            parts.append(pa.table(columns))
+    return pa.concat_tables(parts) if parts else pa.table({"person": pa.array([], pa.int64())})
+
+
+def expected_prospect_audience(prospects: pa.Table, rule: str, same_hash_profile: bool = True) -> set[tuple]:
+    """(partner_person_id, email_sha256, phone_sha256) of the expected_prospects a prospect segment's rule
+    selects; the hashes only for a destination under the partner's own hash profile."""
+    import duckdb
+
+    if prospects.num_rows == 0:
+        return set()
+    rows = duckdb.sql(f"SELECT partner_person_id, email_sha256, phone_sha256 FROM prospects WHERE ({rule})").fetchall()
+    return {(person, email if same_hash_profile else None, phone if same_hash_profile else None) for person, email, phone in rows}

@@ -20,7 +20,8 @@ final as (
         dp_budget_per_period,
         dp_period,
         seed_set_format,
-        partner_id_only_rows
+        partner_id_only_rows,
+        coalesce(partner_person_id_usage_labels, []) as partner_person_id_usage_labels
     from agreements
 )
 

@@ -12,7 +12,9 @@ final as (
         identifiers,
         export_uri,
         export_format,
-        connection_id
+        connection_id,
+        partner_ids_of,
+        coalesce(min_audience_size, 100) as min_audience_size
     from destinations
 )
 
