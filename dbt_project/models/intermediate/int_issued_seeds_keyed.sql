@@ -2,7 +2,7 @@
 -- Every issued seed with the suppression key of its profile id (audit.suppression_key, a macro of the
 -- warehouse: a view here, in the warehouse, where the macro resolves), for issued_seed_deletions.
 with issued_seeds as (
-    select * from {{ source('pipeline', 'issued_seeds') }}
+    select * from {{ ref('stg_pipeline__issued_seeds') }}
 ),
 
 final as (
