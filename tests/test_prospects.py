@@ -109,7 +109,9 @@ def test_a_prospect_who_becomes_a_customer_is_removed_the_next_night(scenario, a
     day = DAY + dt.timedelta(days=1)
     old = f"profiles/{DAY}/profiles-000.csv.gz"
     text = gzip.decompress(s3_api.get_object(Bucket=settings.first_party_bucket, Key=old)["Body"].read()).decode()
-    text = text.rstrip("\n") + f"\np0000900001,{email},,US,true,2020-01-01,10.0,standard\n"
+    customer = {"profile_id": "p0000900001", "email": email, "country": "US", "consent_marketing": "true"}
+    header = text.split("\n", 1)[0].split(",")  # the snapshot's own columns, whatever the generator writes
+    text = text.rstrip("\n") + "\n" + ",".join(customer.get(column, "") for column in header) + "\n"
     s3_api.put_object(Bucket=settings.first_party_bucket, Key=f"profiles/{day}/profiles-000.csv.gz", Body=gzip.compress(text.encode()))
     s3_api.put_object(Bucket=settings.first_party_bucket, Key=f"profiles/{day}/_SUCCESS", Body=b"")
     night(day, "night-2")

@@ -151,7 +151,8 @@ def bench_one(rows: int, args) -> dict:
 
         def floor():
             floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, agreement,
-                                          DAY.isoformat(), synth.load_segments(), governance.destinations,
+                                          DAY.isoformat(), synth.load_segments(), synth.load_segments(kind="prospect"),
+                                          governance.destinations,
                                           {p: a.attributes for p, a in agreements.items()}, work / "floor"))
 
         floor_thread = threading.Thread(target=floor)

@@ -5,7 +5,8 @@ On the same objects in S3 it verifies the manifest (bytes hashed while downloade
 drop, checks the row rules, hashes our profiles' identifiers, matches by email then phone
 (with the pipeline's ambiguity rule), enriches with the latest consented record, evaluates the
 segments and exports each segment's consented members to each of its destinations, hashed under
-the destination's profile, as CSV files. The identifier normalization is the dbt macro itself,
+the destination's profile, as CSV files, and counts each prospect segment's audience (the drop
+partner's consented persons matching none of our profiles) where it reaches min_audience_size. The identifier normalization is the dbt macro itself,
 compiled once per hash profile before timing starts, so both sides hash exactly the same way.
 """
 
@@ -38,7 +39,7 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
 
 
 def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: Agreement, day: str,
-              segments: dict[str, dict], destinations: dict[str, Destination],
+              segments: dict[str, dict], prospect_segments: dict[str, dict], destinations: dict[str, Destination],
               all_attributes: dict[str, dict[str, Agreement]], work: Path) -> dict:
     """The night in one DuckDB process; returns its wall time (after compiling the normalization),
     stage timings and what it found."""
@@ -150,6 +151,30 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
                 ) TO '{work / 'exports' / f'{destination_id}-{name}.csv'}' (HEADER)""").fetchone()[0]
             found["exports"][f"{destination_id}/{name}"] = written
     timings["segments + export"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    # prospects: the latest consented record of each of the drop partner's persons that hit none of our
+    # profiles, with its prospecting attributes; another partner's prospect segment has no records here
+    prospecting = {name: a for name, a in agreement.attributes.items()
+                   if "prospecting" in a.usage_labels and not a.special_category}
+    typed = "".join(f', TRY_CAST("{name}" AS {a.duckdb_type}) AS "{agreement.partner_id}__{name}"' for name, a in prospecting.items())
+    con.execute(f"""CREATE TABLE prospects AS
+        WITH known AS (SELECT DISTINCT partner_person_id FROM matched WHERE via IS NOT NULL),
+             latest AS (SELECT * FROM matched
+                        QUALIFY row_number() OVER (PARTITION BY partner_person_id ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
+        SELECT email_sha256, phone_sha256{typed} FROM latest ANTI JOIN known USING (partner_person_id)
+        WHERE {'true' if prospecting else 'false'} AND consent_enrichment = 'true' AND consent_activation = 'true'""")
+    for name, segment in sorted(prospect_segments.items()):
+        ours = f"{agreement.partner_id}__" in segment["rule"]
+        for destination_id in segment["destinations"]:
+            destination = destinations[destination_id]
+            sent = 0
+            if ours and destination.hash_profile == agreement.hash_profile:  # the partner's hashes go only where they mean the same
+                condition = " OR ".join(f"{i}_sha256 IS NOT NULL" for i in destination.hashed_identifiers)
+                audience = con.execute(f"SELECT count(*) FROM prospects WHERE ({segment['rule']}) AND ({condition})").fetchone()[0]
+                sent = audience if audience >= destination.min_audience_size else 0
+            found["exports"][f"{destination_id}/{name}"] = sent
+    timings["prospects + export"] = time.perf_counter() - started
     con.close()
     return {"wall_seconds": round(time.perf_counter() - night_started, 1), "stages": {k: round(v, 1) for k, v in timings.items()},
             "found": found}
