@@ -155,6 +155,11 @@ def test_below_min_audience_size_nothing_is_sent(scenario, governance_dir, audie
                                    f"than its min_audience_size {len(scenario['audience']) + 1} "
                                    f"(include/governance/destinations.yaml): nothing of it is sent")]
     assert query("SELECT count(*) FROM activation.destination_members WHERE destination_id = ?", [DESTINATION]) == [(0,)]
+    # the run's summary (make demo / make run) says withheld, not unchanged
+    settings = load_settings()
+    transform.write_published_copy(settings)
+    [pair] = [r for r in transform.published_summary(settings.published_path, DAY)["activation"] if r["segment_name"] == SEGMENT]
+    assert (pair["status"], pair["adds"], pair["members_held"]) == ("withheld", 0, 0)
 
 
 def test_a_prospect_rule_reading_two_partners_is_refused_at_build(scenario, agreements_dir, tmp_path, monkeypatch):

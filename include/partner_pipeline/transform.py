@@ -113,7 +113,7 @@ def published_summary(published: Path, day: dt.date) -> dict:
             SELECT s.destination_id, s.segment_name, s.members_held, s.last_synced_at,
                    coalesce(sum(l.adds) FILTER (WHERE l.status = 'sent'), 0) AS adds,
                    coalesce(sum(l.removes) FILTER (WHERE l.status = 'sent'), 0) AS removes,
-                   coalesce(arg_max(l.status, l.log_id) FILTER (WHERE l.status IN ('sent', 'blocked', 'failed', 'rejected')), 'unchanged') AS status
+                   coalesce(arg_max(l.status, l.log_id) FILTER (WHERE l.status IN ('sent', 'blocked', 'failed', 'rejected', 'withheld')), 'unchanged') AS status
             FROM activation_syncs s
             LEFT JOIN activation_log l ON l.destination_id = s.destination_id AND l.segment_name = s.segment_name
                  AND l.run_id = s.last_run_id

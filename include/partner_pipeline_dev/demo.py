@@ -3,8 +3,12 @@
 Starts a SeaweedFS S3 server on loopback (store under data/s3), generates first-party profiles
 and one drop per partner agreement (plus a drop from a partner without an agreement and one
 still arriving), runs the nightly DAG with `airflow dags test`, prints what it did and checks it
-against the generator's ground truth. Running it again re-delivers the same bytes: every drop is
-recognised as unchanged and skipped, and the warehouse ends in the same state.
+against the generator's ground truth, prospect audiences included. The night sends each seed-set
+agreement its seed set; a second night (the next date) has that partner answer it as a partner
+would (synth.seeded, from the objects in its outbox): rows keyed by our seeds, matched by seed and
+reconciled in the scorecard, checked against the generator's ground truth too. Running it again
+re-delivers the same bytes: every drop is recognised as unchanged and skipped, and the warehouse
+ends in the same state.
 """
 
 from __future__ import annotations
@@ -12,17 +16,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
 
 import duckdb
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
 from partner_pipeline.settings import load_settings
-from partner_pipeline.storage import client_from_settings
+from partner_pipeline.run_report import seed_exports
+from partner_pipeline.storage import client_from_settings, list_objects
+from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.run import report, run_night
 from partner_pipeline_dev.services import embedded_services
+from partner_pipeline_dev.synth.seeded import SeededDropSpec, write_seeded_drop
 from partner_pipeline_dev.synth.truth import expected_prospect_audience, expected_prospects
+
+PROFILES_SEED = 42  # _generate's seed: the partners' universes and our profiles are drawn from it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +46,74 @@ def main(argv: list[str] | None = None) -> int:
     agreements = load_agreements(settings.agreements_dir)
     with embedded_services(settings) as env:
         truth = _generate(settings, agreements, args)
-        uploaded = synth.upload_tree(client_from_settings(load_settings()), settings.data_dir / "synth")
-        print(f"uploaded {uploaded} objects")
+        client = client_from_settings(load_settings())
+        print(f"uploaded {synth.upload_tree(client, settings.data_dir / 'synth')} objects")
         code, log = run_night(settings, args.date, env)
-    return code or report(settings, args.date, log, truth) or _report_prospects(settings, agreements, args)
+        code = code or report(settings, args.date, log, truth) or _report_prospects(settings, agreements, args)
+        if code:
+            return code
+        answer_day = args.date + dt.timedelta(days=1)
+        print(f"\n--- the next night, {answer_day}: the partners answer the seed sets of {args.date} ---")
+        answers = _answer_seed_sets(settings, agreements, client, args, answer_day)
+        code, log = run_night(settings, answer_day, env)
+    drops = {f"{a['partner_id']}/{answer_day}": {"rows_valid": len(a["expected_profiles"]) + len(a["expected_unmatched"]),
+                                                   "expected_matches": {"by_email": 0, "by_phone": 0,
+                                                                        "by_seed": len(a["expected_profiles"]),
+                                                                        "unmatched": len(a["expected_unmatched"])}}
+             for a in answers}
+    return code or report(settings, answer_day, log, {"drops": drops}) or _report_seed_returns(settings, answers)
+
+
+def _answer_seed_sets(settings, agreements, client, args, answer_day: dt.date) -> list[dict]:
+    """Each seed set sent on args.date, fetched from the outbox as the partner would, answered with a
+    seed-keyed drop for answer_day (synth.seeded: 80% of the seeds it finds come back, with two made-up
+    seeds the pipeline must quarantine) and uploaded; returns each drop's ground truth."""
+    root = settings.data_dir / "synth-seeded"
+    answers = []
+    with warehouse(settings, read_only=True) as con:
+        sent = [r for r in seed_exports(con, args.date) if r["status"] == "sent"]
+    for export in sent:
+        received = _download(client, export["location"], root / "received" / export["partner_id"] / args.date.isoformat())
+        answers.append(write_seeded_drop(root / "drops", settings.landing_bucket, SeededDropSpec(
+            agreements[export["partner_id"]], answer_day, received, foreign_rows=0), PROFILES_SEED, args.profiles, seed=7))
+    print(f"uploaded {synth.upload_tree(client, root / 'drops')} objects: seed-keyed drops of "
+          f"{', '.join(a['partner_id'] for a in answers) or 'nobody (no seed set was sent)'}")
+    return answers
+
+
+def _download(client, location: str, folder: Path) -> Path:
+    """The objects under an s3:// folder, copied into `folder` (emptied first)."""
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if folder.exists():
+        for old in folder.iterdir():
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for obj in list_objects(client, bucket, prefix):
+        (folder / obj.key.rsplit("/", 1)[-1]).write_bytes(client.get_object(Bucket=bucket, Key=obj.key)["Body"].read())
+    return folder
+
+
+def _report_seed_returns(settings, answers: list[dict]) -> int:
+    """Print the scorecard's seed reconciliation of each answered seed set beside the ground truth; 1 on a mismatch."""
+    mismatches = []
+    print("\nSeed reconciliation (partner_scorecard, per seed date):")
+    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+        for answer in answers:
+            found = con.execute("""SELECT seeds_sent, seeds_returned, seed_return_rate FROM partner_scorecard
+                                   WHERE partner_id = ? AND drop_date = ?""", [answer["partner_id"], answer["seed_date"]]).fetchone()
+            sent, returned, rate = found or (None, None, None)
+            expected = (answer["seeds_in_set"], len(answer["seeds_returned"]))
+            print(f"  {answer['partner_id']:<16}seed date {answer['seed_date']}: {sent} sent, {returned} returned with data"
+                  f" ({rate:.1%})" if rate is not None else f"  {answer['partner_id']:<16}seed date {answer['seed_date']}: none")
+            print(f"  {'':<16}ground truth: {expected[0]} sent, {expected[1]} returned")
+            if (sent, returned) != expected:
+                mismatches.append(f"{answer['partner_id']} seed date {answer['seed_date']}: {(sent, returned)} (sent, returned), "
+                                  f"ground truth {expected}")
+    if mismatches:
+        print("\nGROUND TRUTH MISMATCH:\n  " + "\n  ".join(mismatches), file=sys.stderr)
+        return 1
+    print("\nThe seed-keyed drops match the generator's ground truth.")
+    return 0
 
 
 def _report_prospects(settings, agreements, args) -> int:

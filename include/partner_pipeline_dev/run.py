@@ -106,14 +106,16 @@ def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
     mismatches = []
     summary = published_summary(settings.published_path, day)
     print("\nMatching (published marts, match_report):")
-    print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")
+    print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'by seed':>9}{'by id':>7}"
+          f"{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")
     for r in summary["match_report"]:
         print(f"  {r['partner_id']:<16}{r['rows_valid']:>8}{r['rows_consented']:>11}{r['matched_by_email']:>10}"
-              f"{r['matched_by_phone']:>10}{r['ambiguous']:>11}{r['unmatched']:>11}{r['match_rate']:>8.1%}")
+              f"{r['matched_by_phone']:>10}{r['matched_by_seed']:>9}{r['matched_by_partner_id']:>7}{r['ambiguous']:>11}"
+              f"{r['unmatched']:>11}{r['match_rate']:>8.1%}")
         expected = truth["drops"].get(f"{r['partner_id']}/{day}", {}).get("expected_matches", {})
-        found = (r["matched_by_email"], r["matched_by_phone"], r["unmatched"])
-        if expected and found != (expected["by_email"], expected["by_phone"], expected["unmatched"]):
-            mismatches.append(f"{r['partner_id']}: matched {found} (email, phone, none), ground truth {expected}")
+        found = (r["matched_by_email"], r["matched_by_phone"], r["matched_by_seed"], r["unmatched"])
+        if expected and found != (expected["by_email"], expected["by_phone"], expected.get("by_seed", 0), expected["unmatched"]):
+            mismatches.append(f"{r['partner_id']}: matched {found} (email, phone, seed, none), ground truth {expected}")
     print(f"  profiles enriched by at least one partner: {summary['profiles_enriched']}")
     print("\nSegments (segment_membership):")
     for name, size in summary["segment_sizes"].items():
