@@ -241,3 +241,25 @@ def test_a_failed_export_is_recorded_the_others_still_sent_and_the_task_retries(
     assert rows[1] == ("globex_retail", "failed", 0, f"s3://bad..bucket/globex/seeds/{BUILT_DAY}/")
     assert rows[0][:2] == ("acme_bank", "sent") and rows[0][2] == issued["acme_bank"] > 1000
     assert sorted(objects(s3_api, "acme_bank")) == [f"{BUILT_DAY}/_SUCCESS", f"{BUILT_DAY}/manifest.json", f"{BUILT_DAY}/seeds.csv.gz"]
+
+
+@pytest.mark.slow
+def test_a_rerun_in_another_format_leaves_only_the_new_set(built, warehouse_copy, agreements_dir, s3_api):
+    """The agreement's seed_set.format changed between two runs of one date: the folder then holds only
+    the new file (the earlier run's csv.gz held the same people's hashes), and the deletion is audited."""
+    from conftest import BUILT_DAY
+
+    settings = warehouse_copy
+    agreements = load_agreements(agreements_dir)
+    with warehouse(settings) as con:
+        seeds.export_seed_sets(con, s3_api, settings, agreements, BUILT_DAY, "run-1")
+        assert sorted(objects(s3_api, "acme_bank")) == [f"{BUILT_DAY}/_SUCCESS", f"{BUILT_DAY}/manifest.json", f"{BUILT_DAY}/seeds.csv.gz"]
+        acme = agreements["acme_bank"]
+        agreements["acme_bank"] = acme.model_copy(update={"seed_set": acme.seed_set.model_copy(update={"format": "parquet"})})
+        [result] = seeds.export_seed_sets(con, s3_api, settings, agreements, BUILT_DAY, "run-2")
+        deletions = con.execute("SELECT reason, location, partner_id, drop_date, rows FROM audit.data_deletions").fetchall()
+    found = objects(s3_api, "acme_bank")
+    assert sorted(found) == [f"{BUILT_DAY}/_SUCCESS", f"{BUILT_DAY}/manifest.json", f"{BUILT_DAY}/seeds.parquet"]
+    manifest = json.loads(found[f"{BUILT_DAY}/manifest.json"])
+    assert [f["key"] for f in manifest["files"]] == ["seeds.parquet"] and len(seed_rows(found, BUILT_DAY)) == result["seeds_sent"] > 1000
+    assert deletions == [("superseded", f"s3://{settings.outbox_bucket}/acme_bank/seeds/{BUILT_DAY}/", "acme_bank", BUILT_DAY, 1)]

@@ -770,16 +770,21 @@ def _remove_empty_folders(root: Path) -> None:
 
 # --- seed sets (v2): superseded sets in the outbox, issued seeds of the erased or expired ---------
 
-def delete_superseded_seed_sets(con, client, bucket: str, seeds_prefix: str, partner_id: str, day: dt.date, run_id: str) -> list[str]:
+def delete_superseded_seed_sets(con, client, bucket: str, seeds_prefix: str, partner_id: str, day: dt.date, run_id: str,
+                                keep: set[str]) -> list[str]:
     """Once tonight's complete seed set is in `s3://<bucket>/<seeds_prefix><day>/`, every earlier date's
     folder is superseded (a seed set is always full): delete it, one audit.data_deletions row per folder
-    (reason 'superseded', the number of objects). Called by seeds.export_seed_sets right after the write."""
+    (reason 'superseded', the number of objects). In tonight's folder, every object not named in `keep`
+    (an earlier run's file in another format) goes too. Called by seeds.export_seed_sets right after the write."""
     deleted = []
     for date in sorted(list_prefixes(client, bucket, seeds_prefix)):
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) or dt.date.fromisoformat(date) >= day:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) or dt.date.fromisoformat(date) > day:
             continue
         folder = f"{seeds_prefix}{date}/"
-        objects = list(list_objects(client, bucket, folder))
+        objects = [o for o in list_objects(client, bucket, folder)
+                   if dt.date.fromisoformat(date) < day or o.key.removeprefix(folder) not in keep]
+        if not objects:
+            continue
         for obj in sorted(objects, key=lambda o: o.key.endswith("_SUCCESS"), reverse=True):  # _SUCCESS first: never a half set
             client.delete_object(Bucket=bucket, Key=obj.key)
         con.execute("INSERT INTO audit.data_deletions VALUES (now(), ?, 'superseded', NULL, ?, ?, ?, ?)",

@@ -15,8 +15,9 @@ Before the objects are written, every issued seed is upserted into raw.issued_se
 so a seed a partner holds always resolves to its profile. Each agreement's export is one row in
 audit.seed_exports per run: sent, refused (no usable key: the other agreements still export) or failed
 (raised after the others are done, so the task retries); counts only, never an identifier. A re-run of
-the same date writes the same objects again. Earlier dates' seed folders are deleted once tonight's is
-complete (data_rights.delete_superseded_seed_sets: data_rights.py is the one module that deletes).
+the same date writes the same objects again (and any other object left in the folder, say the file of
+an earlier format, is deleted). Earlier dates' seed folders are deleted once tonight's is complete
+(data_rights.delete_superseded_seed_sets: data_rights.py is the one module that deletes).
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def _export(con, client, settings, agreement: Agreement, key: bytes, bucket: str
         _issue(con, agreement, day)
         name = f"seeds.{agreement.seed_set.format}"
         ensure_buckets(client, [bucket])
+        # a re-run rewrites the folder: it is not complete (no _SUCCESS) until the new manifest is in place
+        client.delete_object(Bucket=bucket, Key=folder + "_SUCCESS")
         with tempfile.TemporaryDirectory(prefix="seeds-", dir=_scratch(settings)) as scratch:
             path = Path(scratch) / name
             # ordered by seed_id: the same set gives the same bytes, and the order says nothing about the profiles
@@ -148,7 +151,7 @@ def _export(con, client, settings, agreement: Agreement, key: bytes, bucket: str
     finally:
         con.execute("DROP TABLE IF EXISTS seed_export")
     superseded = data_rights.delete_superseded_seed_sets(con, client, bucket, folder.removesuffix(f"{day.isoformat()}/"),
-                                                         agreement.partner_id, day, run_id)
+                                                         agreement.partner_id, day, run_id, {name, "manifest.json", "_SUCCESS"})
     log.info("seed set of %s for %s: %d seeds to s3://%s/%s (%d earlier sets deleted)", agreement.partner_id, day, rows,
              bucket, folder, len(superseded))
     return {"format": agreement.seed_set.format, "files": manifest["files"], "record_count": rows,
