@@ -206,3 +206,30 @@ def test_withdrawn_consent_and_retention_remove_prospects(scenario):
     nightly.transform(DAY + dt.timedelta(days=181), "expired")
     assert query("SELECT count(*) FROM marts.prospect_profiles") == [(0,)]
     assert query("SELECT count(*) FROM marts.prospect_segment_membership") == [(0,)]
+
+
+def test_a_destination_under_another_hash_profile_gets_prospects_by_partner_id_alone(scenario, agreements_dir, governance_dir,
+                                                                                     audience_api, s3_api):
+    """prospect_ads hashing canonically (Globex hashes under uid2, so its hashes would mean nothing there)
+    and taking Globex's ids, which Globex allows for advertising: every prospect of the audience is sent
+    by its partner_person_id and no hash."""
+    settings = scenario["settings"]
+    path = agreements_dir / "globex_retail.yaml"
+    path.write_text(path.read_text() + "partner_person_id_usage_labels: [advertising]\n")
+    destinations = governance_dir / "destinations.yaml"
+    document = yaml.safe_load(destinations.read_text())
+    document["destinations"][DESTINATION].update(hash_profile="canonical", identifiers=["email", "phone", "partner_id:globex_retail"])
+    destinations.write_text(yaml.safe_dump(document))
+    agreements = load_agreements(agreements_dir)
+    with warehouse(settings) as con:
+        publish_agreements(con, agreements, settings.outbox_bucket)
+        publish_governance(con, load_governance(settings.governance_dir, agreements), settings.activation_bucket)
+    nightly.transform(DAY, "by-id")
+    nightly.activate(DAY, "by-id")
+    prefix = f"{DESTINATION}/{SEGMENT}/{DAY}/000001/"
+    manifest = json.loads(s3_api.get_object(Bucket=settings.activation_bucket, Key=prefix + "manifest.json")["Body"].read())
+    rows = [r for entry in manifest["files"] for r in csv.DictReader(io.StringIO(
+        s3_api.get_object(Bucket=settings.activation_bucket, Key=prefix + entry["key"])["Body"].read().decode()))]
+    assert manifest["adds"] == len(rows) == len(scenario["audience"]) > 20
+    assert sorted(r["partner_person_id"] for r in rows) == sorted(person for person, _, _ in scenario["audience"])
+    assert all(not r.get("email_sha256") and not r.get("phone_sha256") for r in rows)
