@@ -228,3 +228,10 @@
     {%- endif %}
     {{ return({'reads': reads, 'partner_of': partner_of}) }}
 {% endmacro %}
+
+{#- The usage-policy rule, in one place: does a policy (a row with requires_label / denied_label)
+    forbid its action on a thing carrying `labels` (a list of usage labels)? -#}
+{% macro policy_forbids(policies, labels) -%}
+(({{ policies }}.requires_label is not null and not list_contains({{ labels }}, {{ policies }}.requires_label))
+        or ({{ policies }}.denied_label is not null and list_contains({{ labels }}, {{ policies }}.denied_label)))
+{%- endmacro %}

@@ -4,8 +4,8 @@
 -- marketing actions that a policy forbids under the labels the partner's agreement gives its ids
 -- (partner_person_id_usage_labels). A destination-wide refusal, unlike segment_policy_violations
 -- (a segment's attributes): the destination gets nothing. A view over the mirrored files, so the
--- activation task re-checks it right before sending; the test
--- assert_destinations_respect_partner_id_usage fails the build if it has any row.
+-- activation task re-checks it right before sending; its has_no_violations test
+-- (_marts__models.yml) fails the build if it has any row.
 
 with destinations as (
     select
@@ -68,8 +68,7 @@ policy_violations as (
     from destination_actions
     inner join agreements using (partner_id)
     inner join policies using (marketing_action)
-    where (policies.requires_label is not null and not list_contains(agreements.partner_person_id_usage_labels, policies.requires_label))
-        or (policies.denied_label is not null and list_contains(agreements.partner_person_id_usage_labels, policies.denied_label))
+    where {{ policy_forbids('policies', 'agreements.partner_person_id_usage_labels') }}
 ),
 
 unknown_partners as (

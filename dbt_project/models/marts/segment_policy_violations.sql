@@ -2,7 +2,7 @@
 -- Every way a segment breaks a usage policy, one row each, with a message naming segment,
 -- attribute, label, destination and policy. A view over the mirrored agreements and governance
 -- files, so the activation task re-checks it against the current files right before sending.
--- The test assert_segments_respect_usage_policies fails the build if it has any row.
+-- Its has_no_violations test (_marts__models.yml) fails the build if it has any row.
 
 with segments as (
     select
@@ -108,8 +108,7 @@ policy_violations as (
     from segment_actions
     inner join attributes_read using (segment_name)
     inner join policies using (marketing_action)
-    where (policies.requires_label is not null and not list_contains(attributes_read.policy_labels, policies.requires_label))
-        or (policies.denied_label is not null and list_contains(attributes_read.policy_labels, policies.denied_label))
+    where {{ policy_forbids('policies', 'attributes_read.policy_labels') }}
 ),
 
 unknown_destinations as (
