@@ -134,8 +134,6 @@ def _export(con, client, settings, agreement: Agreement, key: bytes, bucket: str
         _issue(con, agreement, day)
         name = f"seeds.{agreement.seed_set.format}"
         ensure_buckets(client, [bucket])
-        # a re-run rewrites the folder: it is not complete (no _SUCCESS) until the new manifest is in place
-        client.delete_object(Bucket=bucket, Key=folder + "_SUCCESS")
         with tempfile.TemporaryDirectory(prefix="seeds-", dir=_scratch(settings)) as scratch:
             path = Path(scratch) / name
             # ordered by seed_id: the same set gives the same bytes, and the order says nothing about the profiles
