@@ -18,7 +18,8 @@
 
 with
 
-enriched_profiles as (
+-- a table read twice: scanned twice, never copied
+enriched_profiles as not materialized (
     select * from {{ ref('enriched_profiles') }}
 ),
 {%- for partner_id, dimensions in agreements %}

@@ -17,7 +17,8 @@ partner_record_attributes as not materialized (
     select * from {{ ref('stg_pipeline__partner_record_attributes') }}
 ),
 
-matched_records as (
+-- a table, read by first_drops and returned_seeds: scanned twice, never copied
+matched_records as not materialized (
     select * from {{ ref('int_partner_records_matched') }}
 ),
 
@@ -122,11 +123,11 @@ seed_sets as (
 -- each seed's last return with data: the latest drop whose valid rows carry it
 returned_seeds as (
     select
-        partner_records.partner_id,
-        partner_records.seed_id,
-        max(partner_records.drop_date) as last_returned_on
-    from partner_records
-    where partner_records.seed_id is not null
+        matched_records.partner_id,
+        matched_records.seed_id,
+        max(matched_records.drop_date) as last_returned_on
+    from matched_records
+    where matched_records.seed_id is not null
     group by all
 ),
 

@@ -6,7 +6,8 @@
 {%- set attributes = prospecting_attributes() %}
 {%- set value_column = {'integer': 'value_number', 'number': 'value_number', 'boolean': 'value_boolean', 'date': 'value_date', 'string': 'value_text'} %}
 
-with prospect_records as (
+-- a table read twice: scanned twice, never copied
+with prospect_records as not materialized (
     select * from {{ ref('int_prospect_records') }}
 ),
 

@@ -7,7 +7,8 @@
 -- - erasure: the seeds of a profile on the suppression list (stg_pipeline__erasure_keys, by its
 --   profile id's suppression key), so a seed the partner still holds matches nothing later.
 -- A view: it holds no row of its own.
-with issued_seeds as (
+-- a table read twice: scanned twice, never copied
+with issued_seeds as not materialized (
     select * from {{ ref('int_issued_seeds_keyed') }}
 ),
 

@@ -26,7 +26,8 @@ destinations as (
     select * from {{ source('pipeline', 'destinations') }}
 ),
 
-first_party_profiles as (
+-- a table read twice: scanned twice, never copied
+first_party_profiles as not materialized (
     select * from {{ source('pipeline', 'first_party_profiles') }}
 ),
 
