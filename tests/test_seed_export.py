@@ -108,9 +108,9 @@ def check_set(found: dict[str, bytes], day: dt.date, want: dict[str, tuple], par
 def test_the_seed_id_sql_is_hmac_sha256_cut_to_120_bits():
     con = duckdb.connect()
     for key in (b"k" * 32, b"x" * 64, b"a much longer key than one SHA-256 block of sixty-four bytes, so hashed first" * 2):
-        ipad, opad = seeds._hmac_pads(key)
+        ipad, opad = seeds.hmac_pads(key)
         for agreement_id, profile_id in (("acme-2026-01", "p0000000001"), ("globex-2026-03", "p0000000001"), ("a", "é ü")):
-            got = con.execute(f"SELECT {seeds._seed_id_sql('?', '?')}", [opad, ipad, agreement_id, profile_id]).fetchone()[0]
+            got = con.execute(f"SELECT {seeds.seed_id_sql('?', '?')}", [opad, ipad, agreement_id, profile_id]).fetchone()[0]
             assert got == hmac.new(key, f"{agreement_id}\0{profile_id}".encode(), hashlib.sha256).hexdigest()[:30]
 
 

@@ -9,7 +9,7 @@ the same profile gets the same token every night under one agreement, another un
 agreement, and the token reveals nothing without the key. The key is the agreement's own, read from
 the Airflow Variable `seed_set.secret_variable` (or its AIRFLOW_VAR_<NAME> environment variable),
 never from the repository. The HMAC is computed inside DuckDB (sha256 over the HMAC pads, bound as
-parameters, see _seed_id_sql): the set is streamed from the warehouse to the file and never held in Python.
+parameters, see seed_id_sql): the set is streamed from the warehouse to the file and never held in Python.
 
 Before the objects are written, every issued seed is upserted into raw.issued_seeds (one transaction),
 so a seed a partner holds always resolves to its profile. Each agreement's export is one row in
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MIN_KEY_CHARS = 32
 SEED_ID_HEX_CHARS = 30  # 120 bits
 COLUMNS = ("seed_id", "email_sha256", "phone_sha256")
-_COPY_OPTIONS = {"csv.gz": "FORMAT csv, HEADER true, COMPRESSION gzip", "parquet": "FORMAT parquet, COMPRESSION zstd"}
+COPY_OPTIONS = {"csv.gz": "FORMAT csv, HEADER true, COMPRESSION gzip", "parquet": "FORMAT parquet, COMPRESSION zstd"}
 
 
 class SeedSecretMissing(RuntimeError):
@@ -66,7 +66,7 @@ def seed_key(agreement: Agreement) -> bytes:
     return value.encode()
 
 
-def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     """HMAC-SHA256's inner and outer padded keys (RFC 2104): HMAC(k, m) = H(opad || H(ipad || m))."""
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
@@ -74,7 +74,7 @@ def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
-def _seed_id_sql(agreement_id: str, profile_id: str) -> str:
+def seed_id_sql(agreement_id: str, profile_id: str) -> str:
     """SQL for the seed_id of two SQL expressions, with parameters (outer pad, inner pad): HMAC-SHA256 as
     DuckDB's sha256 over BLOBs, truncated to 120 bits (tests check it against Python's hmac)."""
     return (f"substr(sha256(?::BLOB || unhex(sha256(?::BLOB || encode({agreement_id} || chr(0) || {profile_id})))), "
@@ -124,9 +124,9 @@ def _record(con, agreement: Agreement, day: dt.date, run_id: str, status: str, s
 
 def _export(con, client, settings, agreement: Agreement, key: bytes, bucket: str, folder: str, day: dt.date,
             run_id: str) -> dict:
-    ipad, opad = _hmac_pads(key)
+    ipad, opad = hmac_pads(key)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE seed_export AS
-                    SELECT {_seed_id_sql('agreement_id', 'profile_id')} AS seed_id, profile_id, email_sha256, phone_sha256
+                    SELECT {seed_id_sql('agreement_id', 'profile_id')} AS seed_id, profile_id, email_sha256, phone_sha256
                     FROM marts.seed_set_members WHERE partner_id = ? AND agreement_id = ?""",
                 [opad, ipad, agreement.partner_id, agreement.agreement_id])
     try:
@@ -138,7 +138,7 @@ def _export(con, client, settings, agreement: Agreement, key: bytes, bucket: str
             path = Path(scratch) / name
             # ordered by seed_id: the same set gives the same bytes, and the order says nothing about the profiles
             con.execute(f"COPY (SELECT {', '.join(COLUMNS)} FROM seed_export ORDER BY seed_id) TO {quote_path(path)} "
-                        f"({_COPY_OPTIONS[agreement.seed_set.format]})")
+                        f"({COPY_OPTIONS[agreement.seed_set.format]})")
             digest = _sha256(path)
             client.upload_file(str(path), bucket, folder + name)
         manifest = {"partner_id": agreement.partner_id, "agreement_id": agreement.agreement_id, "drop_date": day.isoformat(),

@@ -33,7 +33,8 @@ from partner_pipeline.settings import PROJECT_ROOT
 
 DAY = dt.date(2026, 11, 21)
 TASKS = ("discover", "ingest", "publish", "load_first_party", "transform", "data_rights", "activate",
-         "share_overlap_reports", "publish_marts")
+         "share_overlap_reports", "export_seeds", "publish_marts")
+SEED_KEY = "bench-seed-key-" + "0123456789abcdef" * 2  # the key of every seed set the bench sends (not a secret)
 
 
 def _child(run_id: str) -> None:
@@ -57,9 +58,10 @@ def _child(run_id: str) -> None:
     timed("data_rights", lambda: nightly.data_rights(DAY, run_id))
     activated = timed("activate", lambda: nightly.activate(DAY, run_id))
     timed("share_overlap_reports", lambda: nightly.share_overlap_reports(DAY, run_id))
+    seed_sets = timed("export_seeds", lambda: nightly.export_seeds(DAY, run_id))
     published = timed("publish_marts", lambda: nightly.publish_marts(DAY, run_id))
     print(json.dumps({"timings": timings, "outcomes": [o.to_xcom() for o in outcomes], "transform": transformed, "published": published,
-                      "activation": activated}, default=str))
+                      "activation": activated, "seed_sets": seed_sets}, default=str))
 
 
 class TreeMemory:
@@ -126,6 +128,9 @@ def bench_one(rows: int, args) -> dict:
     with local_s3(work / "s3", buckets) as server, AudienceApi(token="bench", hash_profile="uid2") as api:
         os.environ.update(server.env())
         os.environ["AIRFLOW_CONN_PERSONALIZATION_API"] = json.dumps({"conn_type": "http", "host": api.url, "password": api.token})
+        for seeded in agreements.values():  # the seed sets are part of the night
+            if seeded.seed_set is not None:
+                os.environ[f"AIRFLOW_VAR_{seeded.seed_set.secret_variable.upper()}"] = SEED_KEY
         client = s3_client(server.endpoint_url, server.access_key, server.secret_key)
         started = time.perf_counter()
         synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, rows, 42)
@@ -133,6 +138,7 @@ def bench_one(rows: int, args) -> dict:
                                  synth.DropSpec(agreement, DAY, rows, args.format, args.files, args.bad_row_share),
                                  profiles_seed=42, n_profiles=rows, seed=1)
         synth.upload_tree(client, work / "synth")
+        truth_seeds = synth.expected_seed_set(agreement, 42, rows).num_rows if agreement.seed_set else None
         print(f"{rows:,} rows: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
 
         started = time.perf_counter()
@@ -153,7 +159,7 @@ def bench_one(rows: int, args) -> dict:
             floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, agreement,
                                           DAY.isoformat(), synth.load_segments(), synth.load_segments(kind="prospect"),
                                           governance.destinations,
-                                          {p: a.attributes for p, a in agreements.items()}, work / "floor"))
+                                          {p: a.attributes for p, a in agreements.items()}, SEED_KEY.encode(), work / "floor"))
 
         floor_thread = threading.Thread(target=floor)
         memory_floor = TreeMemory(os.getpid())
@@ -179,6 +185,9 @@ def bench_one(rows: int, args) -> dict:
         "floor matches (email, phone)": ((found["matches"].get("email", 0), found["matches"].get("phone", 0)),
                                          (expected["by_email"], expected["by_phone"])),
         "segment sizes, pipeline vs floor": (measured["published"]["segment_sizes"], found["segments"]),
+        "seeds sent, pipeline and floor": (
+            (next((r["seeds_sent"] for r in measured["seed_sets"] if r["partner_id"] == agreement.partner_id), None), found["seeds_sent"]),
+            (truth_seeds, truth_seeds)),
         "members sent per destination and segment, pipeline vs floor": (
             {f"{r['destination_id']}/{r['segment']}": r.get("adds") for r in measured["activation"]}, found["exports"]),
     }

@@ -2,12 +2,13 @@
 DuckDB process, with no Airflow, dbt, Great Expectations or staging files.
 
 On the same objects in S3 it verifies the manifest (bytes hashed while downloaded), reads the
-drop, checks the row rules, hashes our profiles' identifiers, matches by email then phone
-(with the pipeline's ambiguity rule), enriches with the latest consented record, evaluates the
-segments and exports each segment's consented members to each of its destinations, hashed under
-the destination's profile, as CSV files, and counts each prospect segment's audience (the drop
-partner's consented persons matching none of our profiles) where it reaches min_audience_size. The identifier normalization is the dbt macro itself,
-compiled once per hash profile before timing starts, so both sides hash exactly the same way.
+drop, checks the row rules, hashes our profiles' identifiers, writes the agreement's seed set
+(seeds.py's HMAC SQL), matches by email then phone (with the pipeline's ambiguity rule), enriches
+with the latest consented record, evaluates the segments and exports each segment's consented
+members to each of its destinations, hashed under the destination's profile, as CSV files, and
+counts each prospect segment's audience (the drop partner's consented persons matching none of
+our profiles) where it reaches min_audience_size. The identifier normalization is the dbt macro
+itself, compiled once per hash profile before timing starts, so both sides hash exactly the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import duckdb
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.governance import Destination
+from partner_pipeline.seeds import COPY_OPTIONS, hmac_pads, seed_id_sql
 from partner_pipeline.storage import download_with_sha256, list_objects
 from partner_pipeline.transform import run_dbt
 from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validation_view_sql
@@ -40,7 +42,7 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
 
 def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: Agreement, day: str,
               segments: dict[str, dict], prospect_segments: dict[str, dict], destinations: dict[str, Destination],
-              all_attributes: dict[str, dict[str, Agreement]], work: Path) -> dict:
+              all_attributes: dict[str, dict[str, Agreement]], seed_key: bytes, work: Path) -> dict:
     """The night in one DuckDB process; returns its wall time (after compiling the normalization),
     stage timings and what it found."""
     normalizations = {(p, cc): compiled_normalization(p, cc, work) for p, cc in
@@ -96,6 +98,19 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
         SELECT profile_id, sha256({email_sql}) AS email_sha256, sha256({phone_sql}) AS phone_sha256
         FROM read_csv({snapshot!r}, header=true, all_varchar=true)""")
     timings["hash profiles"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    found["seeds_sent"] = None
+    if agreement.seed_set is not None:  # the consenting profiles' seeds (seeds.py's HMAC SQL), one file
+        ipad, opad = hmac_pads(seed_key)
+        found["seeds_sent"] = con.execute(f"""COPY (
+            SELECT {seed_id_sql('?', 'h.profile_id')} AS seed_id, h.email_sha256, h.phone_sha256
+            FROM profile_hashes h SEMI JOIN read_csv({snapshot!r}, header=true, all_varchar=true) p
+                 ON p.profile_id = h.profile_id AND p.consent_partner_sharing = 'true'
+            WHERE h.email_sha256 IS NOT NULL OR h.phone_sha256 IS NOT NULL ORDER BY seed_id
+            ) TO '{work / f"seeds.{agreement.seed_set.format}"}' ({COPY_OPTIONS[agreement.seed_set.format]})""",
+            [opad, ipad, agreement.agreement_id]).fetchone()[0]
+    timings["seed set"] = time.perf_counter() - started
 
     started = time.perf_counter()
     con.execute("""CREATE TABLE matched AS
