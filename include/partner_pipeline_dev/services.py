@@ -47,8 +47,17 @@ def embedded_services(settings: Settings) -> Iterator[dict[str, str]]:
                                                   state_file=state, max_batch_size=destination.rows_per_batch))
             env[variable] = json.dumps({"conn_type": "http", "host": api.url, "password": api.token})
             print(f"audience API for destination {destination_id} on {api.url}, audiences in {state}")
+        # the servers stop on the way out, so what points at them leaves the environment too
+        before = {name: os.environ.get(name) for name in env}
         os.environ.update(env)
-        yield env
+        try:
+            yield env
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def demo_secret(settings: Settings, name: str) -> str:
