@@ -125,57 +125,62 @@ profiles_per_person as (
     group by all
 ),
 
-checked as (
-    select
-        resolved.*,
-        coalesce(persons_per_profile.has_several_persons, false) as profile_has_several_persons,
-        coalesce(profiles_per_person.has_several_profiles, false) as person_has_several_profiles
-    from resolved
-    left join persons_per_profile using (partner_id, candidate_profile_id)
-    left join profiles_per_person using (partner_id, partner_person_id)
-),
-
-identified as (
-    -- rows with a hash or a seed; a partner-id-only row waits for its person's link (person_links)
-    select
-        checked.*,
-        case
-            when checked.hit_via is null then 'unmatched'
-            when checked.hit_via = 'seed_not_shareable' then checked.hit_via
-            when checked.profile_count > 1 or checked.profile_has_several_persons or checked.person_has_several_profiles
-                then 'ambiguous'
-            else checked.hit_via
-        end as identified_status,
-        case
-            when
-                checked.hit_via in ('email', 'phone', 'seed')
-                and checked.profile_count = 1
-                and not checked.profile_has_several_persons
-                and not checked.person_has_several_profiles
-                then checked.candidate_profile_id
-        end as identified_profile_id
-    from checked
-),
-
+-- the rows with a hash or seed of the persons who also sent rows by id alone (usually none): all
+-- person_links reads, picked before the checks so that the drop is checked once, not twice
 persons_sent_by_id as (
     select distinct
         partner_id,
         partner_person_id
-    from records
+    from resolved
     where is_partner_id_only
 ),
+
+linked_person_rows as (
+    select resolved.*
+    from resolved
+    semi join persons_sent_by_id using (partner_id, partner_person_id)
+    where not resolved.is_partner_id_only
+),
+
+-- one definition of the checks, over every row (identified) and over linked_person_rows
+{%- for name, checked_rows in [('identified', 'resolved'), ('identified_linked_rows', 'linked_person_rows')] %}
+
+{{ name }} as (
+    select
+        {{ checked_rows }}.*,
+        case
+            when {{ checked_rows }}.hit_via is null then 'unmatched'
+            when {{ checked_rows }}.hit_via = 'seed_not_shareable' then {{ checked_rows }}.hit_via
+            when
+                {{ checked_rows }}.profile_count > 1
+                or coalesce(persons_per_profile.has_several_persons, false)
+                or coalesce(profiles_per_person.has_several_profiles, false)
+                then 'ambiguous'
+            else {{ checked_rows }}.hit_via
+        end as identified_status,
+        case
+            when
+                {{ checked_rows }}.hit_via in ('email', 'phone', 'seed')
+                and {{ checked_rows }}.profile_count = 1
+                and not coalesce(persons_per_profile.has_several_persons, false)
+                and not coalesce(profiles_per_person.has_several_profiles, false)
+                then {{ checked_rows }}.candidate_profile_id
+        end as identified_profile_id
+    from {{ checked_rows }}
+    left join persons_per_profile using (partner_id, candidate_profile_id)
+    left join profiles_per_person using (partner_id, partner_person_id)
+),
+{%- endfor %}
 
 person_links as (
     -- the profile each partner person sent by id alone is linked to by its rows with a hash or seed (at
     -- most one: a person whose rows hit two profiles is ambiguous and linked to none)
     select
-        identified.partner_id,
-        identified.partner_person_id,
-        min(identified.identified_profile_id) as profile_id,
-        bool_or(identified.identified_status = 'ambiguous') as has_ambiguous_rows
-    from identified
-    semi join persons_sent_by_id using (partner_id, partner_person_id)
-    where not identified.is_partner_id_only
+        partner_id,
+        partner_person_id,
+        min(identified_profile_id) as profile_id,
+        bool_or(identified_status = 'ambiguous') as has_ambiguous_rows
+    from identified_linked_rows
     group by all
 ),
 
