@@ -24,7 +24,7 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
 from partner_pipeline.settings import load_settings
 from partner_pipeline.run_report import seed_exports
-from partner_pipeline.storage import client_from_settings, list_objects
+from partner_pipeline.storage import client_from_settings, download_with_sha256, list_objects
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.run import report, run_night
@@ -89,7 +89,7 @@ def _download(client, location: str, folder: Path) -> Path:
             old.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     for obj in list_objects(client, bucket, prefix):
-        (folder / obj.key.rsplit("/", 1)[-1]).write_bytes(client.get_object(Bucket=bucket, Key=obj.key)["Body"].read())
+        download_with_sha256(client, bucket, obj.key, folder / obj.key.rsplit("/", 1)[-1])
     return folder
 
 
@@ -109,11 +109,10 @@ def _report_seed_returns(settings, answers: list[dict]) -> int:
             if (sent, returned) != expected:
                 mismatches.append(f"{answer['partner_id']} seed date {answer['seed_date']}: {(sent, returned)} (sent, returned), "
                                   f"ground truth {expected}")
-    if mismatches:
-        print("\nGROUND TRUTH MISMATCH:\n  " + "\n  ".join(mismatches), file=sys.stderr)
-        return 1
-    print("\nThe seed-keyed drops match the generator's ground truth.")
-    return 0
+    code = _mismatch_code(mismatches)
+    if not code:
+        print("\nThe seed-keyed drops match the generator's ground truth.")
+    return code
 
 
 def _report_prospects(settings, agreements, args) -> int:
@@ -141,10 +140,14 @@ def _report_prospects(settings, agreements, args) -> int:
                       f"of {prospects.num_rows} prospects; min_audience_size {destination.min_audience_size})")
                 if held != expected:
                     mismatches.append(f"{name} -> {destination_id}: holds {held}, ground truth {expected}")
+    return _mismatch_code(mismatches)
+
+
+def _mismatch_code(mismatches: list[str]) -> int:
+    """Print the ground-truth mismatches, if any; the exit code they mean."""
     if mismatches:
         print("\nGROUND TRUTH MISMATCH:\n  " + "\n  ".join(mismatches), file=sys.stderr)
-        return 1
-    return 0
+    return 1 if mismatches else 0
 
 
 def _generate(settings, agreements, args) -> dict:
