@@ -18,7 +18,7 @@ from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
 from partner_pipeline.governance import load_governance
-from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
+from partner_pipeline.warehouse import publish_agreements, publish_governance, quote_path, warehouse
 from partner_pipeline_dev import synth
 
 pytestmark = pytest.mark.slow
@@ -259,3 +259,34 @@ def test_a_warehouse_with_a_table_per_partner_is_migrated_once(pipeline_env):
         ("acme_bank", "r3", DAY - dt.timedelta(days=1), 3, [{"attribute": "homeowner", "value": "true"}])]
     with warehouse(settings) as con:  # once: nothing left to migrate
         assert con.execute("SELECT count(*) FROM raw.partner_records").fetchone() == (3,)
+
+
+def test_matching_streams_the_drop_through_its_hash_tables(built, warehouse_copy):
+    """DuckDB estimates the drop at a fraction of its size (retention filter, erasure anti join) and,
+    left to choose, built a hash table on every partner record: the 10M night ran out of its 2 GB.
+    Planned as the nightly build runs it (the model's hooks, then its compiled SQL), no hash join of
+    int_partner_records_matched has the drop on its build side."""
+    manifest = json.loads((built["warehouse"].parent / "dbt" / "target" / "manifest.json").read_text())
+    node = manifest["nodes"]["model.partner_pipeline.int_partner_records_matched"]
+    con = duckdb.connect()
+    con.execute(f"attach {quote_path(warehouse_copy.warehouse_path)} as warehouse (read_only)")
+    con.execute(f"attach {quote_path(warehouse_copy.marts_path)} as marts (read_only)")
+    con.execute("use warehouse")
+    for hook in node["config"]["pre-hook"]:
+        con.execute(hook["sql"])
+    plan = json.loads(con.execute("explain (format json) " + node["compiled_code"]).fetchall()[0][1])
+
+    def scans_the_drop(operator) -> bool:
+        return operator["extra_info"].get("Table") == "warehouse.raw.partner_records" or any(
+            scans_the_drop(child) for child in operator["children"])
+
+    def hash_joins(operator):
+        if operator["name"] == "HASH_JOIN":
+            yield operator
+        for child in operator["children"]:
+            yield from hash_joins(child)
+
+    joins = [join for root in plan for join in hash_joins(root)]
+    probing_the_drop = [join for join in joins if scans_the_drop(join["children"][0])]
+    building_on_the_drop = [join["extra_info"] for join in joins if scans_the_drop(join["children"][1])]
+    assert probing_the_drop and building_on_the_drop == []
