@@ -1,5 +1,5 @@
 """The DuckLake foundation against the real servers: PostgreSQL as catalog (the team configuration)
-or the embedded DuckDB-file catalog, Parquet files in the S3 server."""
+or the embedded SQLite-file catalog, Parquet files in the S3 server."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import itertools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
 
-from conftest import s3
+from conftest import BUILT_DAY, s3
 from partner_pipeline import lake
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import ensure_buckets
+from partner_pipeline.transform import run_dbt
+from partner_pipeline.warehouse import DATA_RIGHTS_MACROS, quote_ident, quote_path
 from partner_pipeline_dev.local_postgres import create_database, postgres_bin_dir
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +42,7 @@ def lake_env(s3_server, postgres_server, tmp_path, monkeypatch) -> dict[str, str
 
 @pytest.fixture
 def embedded_lake_env(lake_env, monkeypatch) -> dict[str, str]:
-    """The same, on the default embedded catalog (a DuckDB file under the data dir)."""
+    """The same, on the default embedded catalog (a SQLite file under the data dir)."""
     monkeypatch.delenv("PIPELINE_LAKE_CATALOG")
     monkeypatch.delenv("PIPELINE_LAKE_CATALOG_PASSWORD")
     return {k: v for k, v in lake_env.items() if not k.startswith("PIPELINE_LAKE_CATALOG")}
@@ -146,25 +149,38 @@ def test_without_retries_the_racing_commits_fail(lake_env, tmp_path):
     assert con.execute("SELECT count(*) FROM lake.snapshots() WHERE snapshot_id > ?", [first]).fetchone()[0] == 1
 
 
-def test_the_embedded_catalog_allows_one_client(embedded_lake_env):
-    """A DuckDB-file catalog is a DuckDB file: while one process has the lake attached, another
-    process cannot attach it, not even read-only."""
+def in_another_process(statement: str) -> subprocess.CompletedProcess:
+    """statement in a process of its own with the lake attached (read-only for a SELECT); prints the rows."""
+    read_only = statement.startswith("SELECT")
+    return subprocess.run([sys.executable, "-c", "import duckdb, sys\nfrom partner_pipeline import lake\n"
+                           "from partner_pipeline.settings import load_settings\ncon = duckdb.connect()\n"
+                           f"lake.attach(con, load_settings(), read_only={read_only})\n"
+                           "print(con.execute(sys.argv[1]).fetchall())", statement], capture_output=True, text=True)
+
+
+def test_readers_attach_the_embedded_catalog_while_a_writer_holds_it(embedded_lake_env):
+    """The embedded catalog is a SQLite file: while one process has the lake attached, even inside an
+    open transaction, an analyst's process attaches read-only and reads the last commit; another
+    writer may commit once the first is idle (writers take turns: the pool)."""
     settings = load_settings()
-    assert settings.lake_catalog == str(settings.data_dir / "lake" / "catalog.ducklake")
+    assert settings.lake_catalog == str(settings.data_dir / "lake" / "catalog.sqlite")
     con = attached()
     con.execute("CREATE TABLE lake.t AS SELECT 1 AS a")
-    other = subprocess.run([sys.executable, "-c", "import duckdb\nfrom partner_pipeline import lake\n"
-                            "from partner_pipeline.settings import load_settings\n"
-                            "lake.attach(duckdb.connect(), load_settings(), read_only=True)"],
-                           capture_output=True, text=True)
-    assert other.returncode != 0 and "lock" in other.stderr.lower(), other.stderr[-2000:]
-    con.close()
-    assert attached(read_only=True).execute("SELECT a FROM lake.t").fetchall() == [(1,)]
+    con.execute("BEGIN")
+    con.execute("INSERT INTO lake.t VALUES (2)")
+    reader = in_another_process("SELECT a FROM lake.t ORDER BY a")
+    assert (reader.returncode, reader.stdout.strip()) == (0, "[(1,)]"), reader.stderr[-2000:]
+    con.execute("COMMIT")
+    reader = in_another_process("SELECT a FROM lake.t ORDER BY a")
+    assert (reader.returncode, reader.stdout.strip()) == (0, "[(1,), (2,)]"), reader.stderr[-2000:]
+    writer = in_another_process("INSERT INTO lake.t VALUES (3)")
+    assert writer.returncode == 0, writer.stderr[-2000:]
+    assert con.execute("SELECT a FROM lake.t ORDER BY a").fetchall() == [(1,), (2,), (3,)]
 
 
-def catalog_rows_holding(configuration: str, env: dict[str, str], postgres_server, con, needle: str) -> list[str]:
-    """Where the lake's catalog database still holds needle in a live row (DuckDB hides the metadata
-    catalog's tables from its listings, so read them from the catalog database itself)."""
+def catalog_rows_holding(configuration: str, env: dict[str, str], postgres_server, needle: str) -> list[str]:
+    """Where the lake's catalog database still holds needle: PostgreSQL's live rows (pg_dump), or
+    any byte of the SQLite catalog's files (the database and its write-ahead log)."""
     if configuration == "postgres":
         database = dict(kv.split("=") for kv in env["PIPELINE_LAKE_CATALOG"].removeprefix("postgres:").split())["dbname"]
         dump = subprocess.run([str(postgres_bin_dir() / "pg_dump"), "--data-only", "-h", postgres_server.host,
@@ -172,12 +188,10 @@ def catalog_rows_holding(configuration: str, env: dict[str, str], postgres_serve
                               env={"PGPASSWORD": postgres_server.password}, check=True, capture_output=True, text=True).stdout
         assert "COPY public.ducklake_file_column_stats" in dump  # the lake's catalog
         return [line for line in dump.splitlines() if needle in line]
-    con.execute(f"DETACH {lake.CATALOG}")
-    catalog = duckdb.connect(load_settings().lake_catalog, read_only=True)
-    tables = catalog.execute("SELECT table_name FROM duckdb_tables()").fetchall()
-    assert ("ducklake_file_column_stats",) in tables
-    return [f"{table}: {row}" for (table,) in tables
-            for row in catalog.execute(f'SELECT * FROM "{table}"').fetchall() if needle in repr(row)]
+    catalog = Path(load_settings().lake_catalog)
+    files = [path for path in catalog.parent.iterdir() if path.name.startswith(catalog.name)]
+    assert catalog in files
+    return [path.name for path in files if needle.encode() in path.read_bytes()]
 
 
 def write_then_erase(con, *emails: str) -> int:
@@ -212,26 +226,38 @@ def test_purge_removes_erased_bytes_from_every_object(configuration, request, s3
         assert "snapshot" in str(exc).lower()
     else:
         assert (EMAIL,) not in old
-    # nor any live row of the catalog (its column statistics hold min and max values)
-    assert catalog_rows_holding(configuration, env, postgres_server, con, EMAIL) == []
+    # nor the catalog database (its column statistics hold min and max values)
+    assert catalog_rows_holding(configuration, env, postgres_server, EMAIL) == []
 
 
-@pytest.mark.xfail(strict=True, reason="DuckLake 1.5.5 keeps an erased value as the table's column min or max "
-                                       "(ducklake_table_column_stats) when its row was alone in its data file: the "
-                                       "file is dropped, nothing is rewritten, the statistics are not recomputed. "
-                                       "Measured on both catalogs; strict, so a fix upstream shows here")
 @pytest.mark.parametrize("configuration", ["postgres", "embedded"])
-def test_purge_leaves_no_erased_value_in_the_table_statistics(configuration, request, s3_server, postgres_server):
+@pytest.mark.parametrize("alone", [True, False], ids=["alone-in-its-file", "beside-other-rows"])
+def test_purge_leaves_no_erased_value_in_the_table_statistics(configuration, alone, request, s3_server, postgres_server):
+    """DuckLake 1.5.5 keeps a deleted row's values as its table's column bounds (min and max, nested
+    values included): purging resets them to the remaining rows' bounds."""
     env = request.getfixturevalue("lake_env" if configuration == "postgres" else "embedded_lake_env")
     con = attached()
-    alone = "aaa-" + EMAIL  # below every other email: the table's min value; alone in its commit, so in its own file
-    con.execute("CREATE TABLE lake.people (person_id INTEGER, email VARCHAR)")
-    con.execute("INSERT INTO lake.people SELECT i, 'keep-' || i || '@example.com' FROM range(100) t(i)")
-    con.execute("INSERT INTO lake.people VALUES (1000, ?)", [alone])
-    con.execute("DELETE FROM lake.people WHERE email = ?", [alone])
+    low = "aaa-" + EMAIL  # below every other email: the table's min value
+    high = "zzz-" + EMAIL  # above every other attribute value: the max of the list's elements
+    con.execute("CREATE TABLE lake.people (person_id INTEGER, email VARCHAR, attributes VARCHAR[])")
+    con.execute("INSERT INTO lake.people SELECT i, 'keep-' || i || '@example.com', ['plan-' || i] FROM range(100) t(i)")
+    if alone:  # its own commit, so its own data file: the DELETE drops the file and writes no delete file
+        con.execute("INSERT INTO lake.people VALUES (100000, ?, [?])", [low, high])
+    else:  # a file shared with a row that stays: the DELETE writes a delete file
+        con.execute("INSERT INTO lake.people VALUES (100000, ?, [?]), (101, 'keep-101@example.com', ['plan-101'])",
+                    [low, high])
+    con.execute("DELETE FROM lake.people WHERE email = ?", [low])
+    assert catalog_rows_holding(configuration, env, postgres_server, low)  # a DELETE alone keeps the bound
+
     lake.purge_deleted_rows(con)
-    assert not [k for k, body in bucket_objects(s3_server, env["PIPELINE_LAKE_BUCKET"]).items() if alone.encode() in body]
-    assert catalog_rows_holding(configuration, env, postgres_server, con, alone) == []
+
+    assert not [k for k, body in bucket_objects(s3_server, env["PIPELINE_LAKE_BUCKET"]).items()
+                if low.encode() in body or high.encode() in body]
+    assert catalog_rows_holding(configuration, env, postgres_server, low) == []
+    assert catalog_rows_holding(configuration, env, postgres_server, high) == []
+    assert con.execute("SELECT count(*), min(person_id), max(person_id), min(email), max(email), "
+                       "max(attributes[1]) FROM lake.people").fetchone() == (
+        (100, 0, 99) if alone else (101, 0, 101)) + ("keep-0@example.com", "keep-9@example.com", "plan-99")
 
 
 def test_the_catalog_password_never_reaches_sql_text_or_errors(lake_env, monkeypatch):
@@ -252,3 +278,46 @@ def test_the_catalog_password_never_reaches_sql_text_or_errors(lake_env, monkeyp
         with pytest.raises(ValueError, match="PIPELINE_LAKE_CATALOG_PASSWORD") as rejected:
             attached()
         assert wrong not in str(rejected.value)
+
+
+def test_the_dbt_project_builds_on_the_lake_with_the_same_marts(built, warehouse_copy, embedded_lake_env, s3_server, tmp_path):
+    """Every model and data test of the project runs on the lake (target `lake`: the embedded catalog,
+    Parquet files in the S3 server), and its marts equal row for row (EXCEPT ALL, both ways) those
+    built on the warehouse file from the same tables, on the same date."""
+    settings = load_settings()
+    con = attached()
+    con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS warehouse (READ_ONLY)")
+    owned = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'warehouse' "
+                        "AND schema_name IN ('raw', 'audit', 'activation', 'history')").fetchall()
+    for schema, table in owned:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS lake.{quote_ident(schema)}")
+        con.execute(f"CREATE TABLE lake.{quote_ident(schema)}.{quote_ident(table)} AS "
+                    f"SELECT * FROM warehouse.{quote_ident(schema)}.{quote_ident(table)}")
+    con.execute("USE lake")
+    con.execute(DATA_RIGHTS_MACROS)
+    con.close()
+    night = {"PIPELINE_RUN_DATE": BUILT_DAY.isoformat(), "PIPELINE_RETENTION_DATE": BUILT_DAY.isoformat(),
+             "PIPELINE_RUN_ID": "build"}
+    marts = {}
+    for target in ("local", "lake"):
+        marts[target] = tmp_path / f"marts-{target}.duckdb"
+        result = run_dbt(["build", "--exclude-resource-type", "unit_test", "--target", target], tmp_path / target / "target",
+                         settings.warehouse_path, marts[target], **night)
+        assert result.returncode == 0, result.stdout[-5000:]
+
+    # the models' tables are Parquet files in the lake's bucket (under the name dbt builds them as, then renames)
+    keys = list(bucket_objects(s3_server, embedded_lake_env["PIPELINE_LAKE_BUCKET"]))
+    assert [k for k in keys if k.startswith("intermediate/int_partner_records_matched") and k.endswith(".parquet")]
+    compare = duckdb.connect()
+    for target, path in marts.items():
+        compare.execute(f"ATTACH {quote_path(path)} AS {quote_ident(target)} (READ_ONLY)")
+    tables = {target: compare.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1",
+                                      [target]).fetchall() for target in marts}
+    assert tables["lake"] == tables["local"] and len(tables["local"]) >= 10
+    rows = 0
+    for (table,) in tables["local"]:
+        local, on_lake = f"local.main.{quote_ident(table)}", f"lake.main.{quote_ident(table)}"
+        assert compare.execute(f"SELECT count(*) FROM (FROM {local} EXCEPT ALL FROM {on_lake})").fetchone()[0] == 0, table
+        assert compare.execute(f"SELECT count(*) FROM (FROM {on_lake} EXCEPT ALL FROM {local})").fetchone()[0] == 0, table
+        rows += compare.execute(f"SELECT count(*) FROM {local}").fetchone()[0]
+    assert rows > 10000

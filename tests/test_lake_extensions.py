@@ -13,8 +13,8 @@ def test_extensions_load_offline_from_the_packages(tmp_path):
     load_lake_extensions(con)
     load_lake_extensions(con)  # a second call on the same database is a no-op
     loaded = dict(con.execute("SELECT extension_name, install_mode FROM duckdb_extensions() "
-                              "WHERE extension_name IN ('ducklake', 'postgres_scanner', 'httpfs') AND loaded").fetchall())
-    assert set(loaded) == {"ducklake", "postgres_scanner", "httpfs"}
+                              "WHERE extension_name IN ('ducklake', 'postgres_scanner', 'httpfs', 'sqlite_scanner') AND loaded").fetchall())
+    assert set(loaded) == {"ducklake", "postgres_scanner", "httpfs", "sqlite_scanner"}
     # loaded although unsigned extensions are refused: the packaged binaries carry DuckDB's signature
     assert con.execute("SELECT current_setting('allow_unsigned_extensions')").fetchone()[0] is False
     assert list(home.iterdir()) == []

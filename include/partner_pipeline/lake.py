@@ -2,8 +2,9 @@
 
 A lake is a SQL catalog plus Parquet files under a data path (by default s3://<lake bucket>/ on the
 pipeline's S3 endpoint). Two catalogs are supported:
-- embedded (default): a DuckDB file under the data dir. One client at a time, like the warehouse
-  file today, whose writers the one-slot pool already serializes.
+- embedded (default): a SQLite file under the data dir. Readers attach while one process writes
+  (they see its last commit); two writers at once fail ("database is locked", DuckLake 1.5.5), so
+  its writers take turns, like the warehouse file's, which the one-slot pool serializes.
 - team: PostgreSQL (`PIPELINE_LAKE_CATALOG=postgres:<libpq string>`), which lets several
   processes write at once; DuckLake retries a commit that lost a race when it does not conflict.
 
@@ -14,13 +15,15 @@ The pipeline itself does not use the lake yet.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import duckdb
 
-from partner_pipeline.warehouse import quote_path
+from partner_pipeline.warehouse import quote_ident, quote_path
 
 CATALOG = "lake"
 # DuckDB's name for each extension -> the PyPI package that ships it for this exact DuckDB version
@@ -28,11 +31,15 @@ _EXTENSIONS = {
     "ducklake": "duckdb_extension_ducklake",
     "postgres_scanner": "duckdb_extension_postgres_scanner",
     "httpfs": "duckdb_extension_httpfs",
+    "sqlite_scanner": "duckdb_extension_sqlite_scanner",
 }
 # A commit that lost the race to another writer is retried when it does not conflict (e.g. appends
 # to one table). DuckLake's default is 10 attempts, 100 ms apart, growing x1.5 (~11 s in all); more
 # writers need more attempts, and x1.2 keeps 30 of them within ~2 minutes.
 RETRIES = {"ducklake_max_retry_count": 30, "ducklake_retry_wait_ms": 100, "ducklake_retry_backoff": 1.2}
+# The SQLite catalog in write-ahead-log mode, so readers never block the writer nor it them; a
+# process that finds the file locked waits up to this long (ms) before it fails.
+SQLITE_CATALOG = "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 60000"
 
 
 def load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
@@ -71,12 +78,15 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False) ->
     else:
         catalog = Path(settings.lake_catalog)
         catalog.parent.mkdir(parents=True, exist_ok=True)
-        con.execute("CREATE OR REPLACE SECRET lake_catalog (TYPE ducklake, METADATA_PATH ?, DATA_PATH ?)",
-                    [str(catalog), settings.lake_data_path])
+        con.execute("CREATE OR REPLACE SECRET lake_catalog (TYPE ducklake, METADATA_PATH ?, DATA_PATH ?, "
+                    "METADATA_PARAMETERS MAP {'TYPE': 'sqlite'})", [str(catalog), settings.lake_data_path])
     # DATA_INLINING_ROW_LIMIT 0: DuckLake 1.0 keeps inserts of up to 10 rows inside the catalog database;
     # every row goes to Parquet on the data path instead, so an erasure has one place to act and prove.
-    options = "READ_ONLY, DATA_INLINING_ROW_LIMIT 0" if read_only else "DATA_INLINING_ROW_LIMIT 0"
-    con.execute(f"ATTACH 'ducklake:lake_catalog' AS {CATALOG} ({options})")
+    options = ["READ_ONLY"] if read_only else []
+    options.append("DATA_INLINING_ROW_LIMIT 0")
+    if not settings.lake_catalog.startswith("postgres:"):
+        options.append(SQLITE_CATALOG)
+    con.execute(f"ATTACH 'ducklake:lake_catalog' AS {CATALOG} ({', '.join(options)})")
 
 
 def _create_s3_secret(con: duckdb.DuckDBPyConnection, settings) -> None:
@@ -99,11 +109,99 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
     older snapshot keeps pointing at it. So: rewrite every data file that has any deleted row, expire
     every snapshot but the current one (time travel to before now ends), then delete the files no
     snapshot uses. Without the rewrite the row's bytes stay in the original file (STACK-NOTES, 1.5.5).
-    Files are deleted at once: run it when no other process is reading the lake.
-    Not covered: the catalog database. It keeps column statistics (min and max values): measured on
-    1.5.5, an erased value that was alone in its data file stays the table's min or max in
-    ducklake_table_column_stats (tests/test_lake.py, xfail), and PostgreSQL's WAL held it too.
+    Files are deleted at once: run it when no other process reads or writes the lake.
+    The catalog keeps each table's column minimum and maximum too, and DuckLake 1.5.5 never narrows
+    them: a deleted row's values stay there (measured: when the row was alone in its data file, or
+    whenever it held a bound). Those are reset to the remaining rows' own bounds, and a SQLite catalog
+    file is rewritten from its live rows. Not covered: a PostgreSQL catalog's dead row versions (until
+    its VACUUM), WAL and backups.
     """
+    touched = _tables_with_deleted_rows(con, catalog)
     con.execute("CALL ducklake_rewrite_data_files(?, delete_threshold => 0)", [catalog])
     con.execute("CALL ducklake_expire_snapshots(?, older_than => now())", [catalog])
     con.execute("CALL ducklake_cleanup_old_files(?, cleanup_all => true)", [catalog])
+    # A commit between a table's scan and its update could leave bounds narrower than its rows, which
+    # would make DuckDB skip rows: scan again until no commit landed meanwhile.
+    for _ in range(5):
+        before = _latest_snapshot(con, catalog)
+        for table_id in touched:
+            _reset_column_bounds(con, catalog, table_id)
+        if _latest_snapshot(con, catalog) == before:
+            break
+    else:
+        raise RuntimeError("other processes kept committing to the lake while its column bounds were reset: "
+                           "stop them and purge again")
+    _rewrite_sqlite_catalog(con, catalog)
+
+
+def _latest_snapshot(con: duckdb.DuckDBPyConnection, catalog: str) -> int:
+    return con.execute(f"SELECT max(snapshot_id) FROM {_metadata(catalog)}.ducklake_snapshot").fetchone()[0]
+
+
+def _metadata(catalog: str) -> str:
+    """The attached catalog database's name (DuckLake names it after the lake)."""
+    return quote_ident(f"__ducklake_metadata_{catalog}")
+
+
+def _tables_with_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str) -> list[int]:
+    """Live tables with a delete file, or a data file that a DELETE dropped whole (no delete file then)."""
+    meta = _metadata(catalog)
+    return [table_id for (table_id,) in con.execute(f"""
+        SELECT table_id FROM {meta}.ducklake_table WHERE end_snapshot IS NULL AND table_id IN (
+            SELECT table_id FROM {meta}.ducklake_delete_file WHERE end_snapshot IS NULL
+            UNION ALL
+            SELECT table_id FROM {meta}.ducklake_data_file WHERE end_snapshot IS NOT NULL)
+        ORDER BY table_id""").fetchall()]
+
+
+def _reset_column_bounds(con: duckdb.DuckDBPyConnection, catalog: str, table_id: int) -> None:
+    """Set a table's column minimum and maximum in the catalog to those of its rows now, in DuckDB's
+    text form of each value (the form DuckLake stores), where they differ. Nested columns (list
+    elements, struct fields, map keys and values) have bounds of their own."""
+    meta = _metadata(catalog)
+    (schema, table), = con.execute(f"""
+        SELECT s.schema_name, t.table_name FROM {meta}.ducklake_table t
+        JOIN {meta}.ducklake_schema s ON s.schema_id = t.schema_id AND s.end_snapshot IS NULL
+        WHERE t.table_id = ? AND t.end_snapshot IS NULL""", [table_id]).fetchall()
+    columns = {column_id: (name, column_type, parent) for column_id, name, column_type, parent in con.execute(
+        f"SELECT column_id, column_name, column_type, parent_column FROM {meta}.ducklake_column "
+        "WHERE table_id = ? AND end_snapshot IS NULL", [table_id]).fetchall()}
+    source = f"{quote_ident(catalog)}.{quote_ident(schema)}.{quote_ident(table)}"
+
+    def values(column_id: int) -> str:
+        """A query whose column v holds every value of the column, at any depth."""
+        name, _, parent = columns[column_id]
+        if parent is None:
+            return f"SELECT {quote_ident(name)} AS v FROM {source}"
+        elements = {"list": "unnest(v)", "struct": f"v.{quote_ident(name)}",
+                    "map": "unnest(map_keys(v))" if name == "key" else "unnest(map_values(v))"}
+        if columns[parent][1] not in elements:
+            raise NotImplementedError(f"{schema}.{table}: column bounds inside a {columns[parent][1]} column "
+                                      "cannot be reset; the erased values may stay in the catalog's statistics")
+        return f"SELECT {elements[columns[parent][1]]} AS v FROM ({values(parent)})"
+
+    for column_id, low, high in con.execute(
+            f"SELECT column_id, min_value, max_value FROM {meta}.ducklake_table_column_stats "
+            "WHERE table_id = ? AND (min_value IS NOT NULL OR max_value IS NOT NULL) ORDER BY column_id",
+            [table_id]).fetchall():
+        if column_id not in columns:
+            continue  # a dropped column's
+        actual = con.execute(f"SELECT min(v)::VARCHAR, max(v)::VARCHAR FROM ({values(column_id)})").fetchone()
+        if (low, high) != actual:
+            con.execute(f"UPDATE {meta}.ducklake_table_column_stats SET min_value = ?, max_value = ? "
+                        "WHERE table_id = ? AND column_id = ?", [*actual, table_id, column_id])
+
+
+def _rewrite_sqlite_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
+    """SQLite keeps the bytes of deleted and overwritten rows in free pages and in its write-ahead
+    log: VACUUM rewrites the file from its live rows, and a TRUNCATE checkpoint empties the log.
+    A PostgreSQL catalog is left alone (its path is a connection string, not a file)."""
+    (path,), = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = ?", [catalog]).fetchall()
+    if not path or not Path(path).is_file():
+        return
+    with open(path, "rb") as file:
+        if file.read(16) != b"SQLite format 3\x00":
+            return
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as sqlite:
+        sqlite.execute("VACUUM")
+        sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")

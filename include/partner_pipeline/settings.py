@@ -86,7 +86,7 @@ def load_settings() -> Settings:
         expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
         duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),
         duckdb_threads=int(env.get("PIPELINE_DUCKDB_THREADS", "2")),
-        lake_catalog=env.get("PIPELINE_LAKE_CATALOG") or str(data_dir / "lake" / "catalog.ducklake"),
+        lake_catalog=env.get("PIPELINE_LAKE_CATALOG") or str(data_dir / "lake" / "catalog.sqlite"),
         lake_catalog_password=env.get("PIPELINE_LAKE_CATALOG_PASSWORD") or None,
         lake_bucket=lake_bucket,
         lake_data_path=env.get("PIPELINE_LAKE_DATA_PATH") or f"s3://{lake_bucket}/",
