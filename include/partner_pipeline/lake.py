@@ -180,16 +180,22 @@ def _reset_column_bounds(con: duckdb.DuckDBPyConnection, catalog: str, table_id:
                                       "cannot be reset; the erased values may stay in the catalog's statistics")
         return f"SELECT {elements[columns[parent][1]]} AS v FROM ({values(parent)})"
 
-    for column_id, low, high in con.execute(
-            f"SELECT column_id, min_value, max_value FROM {meta}.ducklake_table_column_stats "
-            "WHERE table_id = ? AND (min_value IS NOT NULL OR max_value IS NOT NULL) ORDER BY column_id",
-            [table_id]).fetchall():
-        if column_id not in columns:
-            continue  # a dropped column's
-        actual = con.execute(f"SELECT min(v)::VARCHAR, max(v)::VARCHAR FROM ({values(column_id)})").fetchone()
-        if (low, high) != actual:
+    stored = [(column_id, low, high) for column_id, low, high in con.execute(
+        f"SELECT column_id, min_value, max_value FROM {meta}.ducklake_table_column_stats "
+        "WHERE table_id = ? AND (min_value IS NOT NULL OR max_value IS NOT NULL) ORDER BY column_id",
+        [table_id]).fetchall() if column_id in columns]  # not a dropped column's
+    # one scan for the top-level columns, one per nested column
+    top = [column_id for column_id, _, _ in stored if columns[column_id][2] is None]
+    bounds = ", ".join(f"min({quote_ident(columns[c][0])})::VARCHAR, max({quote_ident(columns[c][0])})::VARCHAR" for c in top)
+    found = con.execute(f"SELECT {bounds} FROM {source}").fetchone() if top else ()
+    actual = {column_id: tuple(found[2 * n:2 * n + 2]) for n, column_id in enumerate(top)}
+    for column_id, _, _ in stored:
+        if column_id not in actual:
+            actual[column_id] = con.execute(f"SELECT min(v)::VARCHAR, max(v)::VARCHAR FROM ({values(column_id)})").fetchone()
+    for column_id, low, high in stored:
+        if (low, high) != actual[column_id]:
             con.execute(f"UPDATE {meta}.ducklake_table_column_stats SET min_value = ?, max_value = ? "
-                        "WHERE table_id = ? AND column_id = ?", [*actual, table_id, column_id])
+                        "WHERE table_id = ? AND column_id = ?", [*actual[column_id], table_id, column_id])
 
 
 def _rewrite_sqlite_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
