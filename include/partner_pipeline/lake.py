@@ -65,7 +65,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False) ->
         con.execute(f"SET {name} = {value}")  # our constants; SET takes no bound parameter
     if settings.lake_data_path.startswith("s3://"):
         _create_s3_secret(con, settings)
-    if settings.lake_catalog.startswith("postgres:"):
+    on_postgres = settings.lake_catalog.startswith("postgres:")
+    if on_postgres:
         dsn = settings.lake_catalog.removeprefix("postgres:")
         if "password" in dsn.lower() or ("://" in dsn and urlsplit(dsn).password):
             # the connection string is echoed in DuckDB's errors: no password may be in it
@@ -84,7 +85,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False) ->
     # every row goes to Parquet on the data path instead, so an erasure has one place to act and prove.
     options = ["READ_ONLY"] if read_only else []
     options.append("DATA_INLINING_ROW_LIMIT 0")
-    if not settings.lake_catalog.startswith("postgres:"):
+    if not on_postgres:
         options.append(SQLITE_CATALOG)
     con.execute(f"ATTACH 'ducklake:lake_catalog' AS {CATALOG} ({', '.join(options)})")
 
