@@ -157,7 +157,7 @@ def test_retries_429_5xx_timeouts_and_dropped_connections_with_backoff(warehouse
     assert audience_api.members("upsell_prospects") == audience(HTTP, "upsell_prospects")
     assert audience_api.members("high_earning_homeowners") == audience(HTTP, "high_earning_homeowners")
     retries = query("""SELECT attempt, response_code, idempotency_key FROM activation.activation_log
-                       WHERE status = 'retrying' ORDER BY log_id""")
+                       WHERE status = 'retrying' ORDER BY rowid""")
     assert [(a, c) for a, c, _ in retries] == [(1, 429), (2, 500), (3, None), (4, None), (5, 503)]
     assert len({k for _, _, k in retries}) == 1  # every attempt of a batch carries the same Idempotency-Key
     assert delays[0] >= 3  # Retry-After honoured

@@ -78,7 +78,7 @@ def test_happy_path_matches_ground_truth_row_by_row(env):
     assert set(fixes) == set(truth["invalid_by_rule"])
     if "net_worth_band_not_allowed" in fixes:
         assert fixes["net_worth_band_not_allowed"].endswith("under_100k, 100k_500k, 500k_1m, over_1m.")
-    events = [e for (e,) in query(env, "SELECT event FROM audit.drop_events ORDER BY event_id")]
+    events = [e for (e,) in query(env, "SELECT event FROM audit.drop_events ORDER BY rowid")]
     assert events == ["seen", "verified", "loaded"]
     provenance = query(env, 'SELECT DISTINCT partner_id, drop_date, delivery_id, run_id FROM raw.partner_records')
     assert provenance == [("acme_bank", DAY, outcome.delivery_id, "test_run")]
@@ -116,7 +116,7 @@ def test_bad_drop_is_quarantined_whole_with_a_report(env, corruption, code, wher
     prefix = f"acme_bank/{DAY}/{outcome.delivery_id}/"
     assert quarantined == {prefix + key for key, _, _ in outcome.objects} | {prefix + "report.json"}
     assert all(".." not in key for key in quarantined)
-    assert query(env, "SELECT event FROM audit.drop_events ORDER BY event_id") == [("seen",), ("quarantined",)]
+    assert query(env, "SELECT event FROM audit.drop_events ORDER BY rowid") == [("seen",), ("quarantined",)]
 
 
 def test_parquet_with_wrong_types_names_each_column(env):

@@ -63,7 +63,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
                                           WHERE partner_id = ?) GROUP BY rule""", [partner]).fetchall())
         assert by_rule == expected["invalid_by_rule"]
     with warehouse(settings, read_only=True) as con:
-        outcomes = dict(con.execute("""SELECT partner_id, arg_max(event, event_id) FROM audit.drop_events
+        outcomes = dict(con.execute("""SELECT partner_id, arg_max(event, rowid) FROM audit.drop_events
                                        GROUP BY partner_id""").fetchall())
         run_ids = {r for (r,) in con.execute("SELECT DISTINCT run_id FROM audit.drop_events").fetchall()}
     assert outcomes == {"acme_bank": "loaded", "globex_retail": "loaded", "initech_media": "quarantined", "hooli_data": "incomplete"}
@@ -87,7 +87,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
     assert tables(settings) == first
     assert len(audience_api.requests) == requests
     with warehouse(settings, read_only=True) as con:
-        last = dict(con.execute("""SELECT partner_id, arg_max(event, event_id) FROM audit.drop_events GROUP BY partner_id""").fetchall())
+        last = dict(con.execute("""SELECT partner_id, arg_max(event, rowid) FROM audit.drop_events GROUP BY partner_id""").fetchall())
     assert last == {"acme_bank": "skipped", "globex_retail": "skipped", "initech_media": "skipped", "hooli_data": "incomplete"}
 
     # A re-delivery (a correction) replaces the earlier delivery of that date wholly.

@@ -23,8 +23,12 @@ from partner_pipeline.warehouse import quote_ident, quote_path, warehouse
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
-# what reached which platform and when (the destinations' member lists stay in the warehouse)
-ACTIVATION_TABLES = {"activation_log": "activation.activation_log", "activation_syncs": "activation.syncs"}
+# what reached which platform and when (the destinations' member lists stay in the warehouse); the log's
+# order is its rowid (append-only, see warehouse._SCHEMA), kept in the copy as log_id
+ACTIVATION_TABLES = {
+    "activation_log": "SELECT rowid + 1 AS log_id, * FROM source_warehouse.activation.activation_log ORDER BY rowid",
+    "activation_syncs": "SELECT * FROM source_warehouse.activation.syncs",
+}
 
 
 class ModelBuildFailed(RuntimeError):
@@ -89,8 +93,8 @@ def write_published_copy(settings: Settings) -> Path:
         for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall():
             con.execute(f"DROP VIEW {quote_ident(view)}")
         con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS source_warehouse (READ_ONLY)")
-        for table, source in ACTIVATION_TABLES.items():
-            con.execute(f"CREATE TABLE {quote_ident(table)} AS SELECT * FROM source_warehouse.{source}")
+        for table, select in ACTIVATION_TABLES.items():
+            con.execute(f"CREATE TABLE {quote_ident(table)} AS {select}")
         con.execute("DETACH source_warehouse")
         con.execute("CHECKPOINT")
     os.replace(building, published)

@@ -62,12 +62,16 @@ ALTER TABLE raw.partner_records ADD COLUMN IF NOT EXISTS seed_id VARCHAR;
 CREATE TABLE IF NOT EXISTS raw.quarantined_rows (
     partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, source_file VARCHAR, source_row BIGINT,
     partner_record_id VARCHAR, failed_rules VARCHAR[], record JSON, run_id VARCHAR, quarantined_at TIMESTAMPTZ);
-CREATE SEQUENCE IF NOT EXISTS audit.drop_event_seq;
+-- append-only, never deleted from: a row's rowid is its place in the log (event_id = rowid + 1, in
+-- stg_pipeline__drop_events), as on DuckLake, which has no sequences and keeps rowids as row lineage
 CREATE TABLE IF NOT EXISTS audit.drop_events (
-    event_id BIGINT DEFAULT nextval('audit.drop_event_seq'), recorded_at TIMESTAMPTZ, run_id VARCHAR,
+    recorded_at TIMESTAMPTZ, run_id VARCHAR,
     partner_id VARCHAR, drop_date DATE, delivery_id VARCHAR, processing_key VARCHAR, event VARCHAR,
     rows_received BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
     checksums JSON, reasons JSON, details JSON);
+-- a warehouse from before: the same order, from the rowid (a sequence's numbers also had the gaps of rolled-back runs)
+ALTER TABLE audit.drop_events DROP COLUMN IF EXISTS event_id;
+DROP SEQUENCE IF EXISTS audit.drop_event_seq;
 CREATE TABLE IF NOT EXISTS audit.model_builds (run_date DATE, run_id VARCHAR, built_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS audit.privacy_budget_ledger (
     partner_id VARCHAR, period VARCHAR, release_date DATE, run_id VARCHAR, epsilon DOUBLE, recorded_at TIMESTAMPTZ, status VARCHAR);
@@ -132,14 +136,17 @@ CREATE TABLE IF NOT EXISTS activation.destination_members (
     synced_at TIMESTAMPTZ, run_id VARCHAR);
 -- the partner's person id sent with the member (a destination accepting that partner's ids)
 ALTER TABLE activation.destination_members ADD COLUMN IF NOT EXISTS partner_person_id VARCHAR;
+-- one row per (destination, segment), which activation._sync_state keeps (no key constraint: DuckLake has none)
 CREATE TABLE IF NOT EXISTS activation.syncs (
     destination_id VARCHAR, segment_name VARCHAR, batches_applied BIGINT, last_synced_at TIMESTAMPTZ,
-    last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, members_held BIGINT, PRIMARY KEY (destination_id, segment_name));
-CREATE SEQUENCE IF NOT EXISTS activation.log_seq;
+    last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, members_held BIGINT);
+-- append-only like audit.drop_events: log order is the rowid (log_id = rowid + 1 where it is read)
 CREATE TABLE IF NOT EXISTS activation.activation_log (
-    log_id BIGINT DEFAULT nextval('activation.log_seq'), logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
+    logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
     destination_id VARCHAR, segment_name VARCHAR, operation VARCHAR, batch_number INTEGER, adds BIGINT, removes BIGINT,
     attempt INTEGER, status VARCHAR, response_code INTEGER, idempotency_key VARCHAR, detail VARCHAR);
+ALTER TABLE activation.activation_log DROP COLUMN IF EXISTS log_id;
+DROP SEQUENCE IF EXISTS activation.log_seq;
 -- the last relations of models since moved, as dbt drops nothing it no longer builds (the staging models
 -- stg_pipeline__erasure_request_keys and stg_pipeline__erased_rows, the data-rights marts and partner_overlap_counts replaced them)
 DROP TABLE IF EXISTS intermediate.int_erasure_identifiers;
@@ -290,7 +297,7 @@ def publish_governance(con, governance: Governance, activation_bucket: str) -> N
 def last_processing_keys(con, day: dt.date) -> dict[str, str]:
     """partner_id -> processing key of the last loaded or quarantined delivery of `day`."""
     rows = con.execute(
-        """SELECT partner_id, arg_max(processing_key, event_id) FROM audit.drop_events
+        """SELECT partner_id, arg_max(processing_key, rowid) FROM audit.drop_events
            WHERE drop_date = ? AND event IN ('loaded', 'quarantined') GROUP BY partner_id""", [day]).fetchall()
     return dict(rows)
 

@@ -58,7 +58,7 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     truth = truth or {"drops": {}}
     with warehouse(settings, read_only=True) as con:
         latest = con.execute(
-            """SELECT partner_id, arg_max(event, event_id), arg_max(run_id, event_id) FROM audit.drop_events
+            """SELECT partner_id, arg_max(event, rowid), arg_max(run_id, rowid) FROM audit.drop_events
                WHERE drop_date = ? AND event IN ('loaded', 'quarantined', 'skipped', 'incomplete') GROUP BY partner_id ORDER BY partner_id""",
             [day]).fetchall()
         state = {r[0]: (None, None, None, None, None) for r in latest}  # a drop never loaded nor quarantined

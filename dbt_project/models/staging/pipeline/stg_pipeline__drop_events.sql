@@ -1,5 +1,6 @@
 with drop_events as (
-    select * from {{ source('audit', 'drop_events') }}
+    -- the log is append-only: a row's rowid is its place in it (no sequence: DuckLake has none)
+    select rowid + 1 as event_id, * from {{ source('audit', 'drop_events') }}
 ),
 
 final as (
