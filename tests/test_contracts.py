@@ -10,7 +10,7 @@ import pytest
 
 from partner_pipeline.contracts import DropOutcome, StageFile
 from partner_pipeline.drops import DropRef
-from partner_pipeline.warehouse import quote_ident
+from partner_pipeline.sqltext import quote_ident
 
 DROP = DropRef("acme_bank", "2026-11-21", "landing", "acme_bank/2026-11-21/", "0123456789abcdef0123", "2026-11-21T23:00:00+00:00",
                (("manifest.json", 10, "e1"), ("records-000.csv.gz", 100, "e2")))

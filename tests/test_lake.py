@@ -4,6 +4,7 @@ or the embedded SQLite-file catalog, Parquet files in the S3 server."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import BUILT_DAY, s3
+from conftest import BUILT_DAY, run_night, s3
 from partner_pipeline import lake
+from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import ensure_buckets
-from partner_pipeline.transform import run_dbt
-from partner_pipeline.warehouse import DATA_RIGHTS_MACROS, quote_ident, quote_path
+from partner_pipeline.sqltext import quote_ident, quote_path
+from partner_pipeline_dev import synth
+from partner_pipeline_dev.local_audience_api import AudienceApi
 from partner_pipeline_dev.local_postgres import create_database, postgres_bin_dir
 
 pytestmark = pytest.mark.e2e
@@ -68,6 +71,7 @@ def bucket_objects(s3_server, bucket: str) -> dict[str, bytes]:
 WRITER = """
 import json, pathlib, sys, time, duckdb
 from partner_pipeline import lake
+from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 partner, commits, rows, tmp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
 def step(name, gate):
@@ -280,44 +284,48 @@ def test_the_catalog_password_never_reaches_sql_text_or_errors(lake_env, monkeyp
         assert wrong not in str(rejected.value)
 
 
-def test_the_dbt_project_builds_on_the_lake_with_the_same_marts(built, warehouse_copy, embedded_lake_env, s3_server, tmp_path):
-    """Every model and data test of the project runs on the lake (target `lake`: the embedded catalog,
-    Parquet files in the S3 server), and its marts equal row for row (EXCEPT ALL, both ways) those
-    built on the warehouse file from the same tables, on the same date."""
+@pytest.mark.parametrize("configuration", ["embedded", "postgres"])
+def test_a_night_on_the_lake_publishes_what_a_night_on_the_file_does(configuration, request, pipeline_env, governance_dir,
+                                                                      s3_api, tmp_path, monkeypatch):
+    """The whole night (every task function in the DAG's order: ingest, dbt build with target `lake`,
+    data rights, activation, seed export, publishing) with the warehouse in the lake publishes the
+    same analysts' copy, row for row (EXCEPT ALL, both ways), as the same night on the DuckDB file,
+    but for when it ran. Each night has its own data dir and a fresh audience API."""
     settings = load_settings()
-    con = attached()
-    con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS warehouse (READ_ONLY)")
-    owned = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'warehouse' "
-                        "AND schema_name IN ('raw', 'audit', 'activation', 'history')").fetchall()
-    for schema, table in owned:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS lake.{quote_ident(schema)}")
-        con.execute(f"CREATE TABLE lake.{quote_ident(schema)}.{quote_ident(table)} AS "
-                    f"SELECT * FROM warehouse.{quote_ident(schema)}.{quote_ident(table)}")
-    con.execute("USE lake")
-    con.execute(DATA_RIGHTS_MACROS)
-    con.close()
-    night = {"PIPELINE_RUN_DATE": BUILT_DAY.isoformat(), "PIPELINE_RETENTION_DATE": BUILT_DAY.isoformat(),
-             "PIPELINE_RUN_ID": "build"}
-    marts = {}
-    for target in ("local", "lake"):
-        marts[target] = tmp_path / f"marts-{target}.duckdb"
-        result = run_dbt(["build", "--exclude-resource-type", "unit_test", "--target", target], tmp_path / target / "target",
-                         settings.warehouse_path, marts[target], **night)
-        assert result.returncode == 0, result.stdout[-5000:]
-
-    # the models' tables are Parquet files in the lake's bucket (under the name dbt builds them as, then renames)
-    keys = list(bucket_objects(s3_server, embedded_lake_env["PIPELINE_LAKE_BUCKET"]))
+    synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket,
+                            first_party_bucket=settings.first_party_bucket, agreements=load_agreements(settings.agreements_dir),
+                            drop_date=BUILT_DAY, n_profiles=1500, rows_per_partner=1200, seed=7, bad_row_share=0.02)
+    synth.upload_tree(s3_api, tmp_path / "synth")
+    published = {}
+    for kind in ("file", "lake"):
+        if kind == "lake":
+            request.getfixturevalue("lake_env" if configuration == "postgres" else "embedded_lake_env")
+            monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / kind))
+        with AudienceApi(token="test-token", hash_profile="uid2") as api:
+            monkeypatch.setenv("AIRFLOW_CONN_PERSONALIZATION_API",
+                               json.dumps({"conn_type": "http", "host": api.url, "password": api.token}))
+            run_night(BUILT_DAY, "night")
+        published[kind] = load_settings().published_path
+    assert not (tmp_path / "lake" / "warehouse.duckdb").exists()
+    keys = list(bucket_objects(request.getfixturevalue("s3_server"), load_settings().lake_bucket))
     assert [k for k in keys if k.startswith("intermediate/int_partner_records_matched") and k.endswith(".parquet")]
+
     compare = duckdb.connect()
-    for target, path in marts.items():
-        compare.execute(f"ATTACH {quote_path(path)} AS {quote_ident(target)} (READ_ONLY)")
-    tables = {target: compare.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1",
-                                      [target]).fetchall() for target in marts}
-    assert tables["lake"] == tables["local"] and len(tables["local"]) >= 10
+    for kind, path in published.items():
+        compare.execute(f"ATTACH {quote_path(path)} AS {quote_ident(kind)} (READ_ONLY)")
+    tables = {kind: compare.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1",
+                                    [kind]).fetchall() for kind in published}
+    assert tables["lake"] == tables["file"] and len(tables["file"]) >= 15
     rows = 0
-    for (table,) in tables["local"]:
-        local, on_lake = f"local.main.{quote_ident(table)}", f"lake.main.{quote_ident(table)}"
-        assert compare.execute(f"SELECT count(*) FROM (FROM {local} EXCEPT ALL FROM {on_lake})").fetchone()[0] == 0, table
-        assert compare.execute(f"SELECT count(*) FROM (FROM {on_lake} EXCEPT ALL FROM {local})").fetchone()[0] == 0, table
-        rows += compare.execute(f"SELECT count(*) FROM {local}").fetchone()[0]
-    assert rows > 10000
+    for (table,) in tables["file"]:
+        # when it ran: timestamps, and the hours from delivery to load
+        columns = ", ".join(quote_ident(c) for (c,) in compare.execute(
+            """SELECT column_name FROM duckdb_columns() WHERE database_name = 'file' AND table_name = ?
+               AND data_type NOT LIKE 'TIMESTAMP%' AND column_name <> 'delivery_lag_hours' ORDER BY column_index""",
+            [table]).fetchall())
+        on_file, on_lake = f"SELECT {columns} FROM file.main.{quote_ident(table)}", f"SELECT {columns} FROM lake.main.{quote_ident(table)}"
+        assert compare.execute(f"SELECT count(*) FROM ({on_file} EXCEPT ALL {on_lake})").fetchone()[0] == 0, table
+        assert compare.execute(f"SELECT count(*) FROM ({on_lake} EXCEPT ALL {on_file})").fetchone()[0] == 0, table
+        rows += compare.execute(f"SELECT count(*) FROM file.main.{quote_ident(table)}").fetchone()[0]
+    assert rows > 5000

@@ -7,9 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
+import itertools
 import json
+import os
 import re
+import tempfile
+from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 
@@ -83,13 +88,39 @@ def duckdb_files(settings) -> list:
 def byte_search(paths, identifiers: dict[str, set[bytes]]) -> dict[str, list[str]]:
     """identifier -> the files whose raw bytes hold it in any spelling (read directly, not queried:
     a freed block is invisible to SQL)."""
+    return search_bytes({path.name: path.read_bytes() for path in paths}, identifiers)
+
+
+def search_bytes(stores: dict[str, bytes], identifiers: dict[str, set[bytes]]) -> dict[str, list[str]]:
     hits: dict[str, list[str]] = {}
-    for path in paths:
-        data = path.read_bytes()
+    for where, data in stores.items():
         for name, spellings in identifiers.items():
             if any(s in data for s in spellings):
-                hits.setdefault(name, []).append(path.name)
+                hits.setdefault(name, []).append(where)
     return hits
+
+
+def warehouse_bytes(settings, s3_api) -> dict[str, bytes]:
+    """Every store of the warehouse and its copies: the DuckDB files (warehouse or marts, published copy,
+    stages); on the lake, also the catalog's files and every object in the lake's bucket (data and
+    delete files of every snapshot kept)."""
+    stores = {path.name: path.read_bytes() for path in duckdb_files(settings)}
+    if settings.warehouse_kind == "lake":
+        stores |= {path.name: path.read_bytes() for path in Path(settings.lake_catalog).parent.glob("*") if path.is_file()}
+        stores |= {f"s3://{settings.lake_bucket}/{key}": body + parquet_text(body)
+                   for key, body in delivered_objects(s3_api, settings.lake_bucket).items()}
+    return stores
+
+
+def parquet_text(body: bytes) -> bytes:
+    """Every row of a Parquet file as text: its pages are compressed, so its raw bytes alone (searched
+    too, for the footer's statistics) prove nothing absent."""
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as file:
+        file.write(body)
+        file.flush()
+        with duckdb.connect() as con:
+            return (con.execute("SELECT string_agg(CAST(t AS VARCHAR), chr(10)) FROM read_parquet(?) t", [file.name])
+                    .fetchone()[0] or "").encode()
 
 
 def delivered_objects(s3_api, bucket) -> dict[str, bytes]:
@@ -160,15 +191,29 @@ def pipeline_objects(s3_api, settings) -> dict[str, bytes]:
     return found
 
 
-def test_no_byte_of_an_erased_person_stays_in_any_duckdb_file(first_night, s3_api):
+@pytest.fixture(params=["file", "lake"])
+def warehouse_kind(request, monkeypatch) -> str:
+    """The warehouse in its DuckDB file, or in the lake (its own bucket in the S3 server, embedded catalog)."""
+    if request.param == "lake":
+        monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
+        monkeypatch.setenv("PIPELINE_LAKE_BUCKET", f"lake-{os.getpid()}-{next(_lakes)}")
+    return request.param
+
+
+_lakes = itertools.count()
+
+
+def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind, first_night, s3_api):
     settings = first_night()
     person = someone_in_a_delivered_file()
     identifiers = forms(identifiers_of(person))
     everywhere = every_form(person)
     delivered_hashes = activation_hashes(person)
-    files = duckdb_files(settings)
-    assert {settings.warehouse_path, settings.marts_path, settings.published_path} <= set(files)
-    before = byte_search(files, identifiers)
+    stores = warehouse_bytes(settings, s3_api)
+    expected = {settings.marts_path.name, settings.published_path.name}
+    expected |= {"catalog.sqlite"} if warehouse_kind == "lake" else {settings.warehouse_path.name}
+    assert expected <= set(stores) and (warehouse_kind == "file" or any(k.endswith(".parquet") for k in stores))
+    before = search_bytes(stores, identifiers)
     assert set(before) == set(identifiers), f"the byte search must see every identifier before: {set(identifiers) - set(before)}"
     assert {f"profile_id {person}", *(f"hash {h}" for h in delivered_hashes)} <= set(byte_search(
         [p for p in settings.data_dir.rglob("*") if p.is_file()], everywhere))
@@ -179,8 +224,8 @@ def test_no_byte_of_an_erased_person_stays_in_any_duckdb_file(first_night, s3_ap
     request_erasure(s3_api, settings, D, [{"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "email": f" {email.upper()}"}])
     night(D, "n2")
 
+    assert search_bytes(warehouse_bytes(settings, s3_api), identifiers) == {}
     files = duckdb_files(settings)
-    assert byte_search(files, identifiers) == {}
     # every file and object the pipeline wrote (DuckDB, Parquet, CSV, JSON, HTML, logs), under every hash profile
     local = [p for p in settings.data_dir.rglob("*") if p.is_file()]
     assert byte_search(local, everywhere) == {}

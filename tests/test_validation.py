@@ -39,7 +39,7 @@ def test_row_rules_flag_exactly_the_rows_the_suite_fails(tmp_path):
 
     from partner_pipeline.contracts import StageFile
     from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validate_staged, validation_view_sql
-    from partner_pipeline.warehouse import quote_ident
+    from partner_pipeline.sqltext import quote_ident
 
     agreement = AGREEMENTS["acme_bank"]
     good = {"partner_record_id": None, "partner_person_id": "p", "email_sha256": "a" * 64, "phone_sha256": None,

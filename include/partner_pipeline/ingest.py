@@ -28,7 +28,7 @@ from partner_pipeline.problems import DropRejected, Problem, internal_error
 from partner_pipeline.staging import connect, local_paths, stage_drop
 from partner_pipeline.storage import read_bytes
 from partner_pipeline.validation import validate_staged, validation_view_sql
-from partner_pipeline.warehouse import quote_path
+from partner_pipeline.warehouse import attach_read_only, warehouse_exists
 
 # Bump when ingestion rules change, so unchanged drops are processed again under the new rules.
 INGEST_VERSION = "2"  # 2: v2 seed_id column, seed_id_unknown, partner-id-only rows
@@ -124,12 +124,12 @@ def copy_issued_seeds(stage_path: Path, agreement: Agreement, settings) -> int:
     try:
         if not con.execute(f"SELECT count(seed_id) FROM {StageFile.RECORDS}").fetchone()[0]:
             return 0
-        if not settings.warehouse_path.exists():
+        if not warehouse_exists(settings):
             return 0  # no warehouse yet: nothing was ever issued
         deadline, pause = time.monotonic() + WAREHOUSE_LOCK_WAIT_SECONDS, 0.5
         while True:
             try:
-                con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS issuer (READ_ONLY)")
+                attach_read_only(con, settings, "issuer")
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() + pause > deadline:

@@ -10,7 +10,7 @@ pipeline's S3 endpoint). Two catalogs are supported:
 
 Nothing here builds SQL from configuration text: every value (paths, endpoint, keys, the catalog's
 password) is bound to a `CREATE SECRET`, and the ATTACH names only those secrets.
-The pipeline itself does not use the lake yet.
+The pipeline keeps its warehouse here when PIPELINE_WAREHOUSE=lake (warehouse.warehouse).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-from partner_pipeline.warehouse import quote_ident, quote_path
+from partner_pipeline.sqltext import quote_ident, quote_path
+from partner_pipeline.storage import client_from_settings, ensure_buckets
 
 CATALOG = "lake"
 # DuckDB's name for each extension -> the PyPI package that ships it for this exact DuckDB version
@@ -58,8 +59,30 @@ def load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"LOAD {quote_path(path)}")
 
 
-def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False) -> None:
-    """Attach the lake as catalog `lake`, with its S3 secret and the retry settings for commit races."""
+def catalog_exists(settings) -> bool:
+    """Whether the lake was made (its first writer makes it; a reader cannot): the embedded catalog's
+    file exists, or a PostgreSQL catalog database attaches read-only."""
+    if not settings.lake_catalog.startswith("postgres:"):
+        return Path(settings.lake_catalog).exists()
+    with duckdb.connect() as con:
+        try:
+            attach(con, settings, read_only=True)
+        except duckdb.InvalidInputException as exc:
+            if "creating a new DuckLake is explicitly disabled" in str(exc):
+                return False
+            raise
+    return True
+
+
+def ensure_data_bucket(settings) -> None:
+    """The bucket of an s3:// data path, made if missing (as the pipeline's other buckets are)."""
+    parts = urlsplit(settings.lake_data_path)
+    if parts.scheme == "s3":
+        ensure_buckets(client_from_settings(settings), [parts.netloc])
+
+
+def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False, alias: str = CATALOG) -> None:
+    """Attach the lake as catalog `alias`, with its S3 secret and the retry settings for commit races."""
     load_lake_extensions(con)
     for name, value in RETRIES.items():
         con.execute(f"SET {name} = {value}")  # our constants; SET takes no bound parameter
@@ -87,7 +110,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False) ->
     options.append("DATA_INLINING_ROW_LIMIT 0")
     if not on_postgres:
         options.append(SQLITE_CATALOG)
-    con.execute(f"ATTACH 'ducklake:lake_catalog' AS {CATALOG} ({', '.join(options)})")
+    con.execute(f"ATTACH 'ducklake:lake_catalog' AS {quote_ident(alias)} ({', '.join(options)})")
 
 
 def _create_s3_secret(con: duckdb.DuckDBPyConnection, settings) -> None:

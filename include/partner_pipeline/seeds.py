@@ -32,7 +32,7 @@ from pathlib import Path
 from partner_pipeline import data_rights
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.storage import ensure_buckets
-from partner_pipeline.warehouse import quote_path
+from partner_pipeline.sqltext import quote_path
 
 log = logging.getLogger(__name__)
 MIN_KEY_CHARS = 32

@@ -36,6 +36,9 @@ class Settings:
     expectations_dir: Path
     duckdb_memory_limit: str
     duckdb_threads: int
+    # where the warehouse lives: `file` (a DuckDB file, warehouse_path) or `lake` (the DuckLake below, lake.py;
+    # issue 16: being brought up beside the file, which stays the default until the lake runs every night)
+    warehouse_kind: str = "file"
     # DuckLake (lake.py): a catalog path, or `postgres:<libpq string without password>` (the team's)
     lake_catalog: str = ""
     lake_catalog_password: str | None = field(default=None, repr=False)
@@ -66,6 +69,9 @@ def load_settings() -> Settings:
     env = os.environ
     data_dir = Path(env.get("PIPELINE_DATA_DIR", PROJECT_ROOT / "data"))
     lake_bucket = env.get("PIPELINE_LAKE_BUCKET", "pipeline-lake")
+    warehouse_kind = env.get("PIPELINE_WAREHOUSE", "file")
+    if warehouse_kind not in ("file", "lake"):
+        raise ValueError(f"PIPELINE_WAREHOUSE={warehouse_kind!r}: set it to 'file' (a DuckDB file) or 'lake' (DuckLake)")
     return Settings(
         s3_endpoint_url=env.get("PIPELINE_S3_ENDPOINT_URL") or None,
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
@@ -86,6 +92,7 @@ def load_settings() -> Settings:
         expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
         duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),
         duckdb_threads=int(env.get("PIPELINE_DUCKDB_THREADS", "2")),
+        warehouse_kind=warehouse_kind,
         lake_catalog=env.get("PIPELINE_LAKE_CATALOG") or str(data_dir / "lake" / "catalog.sqlite"),
         lake_catalog_password=env.get("PIPELINE_LAKE_CATALOG_PASSWORD") or None,
         lake_bucket=lake_bucket,

@@ -19,7 +19,8 @@ from pathlib import Path
 import duckdb
 
 from partner_pipeline.settings import PROJECT_ROOT, Settings
-from partner_pipeline.warehouse import quote_ident, quote_path, warehouse
+from partner_pipeline.warehouse import attach_read_only, warehouse
+from partner_pipeline.sqltext import quote_ident
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
@@ -29,6 +30,10 @@ ACTIVATION_TABLES = {
     "activation_log": "SELECT rowid + 1 AS log_id, * FROM source_warehouse.activation.activation_log ORDER BY rowid",
     "activation_syncs": "SELECT * FROM source_warehouse.activation.syncs",
 }
+
+
+# the profile's target (dbt_project/profiles.yml) for each place the warehouse can be (settings.warehouse_kind)
+DBT_TARGETS = {"file": "local", "lake": "lake"}
 
 
 class ModelBuildFailed(RuntimeError):
@@ -60,7 +65,7 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     target = settings.data_dir / "dbt" / "target"
     (target / "run_results.json").unlink(missing_ok=True)
     # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
-    result = run_dbt(["build", "--exclude-resource-type", "unit_test"], target, settings.warehouse_path, building,
+    result = run_dbt(["build", "--target", DBT_TARGETS[settings.warehouse_kind], "--exclude-resource-type", "unit_test"], target, settings.warehouse_path, building,
                      PIPELINE_RUN_DATE=day.isoformat(), PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(),
                      PIPELINE_RUN_ID=run_id)
     log.info("dbt build:\n%s", result.stdout[-20000:])
@@ -92,7 +97,7 @@ def write_published_copy(settings: Settings) -> Path:
     with duckdb.connect(str(building), config=settings.duckdb_config(settings.data_dir / "tmp")) as con:
         for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall():
             con.execute(f"DROP VIEW {quote_ident(view)}")
-        con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS source_warehouse (READ_ONLY)")
+        attach_read_only(con, settings, "source_warehouse")
         for table, select in ACTIVATION_TABLES.items():
             con.execute(f"CREATE TABLE {quote_ident(table)} AS {select}")
         con.execute("DETACH source_warehouse")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from partner_pipeline.agreements import CONSENT_COLUMNS, Agreement
 from partner_pipeline.contracts import StageFile
-from partner_pipeline.warehouse import quote_ident
+from partner_pipeline.sqltext import quote_ident
 
 VALIDATION_VIEW = "validation_input"
 _HEX64 = "regexp_full_match({col}, '[0-9a-f]{{{{64}}}}')"  # doubled braces: GX formats the query

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -21,10 +20,12 @@ from collections.abc import Iterator
 
 import duckdb
 
+from partner_pipeline import lake
 from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
 from partner_pipeline.contracts import DropOutcome, StageFile
 from partner_pipeline.governance import Governance
 from partner_pipeline.settings import WAREHOUSE_POOL
+from partner_pipeline.sqltext import quote_ident, quote_path
 
 log = logging.getLogger(__name__)
 
@@ -156,57 +157,83 @@ DROP TABLE IF EXISTS intermediate.int_partner_overlap_counts;
 """ + DATA_RIGHTS_MACROS
 
 
-# What may be spliced into SQL as an identifier: our own names (record columns, agreement attributes,
-# partner ids after validation). Partner-controlled text never is: it is bound as a parameter.
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,63}$")
-
-
-def quote_ident(name: str) -> str:
-    """The one way an identifier enters SQL text: checked against a strict pattern, then quoted."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise ValueError(f"{name!r} is not a safe SQL identifier ([A-Za-z0-9_]{{1,63}})")
-    return f'"{name}"'
-
-
-def quote_path(path: Path) -> str:
-    """A pipeline-made file path as a SQL string literal, for ATTACH (which takes no bound parameter)."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 class WarehouseLocked(RuntimeError):
     pass
 
 
 @contextmanager
 def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    path = settings.warehouse_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = settings.duckdb_config(path.parent / "tmp")
-    if read_only and not path.exists():
-        con = duckdb.connect(config=config)  # nothing written yet: an empty warehouse
-        con.execute(_SCHEMA)
-    else:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only, config=config)
-        except duckdb.IOException as exc:
-            raise WarehouseLocked(
-                f"{path} is held by another process ({exc}). Only pipeline tasks in the "
-                f"'{WAREHOUSE_POOL}' pool may open it; close other sessions (analysts read the published copy)."
-            ) from exc
+    """A connection to the warehouse (settings.warehouse_kind: the DuckDB file, or the lake as the
+    connection's default catalog), its tables made or brought up to date when writing, the marts
+    file attached as catalog `marts`."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    con = _open_lake(settings, read_only) if settings.warehouse_kind == "lake" else _open_file(settings, read_only)
+    try:
         if not read_only:
             con.execute(_SCHEMA)
             migrate_partner_tables(con)
             drop_taken_over_history(con)
             # a warehouse from before the marts had their own file holds a `marts` schema that would shadow them
             con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
-    # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
-    if not read_only or settings.marts_path.exists():
-        con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts" + (" (READ_ONLY)" if read_only else ""))
-    con.execute("SET TimeZone = 'UTC'")
-    try:
+        # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
+        if not read_only or settings.marts_path.exists():
+            con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts" + (" (READ_ONLY)" if read_only else ""))
+        con.execute("SET TimeZone = 'UTC'")
         yield con
     finally:
         con.close()
+
+
+def _open_file(settings, read_only: bool) -> duckdb.DuckDBPyConnection:
+    path = settings.warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = settings.duckdb_config(path.parent / "tmp")
+    if read_only and not warehouse_exists(settings):
+        return _empty_warehouse(config)
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.IOException as exc:
+        raise WarehouseLocked(
+            f"{path} is held by another process ({exc}). Only pipeline tasks in the "
+            f"'{WAREHOUSE_POOL}' pool may open it; close other sessions (analysts read the published copy)."
+        ) from exc
+
+
+def _open_lake(settings, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake attached and in use: unqualified names (raw.*, audit.*) are the lake's."""
+    config = settings.duckdb_config(settings.data_dir / "tmp")
+    if read_only and not warehouse_exists(settings):
+        return _empty_warehouse(config)
+    if not read_only:
+        lake.ensure_data_bucket(settings)
+    con = duckdb.connect(config=config)
+    try:
+        lake.attach(con, settings, read_only=read_only)
+        con.execute(f"USE {lake.CATALOG}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def warehouse_exists(settings) -> bool:
+    return lake.catalog_exists(settings) if settings.warehouse_kind == "lake" else settings.warehouse_path.exists()
+
+
+def attach_read_only(con: duckdb.DuckDBPyConnection, settings, alias: str) -> None:
+    """Attach the warehouse (file or lake) to another connection as catalog `alias`, read-only.
+    The file raises duckdb.IOException while a writer holds it; the lake's readers never wait."""
+    if settings.warehouse_kind == "lake":
+        lake.attach(con, settings, read_only=True, alias=alias)
+    else:
+        con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS {quote_ident(alias)} (READ_ONLY)")
+
+
+def _empty_warehouse(config: dict) -> duckdb.DuckDBPyConnection:
+    """Nothing written yet: an empty warehouse in memory, for readers."""
+    con = duckdb.connect(config=config)
+    con.execute(_SCHEMA)
+    return con
 
 
 def rewrite_if_owed(settings) -> dict | None:
@@ -238,7 +265,12 @@ def rewrite_warehouse(settings) -> dict:
     It costs a full copy of the warehouse, so the nightly data-rights step calls it only after a
     night that deleted rows (retention, erasure, answered requests). The marts file and the
     published copy need none: dbt builds the marts into a fresh file every night
-    (transform.build_models) and publishing copies that file."""
+    (transform.build_models) and publishing copies that file.
+
+    On the lake the same end is lake.purge_deleted_rows: the files holding deleted rows rewritten,
+    older snapshots expired, unused files deleted, the catalog's bounds and free pages scrubbed."""
+    if settings.warehouse_kind == "lake":
+        return _purge_lake(settings)
     path = settings.warehouse_path
     if not path.exists():
         return {"rewritten": False}
@@ -260,6 +292,15 @@ def rewrite_warehouse(settings) -> dict:
     summary = {"rewritten": True, "seconds": round(time.perf_counter() - started, 2), "bytes_before": before,
                "bytes_after": path.stat().st_size}
     log.info("warehouse rewritten without freed blocks: %s", summary)
+    return summary
+
+
+def _purge_lake(settings) -> dict:
+    started = time.perf_counter()
+    with warehouse(settings) as con:
+        lake.purge_deleted_rows(con)
+    summary = {"rewritten": True, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("lake purged of deleted rows: %s", summary)
     return summary
 
 

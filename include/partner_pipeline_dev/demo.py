@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     with embedded_services(settings) as env:
+        settings = load_settings()  # with the embedded services' endpoint and keys, which the lake's reader needs too
         truth = _generate(settings, agreements, args)
-        client = client_from_settings(load_settings())
+        client = client_from_settings(settings)
         print(f"uploaded {synth.upload_tree(client, settings.data_dir / 'synth')} objects")
         code, log = run_night(settings, args.date, env)
         code = code or report(settings, args.date, log, truth) or _report_prospects(settings, agreements, args)
@@ -56,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n--- the next night, {answer_day}: the partners answer the seed sets of {args.date} ---")
         answers = _answer_seed_sets(settings, agreements, client, args, answer_day)
         code, log = run_night(settings, answer_day, env)
-    drops = {f"{a['partner_id']}/{answer_day}": {"rows_valid": len(a["expected_profiles"]) + len(a["expected_unmatched"]),
-                                                   "expected_matches": {"by_email": 0, "by_phone": 0,
-                                                                        "by_seed": len(a["expected_profiles"]),
-                                                                        "unmatched": len(a["expected_unmatched"])}}
-             for a in answers}
-    return code or report(settings, answer_day, log, {"drops": drops}) or _report_seed_returns(settings, answers)
+        drops = {f"{a['partner_id']}/{answer_day}": {"rows_valid": len(a["expected_profiles"]) + len(a["expected_unmatched"]),
+                                                       "expected_matches": {"by_email": 0, "by_phone": 0,
+                                                                            "by_seed": len(a["expected_profiles"]),
+                                                                            "unmatched": len(a["expected_unmatched"])}}
+                 for a in answers}
+        # read back while the S3 server runs (a lake warehouse's files are in it)
+        return code or report(settings, answer_day, log, {"drops": drops}) or _report_seed_returns(settings, answers)
 
 
 def _answer_seed_sets(settings, agreements, client, args, answer_day: dt.date) -> list[dict]:
