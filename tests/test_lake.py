@@ -3,6 +3,7 @@ or the embedded SQLite-file catalog, Parquet files in the S3 server."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -14,10 +15,11 @@ import duckdb
 import pytest
 
 from conftest import BUILT_DAY, run_night, s3
-from partner_pipeline import lake
+from partner_pipeline import lake, nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import ensure_buckets
+from partner_pipeline.transform import published_marts
 from partner_pipeline.sqltext import quote_ident, quote_path
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_audience_api import AudienceApi
@@ -296,7 +298,6 @@ def test_a_night_on_the_lake_publishes_what_a_night_on_the_file_does(configurati
                             first_party_bucket=settings.first_party_bucket, agreements=load_agreements(settings.agreements_dir),
                             drop_date=BUILT_DAY, n_profiles=1500, rows_per_partner=1200, seed=7, bad_row_share=0.02)
     synth.upload_tree(s3_api, tmp_path / "synth")
-    published = {}
     for kind in ("file", "lake"):
         if kind == "lake":
             request.getfixturevalue("lake_env" if configuration == "postgres" else "embedded_lake_env")
@@ -306,26 +307,70 @@ def test_a_night_on_the_lake_publishes_what_a_night_on_the_file_does(configurati
             monkeypatch.setenv("AIRFLOW_CONN_PERSONALIZATION_API",
                                json.dumps({"conn_type": "http", "host": api.url, "password": api.token}))
             run_night(BUILT_DAY, "night")
-        published[kind] = load_settings().published_path
-    assert not (tmp_path / "lake" / "warehouse.duckdb").exists()
-    keys = list(bucket_objects(request.getfixturevalue("s3_server"), load_settings().lake_bucket))
-    assert [k for k in keys if k.startswith("intermediate/int_partner_records_matched") and k.endswith(".parquet")]
+    settings = load_settings()
+    assert not (tmp_path / "lake" / "warehouse.duckdb").exists() and not (tmp_path / "lake" / "published").exists()
+    keys = list(bucket_objects(request.getfixturevalue("s3_server"), settings.lake_bucket))
+    assert [k for k in keys if k.startswith("marts/enriched_profiles") and k.endswith(".parquet")]
 
-    compare = duckdb.connect()
-    for kind, path in published.items():
-        compare.execute(f"ATTACH {quote_path(path)} AS {quote_ident(kind)} (READ_ONLY)")
-    tables = {kind: compare.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1",
-                                    [kind]).fetchall() for kind in published}
-    assert tables["lake"] == tables["file"] and len(tables["file"]) >= 15
-    rows = 0
-    for (table,) in tables["file"]:
-        # when it ran: timestamps, and the hours from delivery to load
-        columns = ", ".join(quote_ident(c) for (c,) in compare.execute(
-            """SELECT column_name FROM duckdb_columns() WHERE database_name = 'file' AND table_name = ?
-               AND data_type NOT LIKE 'TIMESTAMP%' AND column_name <> 'delivery_lag_hours' ORDER BY column_index""",
-            [table]).fetchall())
-        on_file, on_lake = f"SELECT {columns} FROM file.main.{quote_ident(table)}", f"SELECT {columns} FROM lake.main.{quote_ident(table)}"
-        assert compare.execute(f"SELECT count(*) FROM ({on_file} EXCEPT ALL {on_lake})").fetchone()[0] == 0, table
-        assert compare.execute(f"SELECT count(*) FROM ({on_lake} EXCEPT ALL {on_file})").fetchone()[0] == 0, table
-        rows += compare.execute(f"SELECT count(*) FROM file.main.{quote_ident(table)}").fetchone()[0]
+    with published_marts(settings) as compare:  # the lake at the published snapshot, schema marts in use
+        compare.execute(f"ATTACH {quote_path(tmp_path / 'file' / 'published' / 'marts.duckdb')} AS file (READ_ONLY)")
+        tables = {kind: compare.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? "
+                                        "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = ? AND schema_name = ? "
+                                        "ORDER BY 1", [kind, schema] * 2).fetchall()
+                  for kind, schema in (("file", "main"), ("lake", "marts"))}
+        assert tables["lake"] == tables["file"] and len(tables["file"]) >= 17
+        rows = 0
+        for (table,) in tables["file"]:
+            # when it ran: timestamps, and the hours from delivery to load
+            columns = ", ".join(quote_ident(c) for (c,) in compare.execute(
+                """SELECT column_name FROM duckdb_columns() WHERE database_name = 'file' AND table_name = ?
+                   AND data_type NOT LIKE 'TIMESTAMP%' AND column_name <> 'delivery_lag_hours' ORDER BY column_index""",
+                [table]).fetchall())
+            on_file = f"SELECT {columns} FROM file.main.{quote_ident(table)}"
+            on_lake = f"SELECT {columns} FROM lake.marts.{quote_ident(table)}"
+            assert compare.execute(f"SELECT count(*) FROM ({on_file} EXCEPT ALL {on_lake})").fetchone()[0] == 0, table
+            assert compare.execute(f"SELECT count(*) FROM ({on_lake} EXCEPT ALL {on_file})").fetchone()[0] == 0, table
+            rows += compare.execute(f"SELECT count(*) FROM file.main.{quote_ident(table)}").fetchone()[0]
     assert rows > 5000
+
+
+def test_an_analyst_reads_the_last_published_night_while_the_next_one_runs(pipeline_env, embedded_lake_env, governance_dir,
+                                                                             audience_api, s3_api, tmp_path, monkeypatch):
+    """An analyst connected to the published marts (the lake at the last published snapshot) sees the
+    same rows after every task of the next night, as does one connecting meanwhile; once that night
+    is published, a new connection sees it, while the one left open still sees its own night."""
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
+    settings = load_settings()
+    day = BUILT_DAY
+    agreements = load_agreements(settings.agreements_dir)
+    synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=agreements, drop_date=day - dt.timedelta(days=1), n_profiles=800, rows_per_partner=600,
+                            seed=21, bad_row_share=0.02)
+    for partner_id in ("acme_bank", "globex_retail"):
+        synth.write_drop(tmp_path / "synth", settings.landing_bucket, synth.DropSpec(agreements[partner_id], day, rows=500,
+                                                                                     bad_row_share=0.02), 21, 800, 22)
+    synth.upload_tree(s3_api, tmp_path / "synth")
+    run_night(day - dt.timedelta(days=1), "n1")
+
+    def marts(con) -> dict[str, list[tuple]]:
+        return {table: con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+                for table in ("match_report", "drop_states", "segments", "partner_scorecard", "activation_log", "activation_syncs")}
+
+    with published_marts(settings) as analyst:
+        first = marts(analyst)
+        assert {r[1] for r in first["match_report"]} == {day - dt.timedelta(days=1)} and first["activation_log"]
+        outcomes = [nightly.ingest(d, "n2") for d in nightly.discover(day, "n2")]
+        for task in (lambda: nightly.publish(outcomes, day, "n2"), lambda: nightly.load_first_party(day),
+                     lambda: nightly.transform(day, "n2"), lambda: nightly.data_rights(day, "n2"),
+                     lambda: nightly.activate(day, "n2"), lambda: nightly.share_overlap_reports(day, "n2"),
+                     lambda: nightly.export_seeds(day, "n2")):
+            task()
+            assert marts(analyst) == first
+            with published_marts(settings) as newcomer:
+                assert marts(newcomer) == first
+        nightly.publish_marts(day, "n2")
+        assert marts(analyst) == first
+        with published_marts(settings) as newcomer:
+            second = marts(newcomer)
+    assert {r[1] for r in second["match_report"]} == {day - dt.timedelta(days=1), day}
+    assert len(second["activation_log"]) > len(first["activation_log"])

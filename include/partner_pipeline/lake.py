@@ -81,8 +81,10 @@ def ensure_data_bucket(settings) -> None:
         ensure_buckets(client_from_settings(settings), [parts.netloc])
 
 
-def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False, alias: str = CATALOG) -> None:
-    """Attach the lake as catalog `alias`, with its S3 secret and the retry settings for commit races."""
+def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False, alias: str = CATALOG,
+           snapshot: int | None = None) -> None:
+    """Attach the lake as catalog `alias` (as of `snapshot`, if given: read-only then), with its S3
+    secret and the retry settings for commit races."""
     load_lake_extensions(con)
     for name, value in RETRIES.items():
         con.execute(f"SET {name} = {value}")  # our constants; SET takes no bound parameter
@@ -106,7 +108,9 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False, al
                     "METADATA_PARAMETERS MAP {'TYPE': 'sqlite'})", [str(catalog), settings.lake_data_path])
     # DATA_INLINING_ROW_LIMIT 0: DuckLake 1.0 keeps inserts of up to 10 rows inside the catalog database;
     # every row goes to Parquet on the data path instead, so an erasure has one place to act and prove.
-    options = ["READ_ONLY"] if read_only else []
+    options = ["READ_ONLY"] if read_only or snapshot is not None else []
+    if snapshot is not None:
+        options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
     options.append("DATA_INLINING_ROW_LIMIT 0")
     if not on_postgres:
         options.append(SQLITE_CATALOG)

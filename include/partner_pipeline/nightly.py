@@ -15,7 +15,7 @@ from partner_pipeline.drops import find_complete_drops
 from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
-from partner_pipeline.transform import ModelBuildFailed, build_models, published_summary, write_published_copy
+from partner_pipeline.transform import ModelBuildFailed, build_models, publish_for_analysts, published_marts, published_summary
 from partner_pipeline.warehouse import (erased_people_still_on_destinations, last_processing_keys, publish_agreements, publish_governance,
                                         publish_outcome, rewrite_if_owed, rewrite_warehouse, warehouse)
 
@@ -217,8 +217,9 @@ def publish_marts(day: dt.date, run_id: str) -> dict:
     if not built:
         raise ModelsNotBuilt(f"run {run_id} did not build the models (see its transform task); the published copy "
                              f"stays as it was. Re-run transform, then this task.")
-    published = write_published_copy(settings)
-    summary = {"published": str(published), **published_summary(published, day)}
+    published = publish_for_analysts(settings, day, run_id)
+    with published_marts(settings) as con:
+        summary = {"published": published, **published_summary(con, day)}
     log.info("published: %s", summary)
     return json.loads(json.dumps(summary, default=str))  # XCom-safe: dates and decimals as text
 

@@ -44,7 +44,10 @@ def write_report(day: dt.date, run_id: str) -> dict:
         recorded = bool(con.execute("SELECT count(*) FROM audit.model_builds WHERE run_id = ?", [run_id]).fetchone()[0])
         segment_history = segment_sizes(con, day)
         seed_sets = seed_exports(con, day)
-    data = read_published(settings.published_path, day)
+        published_at = con.execute("SELECT max(published_at) FROM audit.publications").fetchone()[0]
+    data = read_published(settings, day)
+    if data is not None:
+        data["published_at"] = published_at
     page = render(day, run_id, data, segment_history, recorded, seed_sets)
     path = settings.reports_dir / f"{day}.html"
     _write_atomic(path, page)
@@ -86,13 +89,14 @@ def seed_exports(con, day: dt.date) -> list[dict]:
     return [dict(zip(names, r)) for r in cursor.fetchall()]
 
 
-def read_published(published: Path, day: dt.date) -> dict | None:
-    """What the figures and tables need from the published copy, for the last RUNS dates up to `day`."""
-    import duckdb
+def read_published(settings, day: dt.date) -> dict | None:
+    """What the figures and tables need from the published marts, for the last RUNS dates up to `day`."""
+    from partner_pipeline.transform import published_marts, published_summary
 
-    if not published.exists():
-        return None
-    with duckdb.connect(str(published), read_only=True) as con:
+    with published_marts(settings) as con:
+        if con is None:
+            return None
+
         def rows(sql, params=()):
             cursor = con.execute(sql, list(params))
             names = [d[0] for d in cursor.description]
@@ -101,8 +105,6 @@ def read_published(published: Path, day: dt.date) -> dict | None:
         dates = [r["drop_date"] for r in rows(
             "SELECT DISTINCT drop_date FROM drop_audit WHERE drop_date <= ? ORDER BY 1 DESC LIMIT ?", [day, RUNS])][::-1]
         first = dates[0] if dates else day
-        from partner_pipeline.transform import published_summary
-
         return {
             "drop_dates": dates,
             "match_report": rows("""SELECT partner_id, drop_date, rows_received, rows_quarantined, rows_valid, matched,
@@ -117,8 +119,7 @@ def read_published(published: Path, day: dt.date) -> dict | None:
                 FROM activation_log WHERE run_date IN (
                     SELECT DISTINCT run_date FROM activation_log WHERE run_date <= ? ORDER BY 1 DESC LIMIT ?)
                 GROUP BY ALL ORDER BY 1, 2, 3""", [day, RUNS]),
-            "activation": published_summary(published, day)["activation"],
-            "published_at": dt.datetime.fromtimestamp(published.stat().st_mtime, dt.UTC),
+            "activation": published_summary(con, day)["activation"],
         }
 
 
@@ -136,7 +137,8 @@ def render(day: dt.date, run_id: str, data: dict | None, segment_history: list[t
         parts.append(" <span class='note'>No published marts yet: this run (or every run so far) built no models; "
                      "see its transform task.</span></p></body></html>")
         return "".join(parts)
-    parts.append(f" From the analysts' published copy as of {data['published_at']:%Y-%m-%d %H:%M} UTC.")
+    if data["published_at"]:  # none recorded by a warehouse published before audit.publications
+        parts.append(f" From the analysts' published marts as of {data['published_at']:%Y-%m-%d %H:%M} UTC.")
     if not recorded:
         parts.append(" <span class='note'>This run built no models (see its transform task): the figures show the "
                      "last published state, and no segment sizes were recorded for this date.</span>")

@@ -14,22 +14,19 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
 from partner_pipeline.settings import PROJECT_ROOT, Settings
+from partner_pipeline import lake
 from partner_pipeline.warehouse import attach_read_only, warehouse
 from partner_pipeline.sqltext import quote_ident
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
-# what reached which platform and when (the destinations' member lists stay in the warehouse); the log's
-# order is its rowid (append-only, see warehouse._SCHEMA), kept in the copy as log_id
-ACTIVATION_TABLES = {
-    "activation_log": "SELECT rowid + 1 AS log_id, * FROM source_warehouse.activation.activation_log ORDER BY rowid",
-    "activation_syncs": "SELECT * FROM source_warehouse.activation.syncs",
-}
 
 
 # the profile's target (dbt_project/profiles.yml) for each place the warehouse can be (settings.warehouse_kind)
@@ -53,9 +50,10 @@ def run_dbt(command: list[str], target: Path, warehouse_path: Path, marts_path: 
 def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_date: dt.date | None = None) -> dict:
     """`dbt build` (models and their tests) for the run's date; raises naming every failed node.
 
-    The marts are built into a fresh file that replaces the marts file only when the whole build
-    passed: a failed build leaves the last good marts, and no block of an earlier night (say, of
-    a person erased since) survives in the file that publishing copies.
+    On the file, the marts are built into a fresh file that replaces the marts file only when the
+    whole build passed: a failed build leaves the last good marts, and no block of an earlier night
+    (say, of a person erased since) survives in the file that publishing copies. On the lake, each
+    model commits as it is built; analysts read the last published snapshot meanwhile.
 
     The run's date, retention date and id reach dbt in the environment (macros run_date() and
     retention_date()), which lets dbt's partial parsing skip the files that do not read them."""
@@ -65,8 +63,8 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     target = settings.data_dir / "dbt" / "target"
     (target / "run_results.json").unlink(missing_ok=True)
     # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
-    result = run_dbt(["build", "--target", DBT_TARGETS[settings.warehouse_kind], "--exclude-resource-type", "unit_test"], target, settings.warehouse_path, building,
-                     PIPELINE_RUN_DATE=day.isoformat(), PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(),
+    result = run_dbt(["build", "--target", DBT_TARGETS[settings.warehouse_kind], "--exclude-resource-type", "unit_test"], target,
+                     settings.warehouse_path, building, PIPELINE_RUN_DATE=day.isoformat(), PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(),
                      PIPELINE_RUN_ID=run_id)
     log.info("dbt build:\n%s", result.stdout[-20000:])
     run_results = json.loads((target / "run_results.json").read_text()) if (target / "run_results.json").exists() else {"results": []}
@@ -75,8 +73,23 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     if result.returncode != 0 or failed:
         detail = "\n  ".join(failed) if failed else (result.stdout + result.stderr)[-5000:]
         raise ModelBuildFailed(f"dbt build failed (log: {target.parent / 'logs'}):\n  {detail}")
-    os.replace(building, settings.marts_path)
+    if settings.warehouse_kind == "file":
+        os.replace(building, settings.marts_path)
     return {r["unique_id"]: round(r["execution_time"], 2) for r in run_results["results"]}
+
+
+def publish_for_analysts(settings: Settings, day: dt.date, run_id: str) -> str:
+    """Publish tonight's marts (and the activation log and sync state, views the marts define) to
+    analysts; returns where. On the file: a copy of the marts file (write_published_copy). On the
+    lake: nothing is copied; the lake's snapshot now is recorded in audit.publications, and
+    analysts attach the lake at the last one recorded (published_marts), so a run that writes
+    meanwhile is never seen half done."""
+    if settings.warehouse_kind == "file":
+        published = write_published_copy(settings)
+    with warehouse(settings) as con:
+        snapshot = con.execute(f"SELECT id FROM {lake.CATALOG}.current_snapshot()").fetchone()[0] if settings.warehouse_kind == "lake" else None
+        con.execute("INSERT INTO audit.publications VALUES (?, ?, ?, now())", [run_id, day, snapshot])
+    return str(published) if settings.warehouse_kind == "file" else f"lake snapshot {snapshot}"
 
 
 def write_published_copy(settings: Settings) -> Path:
@@ -95,39 +108,75 @@ def write_published_copy(settings: Settings) -> Path:
         con.execute("CHECKPOINT marts")  # the file alone is then the whole state (no write-ahead log to miss)
     shutil.copyfile(settings.marts_path, building)
     with duckdb.connect(str(building), config=settings.duckdb_config(settings.data_dir / "tmp")) as con:
+        # the views (activation_log, activation_syncs) read the warehouse, which analysts do not open: each
+        # becomes a table of what it shows now, the warehouse attached under the name dbt gave it
+        attach_read_only(con, settings, settings.warehouse_path.stem)
         for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall():
+            con.execute(f"CREATE TABLE {quote_ident(view + '__published')} AS SELECT * FROM {quote_ident(view)}")
             con.execute(f"DROP VIEW {quote_ident(view)}")
-        attach_read_only(con, settings, "source_warehouse")
-        for table, select in ACTIVATION_TABLES.items():
-            con.execute(f"CREATE TABLE {quote_ident(table)} AS {select}")
-        con.execute("DETACH source_warehouse")
+            con.execute(f"ALTER TABLE {quote_ident(view + '__published')} RENAME TO {quote_ident(view)}")
+        con.execute(f"DETACH {quote_ident(settings.warehouse_path.stem)}")
         con.execute("CHECKPOINT")
     os.replace(building, published)
     log.info("published the marts and the activation log to %s", published)
     return published
 
 
-def published_summary(published: Path, day: dt.date) -> dict:
-    """What a run produced, read back from the analysts' copy: the date's match report and segment sizes."""
-    with duckdb.connect(str(published), read_only=True) as con:
-        cursor = con.execute("SELECT * FROM match_report WHERE drop_date = ? ORDER BY partner_id", [day])
-        names = [d[0] for d in cursor.description]
-        report = [dict(zip(names, row)) for row in cursor.fetchall()]
-        # our customers' segments; prospect segments (segment_kind prospect) count a partner's prospects, not profiles
-        segments = dict(con.execute("SELECT segment_name, members FROM segments WHERE segment_kind = 'customer' "
-                                    "ORDER BY segment_name").fetchall())
-        enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
-        cursor = con.execute("""
-            -- per destination and segment, what the last sync for this date sent
-            SELECT s.destination_id, s.segment_name, s.members_held, s.last_synced_at,
-                   coalesce(sum(l.adds) FILTER (WHERE l.status = 'sent'), 0) AS adds,
-                   coalesce(sum(l.removes) FILTER (WHERE l.status = 'sent'), 0) AS removes,
-                   coalesce(arg_max(l.status, l.log_id) FILTER (WHERE l.status IN ('sent', 'blocked', 'failed', 'rejected', 'withheld')), 'unchanged') AS status
-            FROM activation_syncs s
-            LEFT JOIN activation_log l ON l.destination_id = s.destination_id AND l.segment_name = s.segment_name
-                 AND l.run_id = s.last_run_id
-            WHERE s.last_run_date = ?
-            GROUP BY ALL ORDER BY 1, 2""", [day])
-        names = [d[0] for d in cursor.description]
-        activation = [dict(zip(names, row)) for row in cursor.fetchall()]
+@contextmanager
+def published_marts(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A read-only connection on the marts as last published, their tables unqualified (what analysts
+    read); None before the first publication. On the lake: attached at the snapshot last recorded
+    in audit.publications, or, if an erasure expired it, at the oldest snapshot kept after it (the
+    lake as the erasure left it: built marts, without the erased)."""
+    config = settings.duckdb_config(settings.data_dir / "tmp")
+    if settings.warehouse_kind == "lake":
+        snapshot = published_snapshot(settings)
+        if snapshot is None:
+            yield None
+            return
+        con = duckdb.connect(config=config)
+        lake.attach(con, settings, read_only=True, snapshot=snapshot)
+        con.execute(f"USE {lake.CATALOG}.marts")
+    elif settings.published_path.exists():
+        con = duckdb.connect(str(settings.published_path), read_only=True, config=config)
+    else:
+        yield None
+        return
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def published_snapshot(settings: Settings) -> int | None:
+    """The lake snapshot analysts read: the last published, or the first kept after it."""
+    with warehouse(settings, read_only=True) as con:
+        return con.execute(f"""
+            SELECT min(s.snapshot_id) FROM {lake.CATALOG}.snapshots() s
+            WHERE s.snapshot_id >= (SELECT max(snapshot_id) FROM audit.publications)""").fetchone()[0]
+
+
+def published_summary(con: duckdb.DuckDBPyConnection, day: dt.date) -> dict:
+    """What a run produced, read back from the published marts (published_marts): the date's match
+    report and segment sizes."""
+    cursor = con.execute("SELECT * FROM match_report WHERE drop_date = ? ORDER BY partner_id", [day])
+    names = [d[0] for d in cursor.description]
+    report = [dict(zip(names, row)) for row in cursor.fetchall()]
+    # our customers' segments; prospect segments (segment_kind prospect) count a partner's prospects, not profiles
+    segments = dict(con.execute("SELECT segment_name, members FROM segments WHERE segment_kind = 'customer' "
+                                "ORDER BY segment_name").fetchall())
+    enriched = con.execute("SELECT count(*) FROM enriched_profiles WHERE len(enriched_by_partners) > 0").fetchone()[0]
+    cursor = con.execute("""
+        -- per destination and segment, what the last sync for this date sent
+        SELECT s.destination_id, s.segment_name, s.members_held, s.last_synced_at,
+               coalesce(sum(l.adds) FILTER (WHERE l.status = 'sent'), 0) AS adds,
+               coalesce(sum(l.removes) FILTER (WHERE l.status = 'sent'), 0) AS removes,
+               coalesce(arg_max(l.status, l.log_id) FILTER (WHERE l.status IN ('sent', 'blocked', 'failed', 'rejected', 'withheld')), 'unchanged') AS status
+        FROM activation_syncs s
+        LEFT JOIN activation_log l ON l.destination_id = s.destination_id AND l.segment_name = s.segment_name
+             AND l.run_id = s.last_run_id
+        WHERE s.last_run_date = ?
+        GROUP BY ALL ORDER BY 1, 2""", [day])
+    names = [d[0] for d in cursor.description]
+    activation = [dict(zip(names, row)) for row in cursor.fetchall()]
     return {"match_report": report, "segment_sizes": segments, "profiles_enriched": enriched, "activation": activation}

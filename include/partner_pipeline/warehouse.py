@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS audit.drop_events (
 ALTER TABLE audit.drop_events DROP COLUMN IF EXISTS event_id;
 DROP SEQUENCE IF EXISTS audit.drop_event_seq;
 CREATE TABLE IF NOT EXISTS audit.model_builds (run_date DATE, run_id VARCHAR, built_at TIMESTAMPTZ);
+-- each night's marts published to analysts (transform.publish_for_analysts); on the lake, the snapshot they read
+CREATE TABLE IF NOT EXISTS audit.publications (run_id VARCHAR, run_date DATE, snapshot_id BIGINT, published_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS audit.privacy_budget_ledger (
     partner_id VARCHAR, period VARCHAR, release_date DATE, run_id VARCHAR, epsilon DOUBLE, recorded_at TIMESTAMPTZ, status VARCHAR);
 CREATE TABLE IF NOT EXISTS audit.overlap_releases (
@@ -141,7 +143,7 @@ ALTER TABLE activation.destination_members ADD COLUMN IF NOT EXISTS partner_pers
 CREATE TABLE IF NOT EXISTS activation.syncs (
     destination_id VARCHAR, segment_name VARCHAR, batches_applied BIGINT, last_synced_at TIMESTAMPTZ,
     last_run_date DATE, last_run_id VARCHAR, full_refresh_run_id VARCHAR, members_held BIGINT);
--- append-only like audit.drop_events: log order is the rowid (log_id = rowid + 1 where it is read)
+-- append-only like audit.drop_events: log order is the rowid (log_id = rowid + 1, in the mart activation_log)
 CREATE TABLE IF NOT EXISTS activation.activation_log (
     logged_at TIMESTAMPTZ, run_id VARCHAR, run_date DATE,
     destination_id VARCHAR, segment_name VARCHAR, operation VARCHAR, batch_number INTEGER, adds BIGINT, removes BIGINT,
@@ -173,10 +175,12 @@ def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
             con.execute(_SCHEMA)
             migrate_partner_tables(con)
             drop_taken_over_history(con)
-            # a warehouse from before the marts had their own file holds a `marts` schema that would shadow them
-            con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
-        # the marts (dbt builds them into their own file, which publishing copies whole) read as marts.<table>
-        if not read_only or settings.marts_path.exists():
+            if settings.warehouse_kind == "file":
+                # a warehouse file from before the marts had their own file holds a `marts` schema that would shadow them
+                con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
+        # on the file, the marts (dbt builds them into their own file, which publishing copies whole) read as
+        # marts.<table>; on the lake, marts.<table> is the lake's schema marts
+        if settings.warehouse_kind == "file" and (not read_only or settings.marts_path.exists()):
             con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts" + (" (READ_ONLY)" if read_only else ""))
         con.execute("SET TimeZone = 'UTC'")
         yield con

@@ -18,12 +18,12 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-import duckdb
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
 from partner_pipeline.settings import load_settings
 from partner_pipeline.run_report import seed_exports
+from partner_pipeline.transform import published_marts
 from partner_pipeline.storage import client_from_settings, download_with_sha256, list_objects
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
@@ -99,7 +99,7 @@ def _report_seed_returns(settings, answers: list[dict]) -> int:
     """Print the scorecard's seed reconciliation of each answered seed set beside the ground truth; 1 on a mismatch."""
     mismatches = []
     print("\nSeed reconciliation (partner_scorecard, per seed date):")
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+    with published_marts(settings) as con:
         for answer in answers:
             found = con.execute("""SELECT seeds_sent, seeds_returned, seed_return_rate FROM partner_scorecard
                                    WHERE partner_id = ? AND drop_date = ?""", [answer["partner_id"], answer["seed_date"]]).fetchone()
@@ -123,7 +123,7 @@ def _report_prospects(settings, agreements, args) -> int:
     governance = load_governance(settings.governance_dir, agreements)
     mismatches = []
     print("\nProspect audiences (prospect_segment_membership -> activation):")
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+    with published_marts(settings) as con:
         for name, segment in sorted(synth.load_segments(kind="prospect").items()):
             partner_id = next(p for p in sorted(agreements) if f"{p}__" in segment["rule"])
             agreement = agreements[partner_id]

@@ -19,7 +19,7 @@ from pathlib import Path
 from partner_pipeline.settings import Settings, load_settings
 from partner_pipeline.run_report import seed_exports
 from partner_pipeline.storage import client_from_settings
-from partner_pipeline.transform import published_summary
+from partner_pipeline.transform import published_marts, published_summary
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev.local_airflow import run_nightly
 from partner_pipeline_dev.services import embedded_services
@@ -78,15 +78,20 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
         expected = truth["drops"].get(f"{partner_id}/{day}", {})
         if current == "loaded" and expected and expected.get("rows_valid") != loaded:
             mismatches.append(f"{partner_id}: loaded {loaded} rows, ground truth says {expected.get('rows_valid')}")
-    mismatches += _report_marts(settings, day, truth) if settings.published_path.exists() else []
+    with published_marts(settings) as published:
+        mismatches += _report_marts(published, day, truth) if published else []
     if seed_sets:
         print("\nSeed sets (audit.seed_exports):")
         for r in seed_sets:
             print(f"  {r['partner_id']:<16}{r['status']:<9}{r['seeds_sent']:>8} seeds  {r['location'] or r['reason']}")
     print("\nWhere the results are:")
-    print(f"  analysts' copy (DuckDB): {settings.published_path}  open with: .venv/bin/duckdb -readonly {settings.published_path}")
-    print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, audit.drop_events")
-    print(f"  marts (DuckDB):          {settings.marts_path}  attached to the warehouse as marts.*")
+    if settings.warehouse_kind == "lake":
+        print(f"  warehouse (DuckLake):    catalog {settings.lake_catalog}, files in {settings.lake_data_path}  raw.*, staging.*, "
+              "intermediate.*, marts.*, audit.*")
+    else:
+        print(f"  analysts' copy (DuckDB): {settings.published_path}  open with: .venv/bin/duckdb -readonly {settings.published_path}")
+        print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, audit.drop_events")
+        print(f"  marts (DuckDB):          {settings.marts_path}  attached to the warehouse as marts.*")
     print(f"  validation results:      {settings.validation_dir}/<run id>/*.json and Data Docs *.html")
     print(f"  quarantined drops:       s3://{settings.quarantine_bucket}/<partner>/<date>/<delivery>/report.json")
     print(f"  file exports:            s3://{settings.activation_bucket}/<destination>/<segment>/<date>/<sync>/")
@@ -101,10 +106,10 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     return 0
 
 
-def _report_marts(settings, day: dt.date, truth: dict) -> list[str]:
+def _report_marts(published, day: dt.date, truth: dict) -> list[str]:
     """Print the match report and segment sizes from the published marts; return ground-truth mismatches."""
     mismatches = []
-    summary = published_summary(settings.published_path, day)
+    summary = published_summary(published, day)
     print("\nMatching (published marts, match_report):")
     print(f"  {'partner':<16}{'valid':>8}{'consented':>11}{'by email':>10}{'by phone':>10}{'by seed':>9}{'by id':>7}"
           f"{'ambiguous':>11}{'unmatched':>11}{'rate':>8}")
