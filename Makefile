@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium postgres demo run airflow s3 lint test test-fast generate bench clean
+.PHONY: help install chromium postgres demo run analyst airflow s3 lint test test-fast generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ postgres: ## install Debian's postgresql (the DuckLake catalog the lake tests st
 # sqlfluff's dbt templater compiles every model, and some models query their inputs while compiling:
 # it runs against a warehouse with the schema and no rows (tests/schema_warehouse.py), in data/lint.
 LINT_DIR := data/lint
+
+analyst: install ## the DuckDB CLI on the published marts, read-only (NIGHT=YYYY-MM-DD: a night the lake still keeps; SQL=...: run it and exit)
+	$(BIN)/python -m partner_pipeline_dev.analyst $(if $(NIGHT),--night $(NIGHT)) $(if $(SQL),-c "$$SQL")
 
 lint: install ## ruff on the Python tree, sqlfluff (dbt templater) on the dbt project
 	$(BIN)/ruff check .

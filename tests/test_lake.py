@@ -374,3 +374,53 @@ def test_an_analyst_reads_the_last_published_night_while_the_next_one_runs(pipel
             second = marts(newcomer)
     assert {r[1] for r in second["match_report"]} == {day - dt.timedelta(days=1), day}
     assert len(second["activation_log"]) > len(first["activation_log"])
+
+    # the analysts' CLI: the last night, or an earlier one still kept
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "partner_pipeline.analysts", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    count = "COPY (SELECT count(*) FROM match_report) TO '/dev/stdout' (FORMAT csv, HEADER false)"
+    assert cli("-c", count).split() == [str(len(second["match_report"]))]
+    assert cli("--night", str(day - dt.timedelta(days=1)), "-c", count).split() == [str(len(first["match_report"]))]
+    refused = subprocess.run([sys.executable, "-m", "partner_pipeline.analysts", "--night", "2020-01-01", "-c", count],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "never published" in refused.stderr
+
+
+def test_old_snapshots_expire_and_a_killed_writers_files_are_deleted(embedded_lake_env, s3_server):
+    """Snapshots within the kept days stay (time travel); older ones expire with the files only they used.
+    A writer killed before its commit leaves Parquet files no snapshot has: they are deleted, the lake's
+    rows untouched."""
+    bucket = embedded_lake_env["PIPELINE_LAKE_BUCKET"]
+    con = attached()
+    con.execute("CREATE TABLE lake.kept (i INTEGER)")
+    for n in range(3):
+        con.execute("INSERT INTO lake.kept SELECT range FROM range(?, ? + 1000)", [n * 1000, n * 1000])
+    con.execute("DELETE FROM lake.kept WHERE i < 1000")
+    killed = subprocess.Popen([sys.executable, "-c", """
+import os, signal, duckdb
+from partner_pipeline import lake
+from partner_pipeline.settings import load_settings
+con = duckdb.connect()
+lake.attach(con, load_settings())
+con.execute("BEGIN")
+con.execute("INSERT INTO lake.kept SELECT range FROM range(10000000, 13000000)")
+print("written", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "written" and killed.wait() == -9
+    parquet = lambda: {k for k in bucket_objects(s3_server, bucket) if k.endswith(".parquet")}  # noqa: E731
+    known = {p for (p,) in con.execute("SELECT data_file FROM ducklake_list_files('lake', 'kept')").fetchall()}
+    orphans = {k for k in parquet() if not any(p.endswith(k) for p in known)}
+    assert orphans, "the killed writer's insert wrote files before its commit"
+    snapshots = con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0]
+
+    lake.keep_recent_snapshots(con, days=7)  # everything is younger than a week and than a day
+    assert con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == snapshots
+    assert orphans <= parquet()
+    lake.keep_recent_snapshots(con, days=0, orphan_age=dt.timedelta(0))
+    assert con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == 1
+    assert not orphans & parquet()
+    assert con.execute("SELECT count(*), min(i), max(i) FROM lake.kept").fetchone() == (2000, 1000, 2999)

@@ -85,13 +85,9 @@ def duckdb_files(settings) -> list:
     return sorted(p for p in settings.data_dir.rglob("*") if p.is_file() and ".duckdb" in p.name)
 
 
-def byte_search(paths, identifiers: dict[str, set[bytes]]) -> dict[str, list[str]]:
-    """identifier -> the files whose raw bytes hold it in any spelling (read directly, not queried:
-    a freed block is invisible to SQL)."""
-    return search_bytes({path.name: path.read_bytes() for path in paths}, identifiers)
-
-
 def search_bytes(stores: dict[str, bytes], identifiers: dict[str, set[bytes]]) -> dict[str, list[str]]:
+    """identifier -> the stores (file or object name -> its bytes) that hold it in any spelling, read
+    directly, not queried: a freed block is invisible to SQL."""
     hits: dict[str, list[str]] = {}
     for where, data in stores.items():
         for name, spellings in identifiers.items():
@@ -210,13 +206,17 @@ def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind,
     everywhere = every_form(person)
     delivered_hashes = activation_hashes(person)
     stores = warehouse_bytes(settings, s3_api)
-    expected = {settings.marts_path.name, settings.published_path.name}
-    expected |= {"catalog.sqlite"} if warehouse_kind == "lake" else {settings.warehouse_path.name}
-    assert expected <= set(stores) and (warehouse_kind == "file" or any(k.endswith(".parquet") for k in stores))
+    if warehouse_kind == "file":
+        assert {settings.warehouse_path.name, settings.marts_path.name, settings.published_path.name} <= set(stores)
+    else:  # the marts too are the lake's; nothing is copied for analysts
+        assert "catalog.sqlite" in stores and [k for k in stores if "/marts/" in k and k.endswith(".parquet")]
+        assert not (settings.warehouse_path.exists() or settings.marts_path.exists() or settings.published_path.exists())
     before = search_bytes(stores, identifiers)
     assert set(before) == set(identifiers), f"the byte search must see every identifier before: {set(identifiers) - set(before)}"
-    assert {f"profile_id {person}", *(f"hash {h}" for h in delivered_hashes)} <= set(byte_search(
-        [p for p in settings.data_dir.rglob("*") if p.is_file()], everywhere))
+    def everything() -> dict[str, bytes]:  # every local file, and the lake's objects
+        return {**{str(p): p.read_bytes() for p in settings.data_dir.rglob("*") if p.is_file()}, **warehouse_bytes(settings, s3_api)}
+
+    assert {f"profile_id {person}", *(f"hash {h}" for h in delivered_hashes)} <= set(search_bytes(everything(), everywhere))
     adds = {k: v for k, v in delivered_objects(s3_api, settings.activation_bucket).items() if "/add-" in k}
     assert any(h.encode() in body for h in delivered_hashes for body in adds.values())
 
@@ -227,8 +227,7 @@ def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind,
     assert search_bytes(warehouse_bytes(settings, s3_api), identifiers) == {}
     files = duckdb_files(settings)
     # every file and object the pipeline wrote (DuckDB, Parquet, CSV, JSON, HTML, logs), under every hash profile
-    local = [p for p in settings.data_dir.rglob("*") if p.is_file()]
-    assert byte_search(local, everywhere) == {}
+    assert search_bytes(everything(), everywhere) == {}
     objects = pipeline_objects(s3_api, settings)
     assert {key for key, body in objects.items() if any(s in body for spellings in everywhere.values() for s in spellings)} == set()
     assert not [p for p in files if p.name.endswith((".wal", ".rewriting", ".building"))]

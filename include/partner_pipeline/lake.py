@@ -16,6 +16,7 @@ The pipeline keeps its warehouse here when PIPELINE_WAREHOUSE=lake (warehouse.wa
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib.util
 import sqlite3
 from pathlib import Path
@@ -47,16 +48,23 @@ def load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
     """Make con able to use ducklake, postgres and httpfs without the internet: LOAD each extension
     from the file its PyPI package installed (INSTALL would download it, or write ~/.duckdb)."""
     loaded = {name for (name,) in con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
+    for name, path in extension_files().items():
+        if name not in loaded:
+            con.execute(f"LOAD {quote_path(path)}")
+
+
+def extension_files() -> dict[str, Path]:
+    """Each lake extension's file, as its package installed it for this DuckDB version."""
+    files = {}
     for name, package in _EXTENSIONS.items():
-        if name in loaded:
-            continue
         spec = importlib.util.find_spec(package)
         path = (Path(spec.origin).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
                 if spec and spec.origin else None)
         if path is None or not path.exists():
             raise RuntimeError(f"DuckDB extension {name} for duckdb {duckdb.__version__} is missing: "
                                f"install {package.replace('_', '-')}=={duckdb.__version__} (requirements.txt)")
-        con.execute(f"LOAD {quote_path(path)}")
+        files[name] = path
+    return files
 
 
 def catalog_exists(settings) -> bool:
@@ -86,26 +94,32 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False, al
     """Attach the lake as catalog `alias` (as of `snapshot`, if given: read-only then), with its S3
     secret and the retry settings for commit races."""
     load_lake_extensions(con)
-    for name, value in RETRIES.items():
-        con.execute(f"SET {name} = {value}")  # our constants; SET takes no bound parameter
+    for sql, values in attach_statements(settings, read_only, alias, snapshot):
+        con.execute(sql, values)
+
+
+def attach_statements(settings, read_only: bool = False, alias: str = CATALOG,
+                      snapshot: int | None = None) -> list[tuple[str, list]]:
+    """The statements that attach the lake once its extensions are loaded, every setting a bound value
+    (`?`); run by attach, and rendered for the DuckDB CLI by analysts.py."""
+    statements: list[tuple[str, list]] = [(f"SET {name} = {value}", []) for name, value in RETRIES.items()]  # our constants
     if settings.lake_data_path.startswith("s3://"):
-        _create_s3_secret(con, settings)
+        statements.append(_s3_secret(settings))
     on_postgres = settings.lake_catalog.startswith("postgres:")
     if on_postgres:
         dsn = settings.lake_catalog.removeprefix("postgres:")
         if "password" in dsn.lower() or ("://" in dsn and urlsplit(dsn).password):
             # the connection string is echoed in DuckDB's errors: no password may be in it
             raise ValueError("PIPELINE_LAKE_CATALOG must not hold a password: set PIPELINE_LAKE_CATALOG_PASSWORD")
-        con.execute("CREATE OR REPLACE SECRET lake_catalog_postgres (TYPE postgres, PASSWORD ?)",
-                    [settings.lake_catalog_password or ""])
-        con.execute("CREATE OR REPLACE SECRET lake_catalog (TYPE ducklake, METADATA_PATH ?, DATA_PATH ?, "
-                    "METADATA_PARAMETERS MAP {'TYPE': 'postgres', 'SECRET': 'lake_catalog_postgres'})",
-                    [dsn, settings.lake_data_path])
+        statements += [
+            ("CREATE OR REPLACE SECRET lake_catalog_postgres (TYPE postgres, PASSWORD ?)", [settings.lake_catalog_password or ""]),
+            ("CREATE OR REPLACE SECRET lake_catalog (TYPE ducklake, METADATA_PATH ?, DATA_PATH ?, "
+             "METADATA_PARAMETERS MAP {'TYPE': 'postgres', 'SECRET': 'lake_catalog_postgres'})", [dsn, settings.lake_data_path])]
     else:
         catalog = Path(settings.lake_catalog)
         catalog.parent.mkdir(parents=True, exist_ok=True)
-        con.execute("CREATE OR REPLACE SECRET lake_catalog (TYPE ducklake, METADATA_PATH ?, DATA_PATH ?, "
-                    "METADATA_PARAMETERS MAP {'TYPE': 'sqlite'})", [str(catalog), settings.lake_data_path])
+        statements.append(("CREATE OR REPLACE SECRET lake_catalog (TYPE ducklake, METADATA_PATH ?, DATA_PATH ?, "
+                           "METADATA_PARAMETERS MAP {'TYPE': 'sqlite'})", [str(catalog), settings.lake_data_path]))
     # DATA_INLINING_ROW_LIMIT 0: DuckLake 1.0 keeps inserts of up to 10 rows inside the catalog database;
     # every row goes to Parquet on the data path instead, so an erasure has one place to act and prove.
     options = ["READ_ONLY"] if read_only or snapshot is not None else []
@@ -114,10 +128,11 @@ def attach(con: duckdb.DuckDBPyConnection, settings, read_only: bool = False, al
     options.append("DATA_INLINING_ROW_LIMIT 0")
     if not on_postgres:
         options.append(SQLITE_CATALOG)
-    con.execute(f"ATTACH 'ducklake:lake_catalog' AS {quote_ident(alias)} ({', '.join(options)})")
+    statements.append((f"ATTACH 'ducklake:lake_catalog' AS {quote_ident(alias)} ({', '.join(options)})", []))
+    return statements
 
 
-def _create_s3_secret(con: duckdb.DuckDBPyConnection, settings) -> None:
+def _s3_secret(settings) -> tuple[str, list]:
     """The pipeline's S3 credentials and endpoint, scoped to the lake's data path."""
     params: dict[str, object] = {"REGION": settings.aws_region}
     if settings.aws_access_key_id:
@@ -127,7 +142,7 @@ def _create_s3_secret(con: duckdb.DuckDBPyConnection, settings) -> None:
         params |= {"ENDPOINT": endpoint.netloc, "URL_STYLE": "path", "USE_SSL": endpoint.scheme == "https"}
     params["SCOPE"] = settings.lake_data_path
     keys = ", ".join(f"{key} ?" for key in params)  # fixed option names above, values bound
-    con.execute(f"CREATE OR REPLACE SECRET lake_s3 (TYPE s3, {keys})", list(params.values()))
+    return f"CREATE OR REPLACE SECRET lake_s3 (TYPE s3, {keys})", list(params.values())
 
 
 def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -> None:
@@ -137,7 +152,8 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
     older snapshot keeps pointing at it. So: rewrite every data file that has any deleted row, expire
     every snapshot but the current one (time travel to before now ends), then delete the files no
     snapshot uses. Without the rewrite the row's bytes stay in the original file (STACK-NOTES, 1.5.5).
-    Files are deleted at once: run it when no other process reads or writes the lake.
+    Files are deleted at once, those no snapshot ever had too (a killed writer's): run it when no
+    other process reads or writes the lake.
     The catalog keeps each table's column minimum and maximum too, and DuckLake 1.5.5 never narrows
     them: a deleted row's values stay there (measured: when the row was alone in its data file, or
     whenever it held a bound). Those are reset to the remaining rows' own bounds, and a SQLite catalog
@@ -148,6 +164,8 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
     con.execute("CALL ducklake_rewrite_data_files(?, delete_threshold => 0)", [catalog])
     con.execute("CALL ducklake_expire_snapshots(?, older_than => now())", [catalog])
     con.execute("CALL ducklake_cleanup_old_files(?, cleanup_all => true)", [catalog])
+    # and the files no snapshot ever had: a killed writer's, which may hold the erased too
+    con.execute("CALL ducklake_delete_orphaned_files(?, cleanup_all => true)", [catalog])
     # A commit between a table's scan and its update could leave bounds narrower than its rows, which
     # would make DuckDB skip rows: scan again until no commit landed meanwhile.
     for _ in range(5):
@@ -160,6 +178,16 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
         raise RuntimeError("other processes kept committing to the lake while its column bounds were reset: "
                            "stop them and purge again")
     _rewrite_sqlite_catalog(con, catalog)
+
+
+def keep_recent_snapshots(con: duckdb.DuckDBPyConnection, days: int, orphan_age: dt.timedelta = dt.timedelta(days=1),
+                          catalog: str = CATALOG) -> None:
+    """Expire the snapshots older than `days` days (time travel reaches back that far; the newest is
+    always kept) and delete the files only they used; delete the files no snapshot ever had (a
+    killed writer's) once older than `orphan_age`, which a writer still at work never is."""
+    con.execute("CALL ducklake_expire_snapshots(?, older_than => now() - to_days(?))", [catalog, days])
+    con.execute("CALL ducklake_cleanup_old_files(?, cleanup_all => true)", [catalog])
+    con.execute("CALL ducklake_delete_orphaned_files(?, older_than => now() - ?)", [catalog, orphan_age])
 
 
 def _latest_snapshot(con: duckdb.DuckDBPyConnection, catalog: str) -> int:

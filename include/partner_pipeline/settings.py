@@ -44,6 +44,7 @@ class Settings:
     lake_catalog_password: str | None = field(default=None, repr=False)
     lake_bucket: str = "pipeline-lake"
     lake_data_path: str = "s3://pipeline-lake/"
+    lake_snapshot_days: int = 7  # how far back analysts may time travel (never past an erasure)
 
     @property
     def staging_dir(self) -> Path:
@@ -97,4 +98,5 @@ def load_settings() -> Settings:
         lake_catalog_password=env.get("PIPELINE_LAKE_CATALOG_PASSWORD") or None,
         lake_bucket=lake_bucket,
         lake_data_path=env.get("PIPELINE_LAKE_DATA_PATH") or f"s3://{lake_bucket}/",
+        lake_snapshot_days=int(env.get("PIPELINE_LAKE_SNAPSHOT_DAYS", "7")),
     )

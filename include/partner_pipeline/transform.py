@@ -83,12 +83,14 @@ def publish_for_analysts(settings: Settings, day: dt.date, run_id: str) -> str:
     analysts; returns where. On the file: a copy of the marts file (write_published_copy). On the
     lake: nothing is copied; the lake's snapshot now is recorded in audit.publications, and
     analysts attach the lake at the last one recorded (published_marts), so a run that writes
-    meanwhile is never seen half done."""
+    meanwhile is never seen half done; snapshots older than PIPELINE_LAKE_SNAPSHOT_DAYS expire."""
     if settings.warehouse_kind == "file":
         published = write_published_copy(settings)
     with warehouse(settings) as con:
         snapshot = con.execute(f"SELECT id FROM {lake.CATALOG}.current_snapshot()").fetchone()[0] if settings.warehouse_kind == "lake" else None
         con.execute("INSERT INTO audit.publications VALUES (?, ?, ?, now())", [run_id, day, snapshot])
+        if settings.warehouse_kind == "lake":
+            lake.keep_recent_snapshots(con, settings.lake_snapshot_days)
     return str(published) if settings.warehouse_kind == "file" else f"lake snapshot {snapshot}"
 
 
