@@ -110,19 +110,24 @@ def s3_api(s3_server):
     return s3(s3_server)
 
 
-def run_night(day, run_id: str) -> None:
-    """One nightly run, every task function in the DAG's order (as `airflow dags test` runs them)."""
+def run_night(day, run_id: str, from_task: str = "discover") -> None:
+    """One nightly run, every task function in the DAG's order (as `airflow dags test` runs them); from
+    `from_task` on, as Airflow retries a failed task and runs the ones after it."""
     from partner_pipeline import nightly
 
-    outcomes = [nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)]
-    nightly.publish(outcomes, day, run_id)
-    nightly.load_first_party(day)
-    nightly.transform(day, run_id)
-    nightly.data_rights(day, run_id)
-    nightly.activate(day, run_id)
-    nightly.share_overlap_reports(day, run_id)
-    nightly.export_seeds(day, run_id)
-    nightly.publish_marts(day, run_id)
+    tasks = {  # discover, ingest and publish as one (publish takes ingest's outcomes)
+        "discover": lambda: nightly.publish([nightly.ingest(d, run_id) for d in nightly.discover(day, run_id)], day, run_id),
+        "load_first_party": lambda: nightly.load_first_party(day),
+        "transform": lambda: nightly.transform(day, run_id),
+        "data_rights": lambda: nightly.data_rights(day, run_id),
+        "activate": lambda: nightly.activate(day, run_id),
+        "share_overlap_reports": lambda: nightly.share_overlap_reports(day, run_id),
+        "export_seeds": lambda: nightly.export_seeds(day, run_id),
+        "publish_marts": lambda: nightly.publish_marts(day, run_id),
+    }
+    names = list(tasks)
+    for name in names[names.index(from_task):]:
+        tasks[name]()
 
 
 BUILT_DAY = __import__("datetime").date(2026, 11, 21)

@@ -7,8 +7,10 @@ import datetime as dt
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -424,3 +426,64 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == 1
     assert not orphans & parquet()
     assert con.execute("SELECT count(*), min(i), max(i) FROM lake.kept").fetchone() == (2000, 1000, 2999)
+
+
+def published_rows(settings, columns_of=None) -> dict[str, list[tuple]]:
+    """Every published mart's rows (timestamps and the delivery-to-load hours left out: when it ran)."""
+    with published_marts(settings) as con:
+        tables = [t for (t,) in con.execute("""SELECT table_name FROM duckdb_tables() WHERE schema_name = 'marts'
+                                               UNION SELECT view_name FROM duckdb_views() WHERE schema_name = 'marts'
+                                               ORDER BY 1""").fetchall()]
+        found = {}
+        for table in tables:
+            columns = ", ".join(quote_ident(c) for (c,) in con.execute(
+                """SELECT column_name FROM duckdb_columns() WHERE schema_name = 'marts' AND table_name = ?
+                   AND data_type NOT LIKE 'TIMESTAMP%' AND column_name <> 'delivery_lag_hours' ORDER BY column_index""",
+                [table]).fetchall())
+            found[table] = con.execute(f"SELECT {columns} FROM {quote_ident(table)} ORDER BY ALL").fetchall()
+    return found
+
+
+def test_a_night_killed_during_its_build_and_run_again_publishes_what_a_clean_night_does(
+        pipeline_env, governance_dir, s3_api, tmp_path, monkeypatch, request):
+    """The night runs in a process of its own, SIGKILLed (with dbt, its child) once dbt has built some
+    tables; the night goes on from the killed task, as Airflow retries it. Nothing was published, and
+    the marts the re-run publishes equal, row for row, those of a clean night on a lake of its own."""
+    settings = load_settings()
+    synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket,
+                            first_party_bucket=settings.first_party_bucket, agreements=load_agreements(settings.agreements_dir),
+                            drop_date=BUILT_DAY, n_profiles=1500, rows_per_partner=1200, seed=9, bad_row_share=0.02)
+    synth.upload_tree(s3_api, tmp_path / "synth")
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
+    night = ["-c", "import sys, datetime; from conftest import run_night; "
+                   "run_night(datetime.date.fromisoformat(sys.argv[1]), sys.argv[2], sys.argv[3])", BUILT_DAY.isoformat(), "night"]
+    published = {}
+    for kind in ("clean", "killed"):
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / kind))
+        monkeypatch.setenv("PIPELINE_LAKE_BUCKET", f"lake-{os.getpid()}-{next(_lakes)}")
+        with AudienceApi(token="test-token", hash_profile="uid2") as api:
+            monkeypatch.setenv("AIRFLOW_CONN_PERSONALIZATION_API",
+                               json.dumps({"conn_type": "http", "host": api.url, "password": api.token}))
+            if kind == "killed":
+                proc = subprocess.Popen([sys.executable, *night, "discover"], cwd=Path(__file__).parent, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                dbt_log = tmp_path / kind / "dbt" / "logs" / "dbt.log"
+                try:
+                    deadline = time.monotonic() + 300
+                    while not (dbt_log.exists() and "OK created sql table model intermediate." in dbt_log.read_text()):
+                        assert proc.poll() is None and time.monotonic() < deadline, "the night ended before its build was killed"
+                        time.sleep(0.2)
+                finally:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                with published_marts(load_settings()) as con:
+                    assert con is None  # nothing published: the killed night never reached it
+            # Airflow retries the killed task (transform), then runs the rest
+            done = subprocess.run([sys.executable, *night, "transform" if kind == "killed" else "discover"],
+                                  cwd=Path(__file__).parent, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-5000:]
+        published[kind] = published_rows(load_settings())
+    assert published["killed"].keys() == published["clean"].keys() and len(published["clean"]) >= 17
+    for table, rows in published["clean"].items():
+        assert published["killed"][table] == rows, table
+    assert sum(map(len, published["clean"].values())) > 5000

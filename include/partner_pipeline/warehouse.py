@@ -1,9 +1,10 @@
-"""The warehouse DuckDB file: raw partner tables, quarantined rows, the audit log and activation state;
-the marts file attached to it as catalog `marts`.
+"""The warehouse: raw partner tables, quarantined rows, the audit log and activation state; on the
+DuckDB file (the default) with the marts file attached as catalog `marts`, or in the lake
+(PIPELINE_WAREHOUSE=lake, lake.py), where the marts are the lake's schema `marts`.
 
-Only tasks in the single-slot `duckdb_warehouse` pool open it, because DuckDB allows one
-writing process per file. Each drop is applied in one transaction: a failed run leaves either
-the old delivery or the new one, never a mix.
+Only tasks in the single-slot `duckdb_warehouse` pool open it for writing, because DuckDB allows
+one writing process per file (and the embedded lake catalog one writer at a time). Each drop is
+applied in one transaction: a failed run leaves either the old delivery or the new one, never a mix.
 """
 
 from __future__ import annotations
