@@ -19,9 +19,11 @@ import pytest
 from conftest import BUILT_DAY, run_night, s3
 from partner_pipeline import lake, nightly
 from partner_pipeline.agreements import load_agreements
+from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import ensure_buckets
 from partner_pipeline.transform import published_marts
+from partner_pipeline.warehouse import warehouse
 from partner_pipeline.sqltext import quote_ident, quote_path
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_audience_api import AudienceApi
@@ -487,3 +489,93 @@ def test_a_night_killed_during_its_build_and_run_again_publishes_what_a_clean_ni
     for table, rows in published["clean"].items():
         assert published["killed"][table] == rows, table
     assert sum(map(len, published["clean"].values())) > 5000
+
+
+# One drop's ingest task in a process of its own. Its commit waits, inside the transaction, until every
+# writer has loaded its rows (a gate of files), so the four commits race for certain.
+INGEST = """
+import json, pathlib, sys, time
+from partner_pipeline import nightly, warehouse
+from partner_pipeline.contracts import DropOutcome
+gate, writers = pathlib.Path(sys.argv[3]), int(sys.argv[4])
+load = warehouse._load_staged
+def load_then_wait(con, outcome, agreement):
+    load(con, outcome, agreement)
+    (gate / outcome.partner_id).touch()
+    deadline = time.monotonic() + 120
+    while len(list(gate.iterdir())) < writers and time.monotonic() < deadline:
+        time.sleep(0.02)
+warehouse._load_staged = load_then_wait
+outcome = nightly.ingest(DropOutcome.from_xcom(json.loads(sys.argv[1])), sys.argv[2])
+print(json.dumps(outcome.to_xcom()))
+"""
+
+
+def test_four_drops_ingested_at_once_by_four_processes_all_land(lake_env, pipeline_env, agreements_dir, s3_api, tmp_path,
+                                                                monkeypatch):
+    """Four partners' drops, each ingested by a process of its own (its own data dir: nothing shared but
+    the S3 server and the PostgreSQL catalog), all at once, each committing its rows to the lake; then
+    each partner re-delivers and the four replace their rows at once (a DELETE and an INSERT per drop,
+    which conflict in DuckLake: the commit is run again). Every drop lands, none is lost or doubled."""
+    from partner_pipeline import codegen
+
+    template = (agreements_dir / "globex_retail.yaml").read_text()
+    for partner_id in ("globex_two", "globex_three"):
+        (agreements_dir / f"{partner_id}.yaml").write_text(
+            template.replace("globex_retail", partner_id).replace("globex-2026-03", f"{partner_id}-2026-03"))
+    monkeypatch.setenv("PIPELINE_EXPECTATIONS_DIR", str(tmp_path / "expectations"))
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
+    settings = load_settings()
+    agreements = load_agreements(settings.agreements_dir)
+    assert len(agreements) == 4
+    for path, text in codegen.generated_files(agreements, settings.expectations_dir).items():
+        if path.is_relative_to(settings.expectations_dir):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+    def deliver(seed: int, rows: int) -> dict[str, int]:
+        valid = {}
+        for n, partner_id in enumerate(sorted(agreements)):
+            truth = synth.write_drop(tmp_path / f"synth-{seed}", settings.landing_bucket,
+                                     synth.DropSpec(agreements[partner_id], BUILT_DAY, rows=rows + 100 * n, bad_row_share=0.02),
+                                     21, 800, seed + n)
+            valid[partner_id] = truth["rows_valid"]
+        synth.upload_tree(s3_api, tmp_path / f"synth-{seed}")
+        return valid
+
+    def ingest_at_once(run_id: str) -> dict[str, dict]:
+        drops = nightly.discover(BUILT_DAY, run_id)
+        assert sorted(d.partner_id for d in drops if d.status == "new") == sorted(agreements)
+        gate = tmp_path / f"gate-{run_id}"
+        gate.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", INGEST, json.dumps(d.to_xcom()), run_id, str(gate), str(len(drops))],
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / f"worker-{run_id}-{d.partner_id}")})
+                 for d in drops]
+        done = {}
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            outcome = json.loads(out.strip().splitlines()[-1])
+            done[outcome["partner_id"]] = outcome
+        nightly.publish([DropOutcome.from_xcom(o) for o in done.values()], BUILT_DAY, run_id)
+        return done
+
+    def landed() -> dict[str, tuple[int, int]]:
+        with warehouse(load_settings(), read_only=True) as con:
+            return {p: (n, d) for p, n, d in con.execute("""SELECT partner_id, count(*), count(DISTINCT delivery_id)
+                                                             FROM raw.partner_records GROUP BY 1""").fetchall()}
+
+    first = deliver(31, 1500)
+    outcomes = ingest_at_once("first")
+    assert {p: (o["status"], o["committed"]) for p, o in outcomes.items()} == {p: ("staged", True) for p in agreements}
+    assert landed() == {p: (n, 1) for p, n in first.items()}
+
+    again = deliver(41, 1700)  # re-deliveries: each replaces its partner's rows of the date
+    ingest_at_once("again")
+    assert landed() == {p: (n, 1) for p, n in again.items()} and again != first
+    with warehouse(load_settings(), read_only=True) as con:
+        events = con.execute("""SELECT partner_id, list(event ORDER BY rowid) FROM audit.drop_events WHERE run_id = 'again'
+                                GROUP BY 1""").fetchall()
+    assert dict(events) == {p: ["seen", "verified", "loaded"] for p in agreements}

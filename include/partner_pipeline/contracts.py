@@ -54,6 +54,8 @@ class DropOutcome(BaseModel):
     validation_result: str | None = None
     data_docs: str | None = None
     quarantine_report: str | None = None  # s3:// URI of a quarantined drop's report.json
+    # its rows and audit events already in the warehouse: on the lake, its own ingest task commits it
+    committed: bool = False
 
     @classmethod
     def of_drop(cls, drop: DropRef, *, status: DropStatus, run_id: str, processing_key: str | None) -> DropOutcome:

@@ -4,7 +4,7 @@ A lake is a SQL catalog plus Parquet files under a data path (by default s3://<l
 pipeline's S3 endpoint). Two catalogs are supported:
 - embedded (default): a SQLite file under the data dir. Readers attach while one process writes
   (they see its last commit); two writers at once fail ("database is locked", DuckLake 1.5.5), so
-  its writers take turns, like the warehouse file's, which the one-slot pool serializes.
+  its writers take turns (writer_turn).
 - team: PostgreSQL (`PIPELINE_LAKE_CATALOG=postgres:<libpq string>`), which lets several
   processes write at once; DuckLake retries a commit that lost a race when it does not conflict.
 
@@ -16,9 +16,11 @@ The pipeline keeps its warehouse here when PIPELINE_WAREHOUSE=lake (warehouse.wa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import datetime as dt
 import importlib.util
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -80,6 +82,36 @@ def catalog_exists(settings) -> bool:
                 return False
             raise
     return True
+
+
+@contextlib.contextmanager
+def writer_turn(settings) -> Iterator[None]:
+    """Hold the embedded catalog's one writer turn (an exclusive lock on a file beside it) while
+    writing: two processes committing to a SQLite catalog at once fail on 1.5.5 ("database is locked",
+    ducklake#1309), so on one machine writers wait for each other here, whichever task they run in.
+    A PostgreSQL catalog takes many writers: no turn. Re-entrant within a process."""
+    if settings.lake_catalog.startswith("postgres:"):
+        yield
+        return
+    if _turns_held:
+        _turns_held.append(None)
+        try:
+            yield
+        finally:
+            _turns_held.pop()
+        return
+    lock = Path(settings.lake_catalog).with_name(Path(settings.lake_catalog).name + ".writer")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        _turns_held.append(None)
+        try:
+            yield
+        finally:
+            _turns_held.pop()
+
+
+_turns_held: list[None] = []
 
 
 def ensure_data_bucket(settings) -> None:

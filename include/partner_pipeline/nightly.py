@@ -16,7 +16,7 @@ from partner_pipeline.ingest import ingest_drop, processing_key
 from partner_pipeline.settings import load_settings
 from partner_pipeline.storage import client_from_settings, ensure_buckets
 from partner_pipeline.transform import ModelBuildFailed, build_models, publish_for_analysts, published_marts, published_summary
-from partner_pipeline.warehouse import (erased_people_still_on_destinations, last_processing_keys, publish_agreements, publish_governance,
+from partner_pipeline.warehouse import (commit_outcome, erased_people_still_on_destinations, last_processing_keys, publish_agreements, publish_governance,
                                         publish_outcome, rewrite_if_owed, rewrite_warehouse, warehouse)
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def discover(day: dt.date, run_id: str) -> list[DropOutcome]:
     client = client_from_settings(settings)
     ensure_buckets(client, [settings.quarantine_bucket])
     complete, incomplete = find_complete_drops(client, settings.landing_bucket, day)
-    with warehouse(settings, read_only=True) as con:
+    with warehouse(settings) as con:  # a write session: it declares the tables the drops' tasks then write
         done = last_processing_keys(con, day)
     found = []
     for drop in complete:
@@ -70,17 +70,19 @@ def discover(day: dt.date, run_id: str) -> list[DropOutcome]:
 
 def ingest(drop: DropOutcome, run_id: str) -> DropOutcome:
     """Ingest a `new` drop; pass the others through to publish unchanged. A drop's own faults, ours included
-    (internal_error), quarantine it; only faults every drop shares raise (see ingest.is_infrastructure_fault)."""
-    if drop.status != "new":
-        return drop
+    (internal_error), quarantine it; only faults every drop shares raise (see ingest.is_infrastructure_fault).
+    On the lake the drop's outcome (any status) is committed here, and publish leaves it be."""
     settings = load_settings()
-    outcome = ingest_drop(client_from_settings(settings), drop.drop_ref(), load_agreements(settings.agreements_dir),
-                          run_id, settings)
+    if drop.status != "new":
+        return commit_outcome(settings, drop, {}) if settings.warehouse_kind == "lake" else drop
+    agreements = load_agreements(settings.agreements_dir)
+    outcome = ingest_drop(client_from_settings(settings), drop.drop_ref(), agreements, run_id, settings)
     log.info("%s/%s delivery %s: %s, %d rows received, %d valid, %d quarantined%s", outcome.partner_id,
              outcome.drop_date, outcome.delivery_id, outcome.status, outcome.rows_received,
              outcome.rows_valid, outcome.rows_quarantined,
              "".join(f"\n  {p['code']}: {p.get('file', '')} {p['message']}" for p in outcome.problems))
-    return outcome
+    # on the lake each drop's task commits its own rows, from any worker, beside the others (no shared stage)
+    return commit_outcome(settings, outcome, agreements) if settings.warehouse_kind == "lake" else outcome
 
 
 def publish(outcomes: list[DropOutcome], day: dt.date, run_id: str) -> dict:

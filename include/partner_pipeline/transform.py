@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from pathlib import Path
 
 import duckdb
@@ -63,9 +63,10 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     target = settings.data_dir / "dbt" / "target"
     (target / "run_results.json").unlink(missing_ok=True)
     # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
-    result = run_dbt(["build", "--target", DBT_TARGETS[settings.warehouse_kind], "--exclude-resource-type", "unit_test"], target,
-                     settings.warehouse_path, building, PIPELINE_RUN_DATE=day.isoformat(), PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(),
-                     PIPELINE_RUN_ID=run_id)
+    with lake.writer_turn(settings) if settings.warehouse_kind == "lake" else contextlib.nullcontext():
+        result = run_dbt(["build", "--target", DBT_TARGETS[settings.warehouse_kind], "--exclude-resource-type", "unit_test"], target,
+                         settings.warehouse_path, building, PIPELINE_RUN_DATE=day.isoformat(),
+                         PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(), PIPELINE_RUN_ID=run_id)
     log.info("dbt build:\n%s", result.stdout[-20000:])
     run_results = json.loads((target / "run_results.json").read_text()) if (target / "run_results.json").exists() else {"results": []}
     failed = [f"{r['unique_id']}: {r['status']} {r.get('message') or ''}".strip()
@@ -124,7 +125,7 @@ def write_published_copy(settings: Settings) -> Path:
     return published
 
 
-@contextmanager
+@contextlib.contextmanager
 def published_marts(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection | None]:
     """A read-only connection on the marts as last published, their tables unqualified (what analysts
     read); None before the first publication. On the lake: attached at the snapshot last recorded

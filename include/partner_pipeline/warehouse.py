@@ -9,13 +9,14 @@ applied in one transaction: a failed run leaves either the old delivery or the n
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import random
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -164,29 +165,32 @@ class WarehouseLocked(RuntimeError):
     pass
 
 
-@contextmanager
-def warehouse(settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+@contextlib.contextmanager
+def warehouse(settings, read_only: bool = False, declare: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse (settings.warehouse_kind: the DuckDB file, or the lake as the
-    connection's default catalog), its tables made or brought up to date when writing, the marts
-    file attached as catalog `marts`."""
+    connection's default catalog), its tables made or brought up to date when writing (unless not
+    `declare`: a drop's own commit, which must not race the other drops' on DDL), the marts file
+    attached as catalog `marts`. Writing on the embedded lake takes its writer turn."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    con = _open_lake(settings, read_only) if settings.warehouse_kind == "lake" else _open_file(settings, read_only)
-    try:
-        if not read_only:
+    on_lake = settings.warehouse_kind == "lake"
+    with contextlib.ExitStack() as stack:
+        if on_lake and not read_only:
+            stack.enter_context(lake.writer_turn(settings))
+        con = _open_lake(settings, read_only) if on_lake else _open_file(settings, read_only)
+        stack.callback(con.close)
+        if not read_only and declare:
             con.execute(_SCHEMA)
             migrate_partner_tables(con)
             drop_taken_over_history(con)
-            if settings.warehouse_kind == "file":
+            if not on_lake:
                 # a warehouse file from before the marts had their own file holds a `marts` schema that would shadow them
                 con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
         # on the file, the marts (dbt builds them into their own file, which publishing copies whole) read as
         # marts.<table>; on the lake, marts.<table> is the lake's schema marts
-        if settings.warehouse_kind == "file" and (not read_only or settings.marts_path.exists()):
+        if not on_lake and (not read_only or settings.marts_path.exists()):
             con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts" + (" (READ_ONLY)" if read_only else ""))
         con.execute("SET TimeZone = 'UTC'")
         yield con
-    finally:
-        con.close()
 
 
 def _open_file(settings, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -402,8 +406,34 @@ def _audit(con, outcome: DropOutcome, event: str, **values) -> None:
          json.dumps(values.get("details"))])
 
 
+def commit_outcome(settings, outcome: DropOutcome, agreements: dict[str, Agreement]) -> DropOutcome:
+    """One drop's outcome applied (publish_outcome) in a warehouse session of its own, by the task that
+    ingested it: on the lake, any worker, beside the other drops' tasks. A commit that conflicts with
+    another drop's (both replaced rows of one table) is run again from the start, after a random
+    pause: DuckLake retries a commit only when nothing conflicts, and each drop replaces rows no
+    other drop holds, so a later attempt, from the newer snapshot, goes through."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            with warehouse(settings, declare=False) as con:  # discover declared the tables
+                publish_outcome(con, outcome, agreements)
+            return outcome.but(committed=True, staging_path=None)
+        except duckdb.TransactionException as exc:
+            if "conflict" not in str(exc).lower() or attempt == CONFLICT_ATTEMPTS:
+                raise
+            pause = random.uniform(0, min(30.0, 0.5 * 2 ** attempt))
+            log.info("%s: commit conflicted with another drop's (attempt %d), again in %.1f s", outcome.name, attempt, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+CONFLICT_ATTEMPTS = 8
+
+
 def publish_outcome(con, outcome: DropOutcome, agreements: dict[str, Agreement]) -> None:
-    """Apply one drop's outcome in one transaction; re-applying the same outcome is a no-op in effect."""
+    """Apply one drop's outcome in one transaction; re-applying the same outcome is a no-op in effect.
+    An outcome its ingest task committed (commit_outcome) is already applied."""
+    if outcome.committed:
+        return
     status = outcome.status
     if status == "incomplete":
         _audit(con, outcome, "incomplete", reasons=[{
@@ -427,7 +457,7 @@ def publish_outcome(con, outcome: DropOutcome, agreements: dict[str, Agreement])
             raise ValueError(f"unknown drop status {status!r}")
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
     finally:
         if status == "staged":
@@ -436,12 +466,23 @@ def publish_outcome(con, outcome: DropOutcome, agreements: dict[str, Agreement])
         shutil.rmtree(Path(outcome.staging_path).parent, ignore_errors=True)
 
 
+def _rollback(con) -> None:
+    """Roll back the open transaction; a COMMIT that failed (a lake's conflict) has ended it already."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise
+
+
 def _load_staged(con, outcome: DropOutcome, agreement: Agreement) -> None:
     _audit(con, outcome, "verified", rows_received=outcome.rows_received, checksums=outcome.checksums,
            details={"dropped_columns": list(outcome.dropped_columns), "absent_attributes": list(outcome.absent_attributes)})
     columns = ", ".join(quote_ident(c) for c in RECORD_COLUMNS)
     drop = [outcome.partner_id, outcome.drop_date, outcome.delivery_id]
-    con.execute("DELETE FROM raw.partner_records WHERE partner_id = ? AND drop_date = ?", drop[:2])
+    # a first delivery deletes nothing, and does not DELETE: on the lake, drops appending at once never conflict
+    if con.execute("SELECT count(*) FROM raw.partner_records WHERE partner_id = ? AND drop_date = ?", drop[:2]).fetchone()[0]:
+        con.execute("DELETE FROM raw.partner_records WHERE partner_id = ? AND drop_date = ?", drop[:2])
     con.execute(
             f"""INSERT INTO raw.partner_records ({columns}, attributes, partner_id, drop_date, delivery_id, delivered_at, source_file,
                                                  source_row, loaded_at, run_id)
@@ -449,7 +490,8 @@ def _load_staged(con, outcome: DropOutcome, agreement: Agreement) -> None:
                        {StageFile.SOURCE_ROW}, now(), ?
                 FROM stage.{StageFile.RECORDS} r ANTI JOIN stage.{StageFile.ROW_FAILURES} f USING ({StageFile.ROW})""",
             [*drop, outcome.delivered_at, outcome.run_id])
-    con.execute("DELETE FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2])
+    if con.execute("SELECT count(*) FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2]).fetchone()[0]:
+        con.execute("DELETE FROM raw.quarantined_rows WHERE partner_id = ? AND drop_date = ?", drop[:2])
     con.execute(
             f"""INSERT INTO raw.quarantined_rows
                 SELECT ?, ?, ?, r.{StageFile.SOURCE_FILE}, r.{StageFile.SOURCE_ROW}, r.partner_record_id, f.rules,
