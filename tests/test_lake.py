@@ -21,10 +21,10 @@ from partner_pipeline import lake, nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.contracts import DropOutcome
 from partner_pipeline.settings import load_settings
+from partner_pipeline.sqltext import quote_ident, quote_path
 from partner_pipeline.storage import ensure_buckets
 from partner_pipeline.transform import published_marts
 from partner_pipeline.warehouse import warehouse
-from partner_pipeline.sqltext import quote_ident, quote_path
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_audience_api import AudienceApi
 from partner_pipeline_dev.local_postgres import create_database, postgres_bin_dir

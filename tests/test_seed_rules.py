@@ -15,8 +15,8 @@ from partner_pipeline.agreements import RECORD_COLUMNS, load_agreements
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.ingest import copy_issued_seeds, is_infrastructure_fault
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
-from partner_pipeline.warehouse import warehouse
 from partner_pipeline.sqltext import quote_ident
+from partner_pipeline.warehouse import warehouse
 
 ACME = load_agreements(PROJECT_ROOT / "include" / "agreements")["acme_bank"]
 HOLD = "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(float(sys.argv[2]))"

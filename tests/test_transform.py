@@ -16,10 +16,10 @@ from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
+from partner_pipeline.sqltext import quote_path
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
 from partner_pipeline.governance import load_governance
 from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
-from partner_pipeline.sqltext import quote_path
 from partner_pipeline_dev import synth
 
 pytestmark = pytest.mark.slow

@@ -29,8 +29,8 @@ import httpx
 
 from partner_pipeline import data_rights
 from partner_pipeline.governance import Destination, Governance
-from partner_pipeline.storage import list_objects
 from partner_pipeline.sqltext import quote_path
+from partner_pipeline.storage import list_objects
 
 log = logging.getLogger(__name__)
 # a member as a destination holds it; partner_person_id only for a destination accepting that partner's ids

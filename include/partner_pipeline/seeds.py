@@ -31,8 +31,8 @@ from pathlib import Path
 
 from partner_pipeline import data_rights
 from partner_pipeline.agreements import Agreement
-from partner_pipeline.storage import ensure_buckets
 from partner_pipeline.sqltext import quote_path
+from partner_pipeline.storage import ensure_buckets
 
 log = logging.getLogger(__name__)
 MIN_KEY_CHARS = 32

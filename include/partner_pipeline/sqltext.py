@@ -17,6 +17,12 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+def quote_configured_name(name: str) -> str:
+    """A name taken from the deployment's configuration as an identifier: the warehouse file's name,
+    which dbt makes its catalog's name (any characters; quoted, its double quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def quote_path(path: Path) -> str:
     """A pipeline-made file path as a SQL string literal, for ATTACH (which takes no bound parameter)."""
     return "'" + str(path).replace("'", "''") + "'"

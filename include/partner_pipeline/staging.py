@@ -24,8 +24,8 @@ from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, REQUIRE
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.drops import DropRef, ManifestFile, data_suffix
 from partner_pipeline.problems import DropRejected, Problem, scrub_paths
-from partner_pipeline.storage import download_with_sha256
 from partner_pipeline.sqltext import quote_ident
+from partner_pipeline.storage import download_with_sha256
 
 _CSV_OPTIONS = "header=true, all_varchar=true, delim=',', quote='\"', escape='\"', encoding='utf-8', strict_mode=true"
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import duckdb
 
-from partner_pipeline.settings import PROJECT_ROOT, Settings
 from partner_pipeline import lake
+from partner_pipeline.settings import PROJECT_ROOT, Settings
+from partner_pipeline.sqltext import quote_configured_name, quote_ident
 from partner_pipeline.warehouse import attach_read_only, warehouse
-from partner_pipeline.sqltext import quote_ident
 
 log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
@@ -118,7 +118,7 @@ def write_published_copy(settings: Settings) -> Path:
             con.execute(f"CREATE TABLE {quote_ident(view + '__published')} AS SELECT * FROM {quote_ident(view)}")
             con.execute(f"DROP VIEW {quote_ident(view)}")
             con.execute(f"ALTER TABLE {quote_ident(view + '__published')} RENAME TO {quote_ident(view)}")
-        con.execute(f"DETACH {quote_ident(settings.warehouse_path.stem)}")
+        con.execute(f"DETACH {quote_configured_name(settings.warehouse_path.stem)}")
         con.execute("CHECKPOINT")
     os.replace(building, published)
     log.info("published the marts and the activation log to %s", published)

@@ -27,7 +27,7 @@ from partner_pipeline.agreements import RECORD_COLUMNS, Agreement
 from partner_pipeline.contracts import DropOutcome, StageFile
 from partner_pipeline.governance import Governance
 from partner_pipeline.settings import WAREHOUSE_POOL
-from partner_pipeline.sqltext import quote_ident, quote_path
+from partner_pipeline.sqltext import quote_configured_name, quote_ident, quote_path
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def attach_read_only(con: duckdb.DuckDBPyConnection, settings, alias: str) -> No
     if settings.warehouse_kind == "lake":
         lake.attach(con, settings, read_only=True, alias=alias)
     else:
-        con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS {quote_ident(alias)} (READ_ONLY)")
+        con.execute(f"ATTACH {quote_path(settings.warehouse_path)} AS {quote_configured_name(alias)} (READ_ONLY)")
 
 
 def _empty_warehouse(config: dict) -> duckdb.DuckDBPyConnection:
@@ -289,7 +289,7 @@ def rewrite_warehouse(settings) -> dict:
     started, before = time.perf_counter(), path.stat().st_size
     with duckdb.connect(config=settings.duckdb_config(path.parent / "tmp")) as con:
         # the old file under its own catalog name and the marts as `marts`, so the views bind as they were written
-        catalog = '"' + path.stem.replace('"', '""') + '"'
+        catalog = quote_configured_name(path.stem)
         con.execute(f"ATTACH {quote_path(path)} AS {catalog} (READ_ONLY)")
         if settings.marts_path.exists():
             con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts (READ_ONLY)")

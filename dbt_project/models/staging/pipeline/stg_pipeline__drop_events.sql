@@ -1,10 +1,5 @@
 with drop_events as (
-    -- the log is append-only: a row's rowid is its place in it (no sequence: DuckLake has none);
-    -- render(): the table itself under `dbt build --empty` too (its zero-row subquery has no rowid)
-    select
-        *,
-        rowid + 1 as event_id
-    from {{ source('audit', 'drop_events').render() }}
+    {{ append_only_log(source('audit', 'drop_events'), 'event_id') }}
 ),
 
 final as (
