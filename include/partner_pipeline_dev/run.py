@@ -61,12 +61,13 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
             """SELECT partner_id, arg_max(event, rowid), arg_max(run_id, rowid) FROM audit.drop_events
                WHERE drop_date = ? AND event IN ('loaded', 'quarantined', 'skipped', 'incomplete') GROUP BY partner_id ORDER BY partner_id""",
             [day]).fetchall()
-        state = {r[0]: (None, None, None, None, None) for r in latest}  # a drop never loaded nor quarantined
-        if settings.marts_path.exists():  # none until a night's build succeeds
-            state |= {r[0]: r[1:] for r in con.execute(
-                """SELECT partner_id, state, rows_received, rows_loaded, rows_quarantined, reasons FROM marts.drop_states
-                   WHERE drop_date = ?""", [day]).fetchall()}
         seed_sets = seed_exports(con, day)
+    state = {r[0]: ("-", None, None, None, None) for r in latest}  # a drop never loaded nor quarantined
+    with published_marts(settings) as published:  # none until a night is published
+        if published:
+            state |= {r[0]: r[1:] for r in published.execute(
+                """SELECT partner_id, state, rows_received, rows_loaded, rows_quarantined, reasons FROM drop_states
+                   WHERE drop_date = ?""", [day]).fetchall()}
     print(f"\nNightly run for drop date {day} (Airflow run {latest[0][2] if latest else '-'})")
     print(f"  {'partner':<16}{'this run':<13}{'state':<13}{'received':>9}{'loaded':>9}{'quarantined rows':>18}")
     mismatches = []
