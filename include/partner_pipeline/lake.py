@@ -78,10 +78,15 @@ def catalog_exists(settings) -> bool:
         try:
             attach(con, settings, read_only=True)
         except duckdb.InvalidInputException as exc:
-            if "creating a new DuckLake is explicitly disabled" in str(exc):
+            if is_not_made(exc):
                 return False
             raise
     return True
+
+
+def is_not_made(exc: duckdb.Error) -> bool:
+    """The error a read-only attach of a PostgreSQL catalog raises before the lake's first writer made it."""
+    return "creating a new DuckLake is explicitly disabled" in str(exc)
 
 
 @contextlib.contextmanager

@@ -87,12 +87,14 @@ def publish_for_analysts(settings: Settings, day: dt.date, run_id: str) -> str:
     meanwhile is never seen half done; snapshots older than PIPELINE_LAKE_SNAPSHOT_DAYS expire."""
     if settings.warehouse_kind == "file":
         published = write_published_copy(settings)
+        with warehouse(settings) as con:
+            con.execute("INSERT INTO audit.publications VALUES (?, ?, NULL, now())", [run_id, day])
+        return str(published)
     with warehouse(settings) as con:
-        snapshot = con.execute(f"SELECT id FROM {lake.CATALOG}.current_snapshot()").fetchone()[0] if settings.warehouse_kind == "lake" else None
+        snapshot = con.execute(f"SELECT id FROM {lake.CATALOG}.current_snapshot()").fetchone()[0]
         con.execute("INSERT INTO audit.publications VALUES (?, ?, ?, now())", [run_id, day, snapshot])
-        if settings.warehouse_kind == "lake":
-            lake.keep_recent_snapshots(con, settings.lake_snapshot_days)
-    return str(published) if settings.warehouse_kind == "file" else f"lake snapshot {snapshot}"
+        lake.keep_recent_snapshots(con, settings.lake_snapshot_days)
+    return f"lake snapshot {snapshot}"
 
 
 def write_published_copy(settings: Settings) -> Path:

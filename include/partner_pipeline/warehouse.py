@@ -211,14 +211,19 @@ def _open_file(settings, read_only: bool) -> duckdb.DuckDBPyConnection:
 def _open_lake(settings, read_only: bool) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the lake attached and in use: unqualified names (raw.*, audit.*) are the lake's."""
     config = settings.duckdb_config(settings.data_dir / "tmp")
-    if read_only and not warehouse_exists(settings):
-        return _empty_warehouse(config)
+    if read_only and not settings.lake_catalog.startswith("postgres:") and not warehouse_exists(settings):
+        return _empty_warehouse(config)  # (a PostgreSQL catalog is found missing by the attach itself, below)
     if not read_only:
         lake.ensure_data_bucket(settings)
     con = duckdb.connect(config=config)
     try:
         lake.attach(con, settings, read_only=read_only)
         con.execute(f"USE {lake.CATALOG}")
+    except duckdb.InvalidInputException as exc:
+        con.close()
+        if read_only and lake.is_not_made(exc):
+            return _empty_warehouse(config)
+        raise
     except BaseException:
         con.close()
         raise
@@ -406,13 +411,16 @@ def _audit(con, outcome: DropOutcome, event: str, **values) -> None:
          json.dumps(values.get("details"))])
 
 
+CONFLICT_ATTEMPTS = 8  # a drop's commit, when it conflicts with another drop's (commit_outcome)
+
+
 def commit_outcome(settings, outcome: DropOutcome, agreements: dict[str, Agreement]) -> DropOutcome:
     """One drop's outcome applied (publish_outcome) in a warehouse session of its own, by the task that
     ingested it: on the lake, any worker, beside the other drops' tasks. A commit that conflicts with
     another drop's (both replaced rows of one table) is run again from the start, after a random
     pause: DuckLake retries a commit only when nothing conflicts, and each drop replaces rows no
     other drop holds, so a later attempt, from the newer snapshot, goes through."""
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):  # the last attempt's conflict is raised
         try:
             with warehouse(settings, declare=False) as con:  # discover declared the tables
                 publish_outcome(con, outcome, agreements)
@@ -423,10 +431,7 @@ def commit_outcome(settings, outcome: DropOutcome, agreements: dict[str, Agreeme
             pause = random.uniform(0, min(30.0, 0.5 * 2 ** attempt))
             log.info("%s: commit conflicted with another drop's (attempt %d), again in %.1f s", outcome.name, attempt, pause)
             time.sleep(pause)
-    raise AssertionError("unreachable")
-
-
-CONFLICT_ATTEMPTS = 8
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def publish_outcome(con, outcome: DropOutcome, agreements: dict[str, Agreement]) -> None:
