@@ -56,8 +56,8 @@ postgres: ## install Debian's postgresql (the DuckLake catalog the lake tests st
 # it runs against a warehouse with the schema and no rows (tests/schema_warehouse.py), in data/lint.
 LINT_DIR := data/lint
 
-analyst: install ## the DuckDB CLI on the published marts, read-only (NIGHT=YYYY-MM-DD: a night the lake still keeps; SQL=...: run it and exit)
-	$(BIN)/python -m partner_pipeline_dev.analyst $(if $(NIGHT),--night $(NIGHT)) $(if $(SQL),-c "$$SQL")
+analyst: install ## the DuckDB CLI on the published marts, read-only (NIGHT=YYYY-MM-DD: a night the lake still keeps; SQL=...: run it and exit; EXPORT=file.duckdb: write them to a file)
+	$(BIN)/python -m partner_pipeline_dev.analyst $(if $(NIGHT),--night $(NIGHT)) $(if $(SQL),-c "$$SQL") $(if $(EXPORT),--export "$$EXPORT")
 
 lint: install ## ruff on the Python tree, sqlfluff (dbt templater) on the dbt project
 	$(BIN)/ruff check .

@@ -14,7 +14,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from partner_pipeline.alerts import DropAlertNotifier  # light modules: no pipeline work at parse time
 from partner_pipeline.sequencing import PreviousDateDone
-from partner_pipeline.settings import WAREHOUSE_POOL
+from partner_pipeline.settings import task_pool
 
 
 @dag(
@@ -33,7 +33,7 @@ from partner_pipeline.settings import WAREHOUSE_POOL
     doc_md=__doc__,
 )
 def partner_drops_nightly():
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("discover"))
     def discover(logical_date=None, run_id=None) -> list[dict]:
         from partner_pipeline import nightly
 
@@ -52,7 +52,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.ingest(outcome, run_id).to_xcom()
 
-    @task(pool=WAREHOUSE_POOL, trigger_rule="none_failed")
+    @task(pool=task_pool("publish"), trigger_rule="none_failed")
     def publish(outcomes: list[dict], logical_date=None, run_id=None) -> dict:
         from partner_pipeline import nightly
         from partner_pipeline.contracts import DropOutcome
@@ -60,7 +60,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.publish([DropOutcome.from_xcom(o) for o in outcomes or []], logical_date.date(), run_id)
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("load_first_party"))
     def load_first_party(logical_date=None) -> dict:
         """Our profiles in force on the date, and data subjects' erasure and access requests."""
         from partner_pipeline import nightly
@@ -68,7 +68,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.load_first_party(logical_date.date())
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("transform"))
     def transform(logical_date=None, run_id=None) -> dict:
         """dbt build: staging -> matching -> enrichment -> segments -> audiences, and the usage-policy check."""
         from partner_pipeline import nightly
@@ -76,7 +76,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.transform(logical_date.date(), run_id)
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("data_rights"))
     def data_rights(logical_date=None, run_id=None) -> dict:
         """Erasure notices and receipts, quarantined copies past retention or of erased people, access exports."""
         from partner_pipeline import nightly
@@ -84,7 +84,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.data_rights(logical_date.date(), run_id)
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("share_overlap_reports"))
     def share_overlap_reports(logical_date=None, run_id=None) -> dict:
         """Each partner's overlap report (groups under its minimum size withheld; noised where agreed) to its outbox."""
         from partner_pipeline import nightly
@@ -92,7 +92,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.share_overlap_reports(logical_date.date(), run_id)
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("export_seeds"))
     def export_seeds(logical_date=None, run_id=None) -> list[dict]:
         """Each seed-enabled agreement's seed set (consenting customers, hashed, with seed_ids) to the partner's outbox."""
         from partner_pipeline import nightly
@@ -100,7 +100,7 @@ def partner_drops_nightly():
         with nightly.task_errors():
             return nightly.export_seeds(logical_date.date(), run_id)
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=task_pool("activate"))
     def activate(logical_date=None, run_id=None, params=None) -> list[dict]:
         """Send segment changes to the destinations the usage policies allow."""
         from partner_pipeline import nightly
@@ -109,7 +109,7 @@ def partner_drops_nightly():
             return nightly.activate(logical_date.date(), run_id, full_refresh=bool(params.get("full_refresh_activation")))
 
     # all_done: analysts get tonight's marts even when a destination is down (it checks the build succeeded)
-    @task(pool=WAREHOUSE_POOL, trigger_rule="all_done")
+    @task(pool=task_pool("publish_marts"), trigger_rule="all_done")
     def publish_marts(logical_date=None, run_id=None) -> dict:
         """The analysts' read-only copy: marts and activation log."""
         from airflow.exceptions import AirflowSkipException
@@ -123,7 +123,7 @@ def partner_drops_nightly():
             raise AirflowSkipException(str(exc)) from exc
 
     # after every run, also a failed one; a teardown, so its own outcome never decides the run's state
-    @task(pool=WAREHOUSE_POOL)  # it reads the warehouse (segment_size_history), which a writer locks
+    @task(pool=task_pool("report"))  # it appends segment sizes (segment_size_history)
     def report(logical_date=None, run_id=None) -> dict:
         """The run report (HTML figures) in data/reports, object storage and the UI (Browse > Run reports)."""
         from partner_pipeline import run_report

@@ -3,10 +3,12 @@ and a fresh data directory per test, so tests never see each other's drops or wa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import tempfile
@@ -70,15 +72,18 @@ def pipeline_env(s3_server, tmp_path, agreements_dir, monkeypatch) -> dict[str, 
         "PIPELINE_OUTBOX_BUCKET": f"outbox-{os.getpid()}-{n}",
         "PIPELINE_ACTIVATION_BUCKET": f"activation-{os.getpid()}-{n}",
         "PIPELINE_REPORTS_BUCKET": f"reports-{os.getpid()}-{n}",
+        "PIPELINE_LAKE_BUCKET": f"lake-{os.getpid()}-{n}",
         "PIPELINE_DATA_DIR": str(tmp_path / "data"),
         "PIPELINE_AGREEMENTS_DIR": str(agreements_dir),
         "AIRFLOW_VAR_SEED_SECRET_ACME_BANK": "test-seed-key-acme-bank-0123456789abcdef",  # the seed_id key (seeds.py)
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    for key in ("PIPELINE_LAKE_CATALOG", "PIPELINE_LAKE_CATALOG_PASSWORD", "PIPELINE_LAKE_DATA_PATH"):
+        monkeypatch.delenv(key, raising=False)  # the embedded lake under the test's own data dir and bucket
     settings = load_settings()
-    ensure_buckets(s3(s3_server), [settings.landing_bucket, settings.first_party_bucket,
-                                   settings.quarantine_bucket, settings.outbox_bucket, settings.activation_bucket, settings.reports_bucket])
+    ensure_buckets(s3(s3_server), [settings.landing_bucket, settings.first_party_bucket, settings.quarantine_bucket,
+                                   settings.outbox_bucket, settings.activation_bucket, settings.reports_bucket, settings.lake_bucket])
     return env
 
 
@@ -144,9 +149,12 @@ def built(tmp_path_factory, s3_server):
     root = tmp_path_factory.mktemp("built")
     with pytest.MonkeyPatch.context() as mp:
         env = {**s3_server.env(), "PIPELINE_DATA_DIR": str(root / "data"), "PIPELINE_LANDING_BUCKET": "built-landing",
-               "PIPELINE_FIRST_PARTY_BUCKET": "built-first-party", "PIPELINE_QUARANTINE_BUCKET": "built-quarantine"}
+               "PIPELINE_FIRST_PARTY_BUCKET": "built-first-party", "PIPELINE_QUARANTINE_BUCKET": "built-quarantine",
+               "PIPELINE_LAKE_BUCKET": "built-lake"}
         for key, value in env.items():
             mp.setenv(key, value)
+        for key in ("PIPELINE_LAKE_CATALOG", "PIPELINE_LAKE_CATALOG_PASSWORD", "PIPELINE_LAKE_DATA_PATH"):
+            mp.delenv(key, raising=False)
         settings = load_settings()
         truth = synth.generate_scenario(root / "synth", landing_bucket=settings.landing_bucket,
                                         first_party_bucket=settings.first_party_bucket,
@@ -157,14 +165,30 @@ def built(tmp_path_factory, s3_server):
         nightly.publish(outcomes, BUILT_DAY, "build")
         nightly.load_first_party(BUILT_DAY)
         nightly.transform(BUILT_DAY, "build")
-        return {"warehouse": settings.warehouse_path, "marts": settings.marts_path, "truth": truth}
+        return {"settings": settings, "dbt_target": root / "data" / "dbt" / "target", "truth": truth}
 
 
 @pytest.fixture
-def warehouse_copy(built, pipeline_env, governance_dir):
+def warehouse_copy(built, pipeline_env, governance_dir, s3_api):
     """A fresh copy of the built warehouse, with the test's own buckets and governance files."""
     settings = load_settings()
-    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(built["warehouse"], settings.warehouse_path)
-    shutil.copy(built["marts"], settings.marts_path)
+    copy_warehouse(built["settings"], settings, s3_api)
     return settings
+
+
+def copy_warehouse(source, target, client) -> None:
+    """Copy one warehouse to another place: the DuckDB files; or a lake's catalog file and data files
+    (into the target's bucket, the copied catalog's data path pointed at them)."""
+    if source.warehouse_kind == "file":
+        target.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source.warehouse_path, target.warehouse_path)
+        shutil.copy(source.marts_path, target.marts_path)
+        return
+    Path(target.lake_catalog).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.lake_catalog, target.lake_catalog)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=source.lake_bucket):
+        for item in page.get("Contents", []):
+            client.copy_object(Bucket=target.lake_bucket, Key=item["Key"],
+                               CopySource={"Bucket": source.lake_bucket, "Key": item["Key"]})
+    with contextlib.closing(sqlite3.connect(target.lake_catalog)) as catalog, catalog:
+        catalog.execute("UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'", [target.lake_data_path])

@@ -19,29 +19,29 @@ from pathlib import Path
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.governance import load_governance
-from partner_pipeline.settings import load_settings
+from partner_pipeline.settings import Settings, load_settings
 from partner_pipeline.transform import run_dbt
 from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
 
 
-def build_schema_warehouse(directory: Path) -> tuple[Path, Path]:
-    """Build (or rebuild) DIR/warehouse.duckdb and DIR/marts.duckdb; returns their paths."""
+def build_schema_warehouse(directory: Path) -> Settings:
+    """Build (or rebuild) DIR/warehouse.duckdb and DIR/marts.duckdb; returns settings naming them."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     warehouse_path, marts_path = directory / "warehouse.duckdb", directory / "marts.duckdb"
     for path in (warehouse_path, marts_path):
         path.unlink(missing_ok=True)
-    settings = dataclasses.replace(load_settings(), warehouse_path=warehouse_path, marts_path=marts_path)
+    settings = dataclasses.replace(load_settings(), warehouse_kind="file", warehouse_path=warehouse_path, marts_path=marts_path)
     agreements = load_agreements(settings.agreements_dir)
     with warehouse(settings) as con:
         publish_agreements(con, agreements, settings.outbox_bucket)
         publish_governance(con, load_governance(settings.governance_dir, agreements), settings.activation_bucket)
-    result = run_dbt(["run"], directory / "dbt" / "target", warehouse_path, marts_path)
+    result = run_dbt(settings, ["run"], directory / "dbt" / "target")
     if result.returncode != 0:
         raise RuntimeError("dbt run failed on the schema-only warehouse:\n" + result.stdout[-5000:])
-    return warehouse_path, marts_path
+    return settings
 
 
 if __name__ == "__main__":
-    for built in build_schema_warehouse(Path(sys.argv[1] if len(sys.argv) > 1 else "data/lint")):
-        print(built)
+    built = build_schema_warehouse(Path(sys.argv[1] if len(sys.argv) > 1 else "data/lint"))
+    print(built.warehouse_path, built.marts_path, sep="\n")

@@ -25,7 +25,10 @@ from browser import Chromium
 from test_local_airflow import free_port
 
 from partner_pipeline.agreements import load_agreements
+from partner_pipeline.analysts import export
 from partner_pipeline.settings import load_settings
+from partner_pipeline.transform import published_marts
+from partner_pipeline.warehouse import warehouse
 from partner_pipeline.storage import s3_client
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_airflow import DAG_ID, run_nightly
@@ -73,6 +76,15 @@ class Airflow:
 
     def s3(self):
         return s3_client((self.data / "s3" / "endpoint").read_text(), ACCESS_KEY, SECRET_KEY)
+
+    def settings(self):
+        """The settings the local Airflow runs with (the defaults: the fixture passes it no PIPELINE_* variable),
+        reaching its S3 server."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env |= {"PIPELINE_DATA_DIR": str(self.data), "PIPELINE_S3_ENDPOINT_URL": (self.data / "s3" / "endpoint").read_text(),
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        with mock.patch.dict(os.environ, env, clear=True):
+            return load_settings()
 
 
 def wait(what: str, check, timeout: float, every: float = 2.0):
@@ -144,7 +156,8 @@ def drops(root: Path, first: dt.date, last: dt.date) -> None:
 
 
 def sequential_nights(data: Path, root: Path, days: list[dt.date]) -> Path:
-    """The same drops, each date run after the other by `airflow dags test`, in a data dir of its own."""
+    """The same drops, each date run after the other by `airflow dags test`, in a data dir of its own;
+    returns the published marts exported to a file (the nights' S3 server stops after them)."""
     from partner_pipeline_dev.services import embedded_services
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "AIRFLOW_CONN_"))}  # as the server's
@@ -155,7 +168,8 @@ def sequential_nights(data: Path, root: Path, days: list[dt.date]) -> Path:
             for day in days:
                 result = run_nightly(day.isoformat(), data / "airflow", env)
                 assert result.returncode == 0 and "state=success" in result.stdout, result.stdout[-5000:]
-    return settings.published_path
+            export(load_settings(), data / "published-export.duckdb")
+    return data / "published-export.duckdb"
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +216,12 @@ def test_backfill_over_the_api_ends_as_sequential_nights(airflow, backfilled):
     started = [at(r["start_date"]) for r in runs]
     assert max(started) - min(started) < dt.timedelta(seconds=30)  # started together: waiting at the first task
     # the date with no drops ended green with nothing done: no drop, nothing sent
-    with duckdb.connect(str(airflow.data / "warehouse.duckdb"), read_only=True) as con:
+    settings = airflow.settings()
+    with warehouse(settings, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM audit.drop_events WHERE drop_date = ?", [days[1]]).fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM activation.activation_log WHERE run_date = ?", [days[1]]).fetchone()[0] == 0
-    assert_published_equal(airflow.data / "published" / "marts.duckdb", backfilled["sequential"])
+    export(settings, settings.data_dir / "published-export.duckdb")
+    assert_published_equal(settings.data_dir / "published-export.duckdb", backfilled["sequential"])
 
 
 def assert_published_equal(backfill: Path, sequential: Path) -> None:
@@ -223,7 +239,7 @@ def assert_published_equal(backfill: Path, sequential: Path) -> None:
 
 def test_run_report_in_the_airflow_ui_in_headless_chromium(airflow, backfilled):
     last = backfilled["days"][-1]
-    with duckdb.connect(str(airflow.data / "published" / "marts.duckdb"), read_only=True) as con:
+    with published_marts(airflow.settings()) as con:
         rates = dict(con.execute("SELECT partner_id, match_rate FROM match_report WHERE drop_date = ?", [last]).fetchall())
         sizes = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1").fetchall())
         declared = [s for (s,) in con.execute("SELECT segment_name FROM segments").fetchall()]  # prospect segments too

@@ -31,11 +31,19 @@ def test_dag_policies(dagbag):
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
 
 
-def test_warehouse_writers_share_the_single_slot_pool(dagbag):
-    dag = dagbag.dags["partner_drops_nightly"]
-    assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == {
-        "discover", "publish", "load_first_party", "transform", "data_rights", "activate", "share_overlap_reports", "publish_marts",
-        "report", "export_seeds"}
+@pytest.mark.parametrize("kind, pooled", [
+    # the file allows one writing process: every task that writes it
+    ("file", {"discover", "publish", "load_first_party", "transform", "data_rights", "activate", "share_overlap_reports",
+              "publish_marts", "report", "export_seeds"}),
+    # the lake takes writers side by side, but activate may purge it while the other sends run
+    ("lake", {"activate", "share_overlap_reports", "export_seeds"})])
+def test_only_the_tasks_that_must_write_alone_share_the_single_slot_pool(kind, pooled, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", kind)  # decided where the DAG is parsed, as the workers are configured
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["partner_drops_nightly"]
+    assert {t.task_id for t in dag.tasks if t.pool == WAREHOUSE_POOL} == pooled
+    assert {t.pool for t in dag.tasks if t.task_id not in pooled} == {"default_pool"}
     assert dag.get_task("ingest").pool != WAREHOUSE_POOL  # drops stage in parallel, each in its own file
     assert dag.max_active_runs == 1  # scheduled nights one at a time (a backfill's own max_active_runs overrides it)
 

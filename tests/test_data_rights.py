@@ -32,6 +32,7 @@ OWN_DELETIONS = {
     ("staging.py", "stage_drop", "unlink"),  # a downloaded file once staged
     ("transform.py", "build_models", "unlink"),  # the marts file being built, dbt's last results
     ("transform.py", "write_published_copy", "unlink"),  # the copy being built
+    ("analysts.py", "export", "unlink"),  # the export being built
     ("warehouse.py", "rewrite_warehouse", "unlink"),  # a stale rewrite and write-ahead log
     ("warehouse.py", "publish_outcome", "rmtree"),  # the drop's stage file, once loaded
     ("warehouse.py", "_load_staged", "DELETE FROM raw.partner_records"),  # a delivery replaces its partner's rows of the date
@@ -128,7 +129,9 @@ TRICKY = [None, "", " ", " \t\r\n", HASH, HASH.upper(), f"  {HASH} ", f"\t{HASH.
 
 @pytest.fixture
 def warehouse_settings(tmp_path):
-    return dataclasses.replace(load_settings(), warehouse_path=tmp_path / "warehouse.duckdb", marts_path=tmp_path / "marts.duckdb")
+    """A warehouse file of its own (the macros are the same on the lake: warehouse._SCHEMA declares both)."""
+    return dataclasses.replace(load_settings(), warehouse_kind="file", warehouse_path=tmp_path / "warehouse.duckdb",
+                               marts_path=tmp_path / "marts.duckdb")
 
 
 def test_python_normalizes_and_keys_as_the_warehouse_does(warehouse_settings):

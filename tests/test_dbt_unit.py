@@ -13,9 +13,8 @@ from schema_warehouse import build_schema_warehouse
 
 
 def test_dbt_unit_tests_pass_on_an_empty_warehouse(tmp_path):
-    warehouse_path, marts_path = build_schema_warehouse(tmp_path / "warehouse")
     target = tmp_path / "target"
-    result = run_dbt(["test", "--select", "test_type:unit"], target, warehouse_path, marts_path)
+    result = run_dbt(build_schema_warehouse(tmp_path / "warehouse"), ["test", "--select", "test_type:unit"], target)
     assert result.returncode == 0, result.stdout[-5000:]
     ran = json.loads((target / "run_results.json").read_text())["results"]
     unit_tests = {r["unique_id"]: r["status"] for r in ran if r["unique_id"].startswith("unit_test.")}

@@ -303,9 +303,9 @@ def test_a_night_on_the_lake_publishes_what_a_night_on_the_file_does(configurati
                             drop_date=BUILT_DAY, n_profiles=1500, rows_per_partner=1200, seed=7, bad_row_share=0.02)
     synth.upload_tree(s3_api, tmp_path / "synth")
     for kind in ("file", "lake"):
+        monkeypatch.setenv("PIPELINE_WAREHOUSE", kind)
         if kind == "lake":
             request.getfixturevalue("lake_env" if configuration == "postgres" else "embedded_lake_env")
-            monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
         monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / kind))
         with AudienceApi(token="test-token", hash_profile="uid2") as api:
             monkeypatch.setenv("AIRFLOW_CONN_PERSONALIZATION_API",

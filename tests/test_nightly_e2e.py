@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-import duckdb
 import pytest
 
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from partner_pipeline.transform import published_marts
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_airflow import run_nightly
@@ -74,7 +74,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
     # activation: the API holds exactly the sendable members; the file export's list has as many rows
     for segment in ("high_earning_homeowners", "upsell_prospects"):
         assert len(audience_api.members(segment)) == truth["sendable"][segment] > 0
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+    with published_marts(settings) as con:
         exported = dict(con.execute("""SELECT destination_id || '/' || segment_name, sum(adds) FROM activation_log
                                        WHERE status = 'sent' GROUP BY 1""").fetchall())
     assert exported["ads_customer_list/attrition_risk"] == truth["sendable"]["attrition_risk"] > 0
@@ -103,7 +103,7 @@ def test_nightly_run_rerun_and_redelivery(airflow_home, pipeline_env, audience_a
 
 
 def assert_marts_equal_ground_truth(settings, truth):
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+    with published_marts(settings) as con:
         report = con.execute("""SELECT partner_id, rows_valid, matched_by_email, matched_by_phone, unmatched, ambiguous
                                 FROM match_report WHERE drop_date = ?""", [DAY]).fetchall()
         segments = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1").fetchall())

@@ -7,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
-import itertools
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -190,13 +188,8 @@ def pipeline_objects(s3_api, settings) -> dict[str, bytes]:
 @pytest.fixture(params=["file", "lake"])
 def warehouse_kind(request, monkeypatch) -> str:
     """The warehouse in its DuckDB file, or in the lake (its own bucket in the S3 server, embedded catalog)."""
-    if request.param == "lake":
-        monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
-        monkeypatch.setenv("PIPELINE_LAKE_BUCKET", f"lake-{os.getpid()}-{next(_lakes)}")
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", request.param)
     return request.param
-
-
-_lakes = itertools.count()
 
 
 def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind, first_night, s3_api):

@@ -15,6 +15,8 @@ import pytest
 from partner_pipeline import ingest
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import load_settings
+from partner_pipeline.sqltext import quote_ident
+from partner_pipeline.transform import published_marts
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from conftest import run_night as night
@@ -78,7 +80,7 @@ def test_retention_at_the_boundary_in_tables_quarantine_and_backfills(pipeline_e
     # a backfill of D-1 counts retention from D, the latest date built: D-2 stays gone, D-1 stays
     night(staying, "backfill")
     assert dict(query("SELECT drop_date, count(*) FROM raw.partner_records WHERE partner_id = 'acme_bank' GROUP BY 1")) == {staying: loaded[staying]}
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+    with published_marts(settings) as con:
         assert con.execute("SELECT count(*) FROM profile_partner_attributes WHERE drop_date = ?", [expiring]).fetchone()[0] == 0
 
 
@@ -128,22 +130,35 @@ def token(value: str) -> re.Pattern:
     return re.compile(rf"(?<![A-Za-z0-9_.+-]){re.escape(value)}(?![A-Za-z0-9_])")
 
 
-def scan_duckdb(path, identifiers) -> list[str]:
-    """Every table and column of a DuckDB file, every value as text, searched for every identifier
-    (views store nothing, and the marts file's views read the warehouse: the tables are what is kept)."""
+def scan_warehouse(settings, identifiers) -> list[str]:
+    """Every table the warehouse keeps (on the file: the warehouse, marts and published files; on the
+    lake: its tables at the last commit), every value as text, searched for every identifier (views
+    store nothing: the tables are what is kept)."""
+    if settings.warehouse_kind == "lake":
+        with warehouse(settings, read_only=True) as con:
+            return scan_tables(con, "lake", identifiers)
+    found = []
+    for path in (settings.warehouse_path, settings.marts_path, settings.published_path):
+        with duckdb.connect(str(path), read_only=True) as con:
+            found += scan_tables(con, path.stem, identifiers, where=path.name)
+    return found
+
+
+def scan_tables(con, catalog, identifiers, where="") -> list[str]:
     patterns = [(kind, token(v)) for kind, values in identifiers.items() for v in values]
     found = []
-    with duckdb.connect(str(path), read_only=True) as con:
-        tables = con.execute("""SELECT table_schema, table_name FROM information_schema.tables
-                                WHERE table_type = 'BASE TABLE'""").fetchall()
-        for schema, table in tables:
-            columns = [c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-                                                 [schema, table]).fetchall()]
-            for column in columns:
-                for (value,) in con.execute(f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM "{schema}"."{table}" WHERE "{column}" IS NOT NULL').fetchall():
-                    for kind, pattern in patterns:
-                        if pattern.search(value):
-                            found.append(f"{path.name}:{schema}.{table}.{column} holds the {kind}")
+    tables = con.execute("""SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ?""", [catalog]).fetchall()
+    for schema, table in tables:
+        columns = [c for (c,) in con.execute("""SELECT column_name FROM duckdb_columns()
+                                                WHERE database_name = ? AND schema_name = ? AND table_name = ?""",
+                                             [catalog, schema, table]).fetchall()]
+        source = ".".join(quote_ident(part) for part in (catalog, schema, table))
+        for column in columns:
+            for (value,) in con.execute(f"SELECT DISTINCT CAST({quote_ident(column)} AS VARCHAR) FROM {source} "
+                                        f"WHERE {quote_ident(column)} IS NOT NULL").fetchall():
+                for kind, pattern in patterns:
+                    if pattern.search(value):
+                        found.append(f"{where or catalog}:{schema}.{table}.{column} holds the {kind}")
     return found
 
 
@@ -195,7 +210,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     held = set().union(*(audience_api.members(s) for s in ("high_earning_homeowners", "upsell_prospects")))
     assert {e for e, _ in held} & uid2  # the destination holds them before the request
     held_by = {d for (d,) in query("SELECT DISTINCT destination_id FROM activation.destination_members WHERE profile_id = ?", [person])}
-    before = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
+    before = scan_warehouse(settings, identifiers)
     assert {"profile_id", "email", "hash", "partner_person_id"} <= {leak.rsplit(" ", 1)[-1] for leak in before}  # the scan finds them
     notices_expected = {p for (p,) in query("SELECT DISTINCT partner_id FROM marts.partner_person_links WHERE profile_id = ?", [person])}
     email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
@@ -205,7 +220,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     ])
     night(D, "n2")
 
-    leaks = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
+    leaks = scan_warehouse(settings, identifiers)
     leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
     leaks += scan_objects(s3_api, [settings.first_party_bucket], identifiers, skip=("profiles/", "erasure_requests/"))
     leaks += scan_files(settings.data_dir, identifiers)
@@ -245,7 +260,7 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
     monkeypatch.setattr(ingest, "INGEST_VERSION", ingest.INGEST_VERSION + "-reprocess")
     night(D - dt.timedelta(days=1), "reprocessed")
     assert query("SELECT count(DISTINCT event) FILTER (WHERE event = 'loaded') FROM audit.drop_events WHERE run_id = 'reprocessed'") == [(1,)]
-    leaks = sum((scan_duckdb(path, identifiers) for path in (settings.warehouse_path, settings.marts_path, settings.published_path)), [])
+    leaks = scan_warehouse(settings, identifiers)
     leaks += scan_objects(s3_api, [settings.quarantine_bucket], identifiers)
     assert leaks == []
     again = query("""SELECT location, sum(rows) FROM audit.data_deletions WHERE run_id = 'reprocessed' AND reason = 'erasure'

@@ -11,12 +11,12 @@ import re
 import subprocess
 import sys
 
-import duckdb
 import pytest
 
 from partner_pipeline import nightly, run_report
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
+from partner_pipeline.transform import published_marts
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from conftest import run_night as night
@@ -63,7 +63,7 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
     assert page.count("<figcaption>") == len(FIGURES) and page.count("<svg") == len(FIGURES)
     assert "<script" not in page and " src=" not in page and "<link" not in page  # self-contained: nothing to fetch
 
-    with duckdb.connect(str(settings.published_path), read_only=True) as con:
+    with published_marts(settings) as con:
         rates = con.execute("SELECT partner_id, drop_date, match_rate, matched, rows_quarantined FROM match_report").fetchall()
         members = dict(con.execute("SELECT segment_name, count(*) FROM segment_membership GROUP BY 1").fetchall())
         sizes = dict(con.execute("SELECT segment_name, members FROM segments").fetchall())  # customer and prospect segments

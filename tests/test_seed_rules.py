@@ -24,6 +24,8 @@ HOLD = "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
+    """The warehouse in a DuckDB file (a lake's readers never wait for its writers)."""
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", "file")
     monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
     settings = load_settings()
     with warehouse(settings) as con:

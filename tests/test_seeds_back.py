@@ -222,9 +222,8 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
 def test_partners_without_seeds_keep_their_rows_and_figures(built):
     """On the demo scenario (no seed sets, no seed ids): the scorecard has exactly match_report's
     (partner, drop) rows with no seed figures, and nothing is matched by seed or partner id."""
-    import duckdb
-
-    with duckdb.connect(str(built["marts"]), read_only=True) as con:
+    with warehouse(built["settings"], read_only=True) as con:
+        con.execute("USE marts")
         keys = "SELECT partner_id, drop_date FROM {}"
         assert con.execute(f"({keys.format('partner_scorecard')}) EXCEPT ALL ({keys.format('match_report')})").fetchall() == []
         assert con.execute(f"({keys.format('match_report')}) EXCEPT ALL ({keys.format('partner_scorecard')})").fetchall() == []

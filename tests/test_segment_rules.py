@@ -116,10 +116,10 @@ def compiled_inputs(sql: str) -> dict[str, set[str]]:
 
 
 def test_each_rule_runs_over_only_the_columns_the_policy_check_names(built, warehouse_copy):
-    sql = (built["warehouse"].parent / "dbt" / "target" / "compiled" / "partner_pipeline" / "models" / "marts"
+    sql = (built["dbt_target"] / "compiled" / "partner_pipeline" / "models" / "marts"
            / "segment_membership.sql").read_text()
     inputs = compiled_inputs(sql)
-    prospects = compiled_inputs((built["warehouse"].parent / "dbt" / "target" / "compiled" / "partner_pipeline" / "models" / "marts"
+    prospects = compiled_inputs((built["dbt_target"] / "compiled" / "partner_pipeline" / "models" / "marts"
                                  / "prospect_segment_membership.sql").read_text())
     assert set(prospects) == set(synth.load_segments(kind="prospect"))
     inputs |= prospects
@@ -136,7 +136,7 @@ def test_each_rule_runs_over_only_the_columns_the_policy_check_names(built, ware
         assert partners == {(s, c.split("__")[0]) for s, columns in inputs.items() for c in columns if "__" in c}
         # a prospect rule reads only its partner's prospects: the relation it runs over is filtered to them
         assert "where partner_id = 'globex_retail'" in " ".join(
-            (built["warehouse"].parent / "dbt" / "target" / "compiled" / "partner_pipeline" / "models" / "marts"
+            (built["dbt_target"] / "compiled" / "partner_pipeline" / "models" / "marts"
              / "prospect_segment_membership.sql").read_text().split()).lower()
         # reading anything else over that relation does not bind: upsell_prospects cannot see Acme's income
         tampered = sql.replace("where (tier = 'standard'", "where (acme_bank__household_income > 0 and tier = 'standard'", 1)

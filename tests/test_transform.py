@@ -17,9 +17,9 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.sqltext import quote_path
-from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, run_dbt
+from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, published_marts, run_dbt
 from partner_pipeline.governance import load_governance
-from partner_pipeline.warehouse import publish_agreements, publish_governance, warehouse
+from partner_pipeline.warehouse import attach_read_only, publish_agreements, publish_governance, warehouse
 from partner_pipeline_dev import synth
 
 pytestmark = pytest.mark.slow
@@ -29,6 +29,14 @@ DAY = dt.date(2026, 11, 21)
 
 @pytest.fixture
 def env(pipeline_env, s3_api, tmp_path):
+    settings = load_settings()
+    return {"settings": settings, "agreements": load_agreements(settings.agreements_dir), "s3": s3_api, "root": tmp_path / "synth"}
+
+
+@pytest.fixture
+def file_env(pipeline_env, s3_api, tmp_path, monkeypatch):
+    """The same, with the warehouse in DuckDB files (PIPELINE_WAREHOUSE=file)."""
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", "file")
     settings = load_settings()
     return {"settings": settings, "agreements": load_agreements(settings.agreements_dir), "s3": s3_api, "root": tmp_path / "synth"}
 
@@ -80,13 +88,14 @@ def test_marts_equal_ground_truth_and_hold_no_raw_identifiers(env):
         assert (r["matched_by_email"], r["matched_by_phone"], r["unmatched"], r["ambiguous"]) == (
             expected["expected_matches"]["by_email"], expected["expected_matches"]["by_phone"], expected["expected_matches"]["unmatched"], 0)
     assert summary["segment_sizes"] == truth["segments"]
-    published = env["settings"].published_path
-    with duckdb.connect(str(published), read_only=True) as con:
-        tables = {t for (t,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    with published_marts(env["settings"]) as con:  # the published marts only (on the lake: its schema marts)
+        tables = {t for (t,) in con.execute("""SELECT table_name FROM information_schema.tables
+                                               WHERE table_catalog = current_database() AND table_schema = current_schema()""").fetchall()}
         assert {"enriched_profiles", "match_report", "segment_membership", "partner_person_links",
                 "profile_partner_attributes", "drop_audit"} <= tables
         text_columns = con.execute("""SELECT table_name, column_name FROM information_schema.columns
-                                      WHERE data_type = 'VARCHAR'""").fetchall()
+                                      WHERE table_catalog = current_database() AND table_schema = current_schema()
+                                      AND data_type = 'VARCHAR'""").fetchall()
         values = set()
         for table, column in text_columns:
             values |= {v for (v,) in con.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL').fetchall()}
@@ -110,7 +119,9 @@ ANALYST = textwrap.dedent("""
 """)
 
 
-def test_an_analyst_holding_the_published_copy_never_blocks_a_run(env):
+def test_an_analyst_holding_the_published_copy_never_blocks_a_run(file_env):
+    """On the file, analysts read a copy (on the lake they attach it: test_lake)."""
+    env = file_env
     scenario(env, seed=3)
     nightly_run(run_id="first")
     published = str(env["settings"].published_path)
@@ -153,7 +164,7 @@ def test_rerunning_a_date_after_a_later_one_builds_it_as_of_its_own_date(env):
     nightly_run(later, run_id="later")
     summary = nightly_run(DAY, run_id="rerun")  # e.g. a backfill of the earlier date
     assert summary["segment_sizes"] == truth["segments"]
-    with duckdb.connect(str(env["settings"].published_path), read_only=True) as con:
+    with published_marts(env["settings"]) as con:
         assert con.execute("SELECT max(drop_date) FROM match_report").fetchone()[0] == DAY
         enriched = dict(con.execute("SELECT partner_id, count(DISTINCT profile_id) FROM profile_partner_attributes GROUP BY 1").fetchall())
     assert enriched == truth["expected_enriched"]
@@ -162,13 +173,13 @@ def test_rerunning_a_date_after_a_later_one_builds_it_as_of_its_own_date(env):
 def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, warehouse_copy, tmp_path):
     """The nightly build skips dbt's unit tests (fixed inputs, the same answer every night); here they run."""
     target = tmp_path / "target"
-    result = run_dbt(["test", "--select", "test_type:unit"], target, warehouse_copy.warehouse_path, warehouse_copy.marts_path)
+    result = run_dbt(warehouse_copy, ["test", "--select", "test_type:unit"], target)
     assert result.returncode == 0, result.stdout[-5000:]
     ran = json.loads((target / "run_results.json").read_text())["results"]
     unit_tests = {r["unique_id"]: r["status"] for r in ran if r["unique_id"].startswith("unit_test.")}
     declared = sum(len(yaml.safe_load(path.read_text())["unit_tests"]) for path in DBT_PROJECT.rglob("*unit_tests.yml"))
     assert len(unit_tests) == declared > 10 and set(unit_tests.values()) == {"pass"}
-    nightly_build = json.loads((built["warehouse"].parent / "dbt" / "target" / "run_results.json").read_text())["results"]
+    nightly_build = json.loads((built["dbt_target"] / "run_results.json").read_text())["results"]
     assert nightly_build and not [r for r in nightly_build if r["unique_id"].startswith("unit_test.")]
 
 
@@ -179,8 +190,8 @@ def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value
         before = con.execute("SELECT partner_id, drop_date, attribute_fill_rate FROM marts.partner_scorecard ORDER BY 1, 2").fetchall()
         con.execute("""UPDATE raw.partner_records SET attributes = list_append(attributes, {'attribute': 'dropped_attribute', 'value': 'x'})
                        WHERE partner_id = 'acme_bank'""")
-    result = run_dbt(["run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard", "profile_partner_attributes"],
-                     tmp_path / "target", warehouse_copy.warehouse_path, warehouse_copy.marts_path, PIPELINE_RUN_DATE=DAY.isoformat())
+    result = run_dbt(warehouse_copy, ["run", "--select", "stg_pipeline__partner_record_attributes", "partner_scorecard", "profile_partner_attributes"],
+                     tmp_path / "target", PIPELINE_RUN_DATE=DAY.isoformat())
     assert result.returncode == 0, result.stdout[-5000:]
     with warehouse(warehouse_copy, read_only=True) as con:
         listed = {a for (a,) in con.execute(
@@ -201,18 +212,17 @@ def test_dbt_compiles_and_builds_empty_on_a_fresh_warehouse(pipeline_env, tmp_pa
         publish_governance(con, load_governance(settings.governance_dir, agreements), settings.activation_bucket)
         assert con.execute("SELECT count(*) FROM raw.partner_records").fetchone()[0] == 0
     for command in (["compile"], ["build", "--empty", "--exclude-resource-type", "unit_test"]):
-        result = run_dbt(command, tmp_path / "target", settings.warehouse_path, settings.marts_path, PIPELINE_RUN_DATE=DAY.isoformat())
+        result = run_dbt(settings, command, tmp_path / "target", PIPELINE_RUN_DATE=DAY.isoformat())
         assert result.returncode == 0, (command, result.stdout[-5000:])
     with warehouse(settings, read_only=True) as con:
-        columns = {c for (c,) in con.execute("""SELECT column_name FROM duckdb_columns()
-                                                WHERE database_name = 'marts' AND table_name = 'enriched_profiles'""").fetchall()}
+        columns = {c for c, *_ in con.execute("DESCRIBE marts.enriched_profiles").fetchall()}
     assert {f"{p}__{a}" for p, agreement in agreements.items() for a in agreement.attributes} <= columns
 
 
 def _raw_and_audit(settings) -> dict:
     with warehouse(settings, read_only=True) as con:
         names = con.execute("""SELECT schema_name, table_name FROM duckdb_tables()
-                               WHERE database_name = 'warehouse' AND schema_name IN ('raw', 'audit') ORDER BY ALL""").fetchall()
+                               WHERE database_name = current_database() AND schema_name IN ('raw', 'audit') ORDER BY ALL""").fetchall()
         return {f"{s}.{t}": con.execute(f'SELECT count(*), sum(hash(t)) FROM "{s}"."{t}" AS t').fetchone() for s, t in names}
 
 
@@ -224,21 +234,20 @@ def test_a_hand_typed_dbt_build_changes_no_raw_or_audit_table(built, warehouse_c
         con.execute("INSERT INTO raw.erasure_requests VALUES ('ER-HAND', '2026-11-21T09:00:00Z', DATE '2026-11-21', 'by hand', 2, ?, NULL, NULL)",
                     [profile_id])
     before = _raw_and_audit(warehouse_copy)
-    result = run_dbt(["build", "--exclude-resource-type", "unit_test"], tmp_path / "target", warehouse_copy.warehouse_path,
-                     warehouse_copy.marts_path)
+    result = run_dbt(warehouse_copy, ["build", "--exclude-resource-type", "unit_test"], tmp_path / "target")
     assert result.returncode == 0, result.stdout[-5000:]
     assert _raw_and_audit(warehouse_copy) == before
     with warehouse(warehouse_copy, read_only=True) as con:  # yet the models already leave the person out
         assert con.execute("SELECT count(*) FROM marts.enriched_profiles WHERE profile_id = ?", [profile_id]).fetchone()[0] == 0
 
 
-def test_a_warehouse_with_a_table_per_partner_is_migrated_once(pipeline_env):
-    """A warehouse from before raw.partner_records: its raw."<partner>__records" tables are copied in, attributes
-    as (attribute, value) pairs, and dropped, on the first write."""
+def test_a_warehouse_with_a_table_per_partner_is_migrated_once(file_env):
+    """A warehouse file from before raw.partner_records: its raw."<partner>__records" tables are copied in,
+    attributes as (attribute, value) pairs, and dropped, on the first write."""
     from partner_pipeline.agreements import RECORD_COLUMNS
     from partner_pipeline.warehouse import PROVENANCE_COLUMNS
 
-    settings = load_settings()
+    settings = file_env["settings"]
     settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.warehouse_path)) as con:
         con.execute("CREATE SCHEMA raw")
@@ -267,18 +276,20 @@ def test_matching_streams_the_drop_through_its_hash_tables(built, warehouse_copy
     left to choose, built a hash table on every partner record: the 10M night ran out of its 2 GB.
     Planned as the nightly build runs it (the model's hooks, then its compiled SQL), no hash join of
     int_partner_records_matched has the drop on its build side."""
-    manifest = json.loads((built["warehouse"].parent / "dbt" / "target" / "manifest.json").read_text())
+    manifest = json.loads((built["dbt_target"] / "manifest.json").read_text())
     node = manifest["nodes"]["model.partner_pipeline.int_partner_records_matched"]
+    catalog = "lake" if warehouse_copy.warehouse_kind == "lake" else "warehouse"
     con = duckdb.connect()
-    con.execute(f"attach {quote_path(warehouse_copy.warehouse_path)} as warehouse (read_only)")
-    con.execute(f"attach {quote_path(warehouse_copy.marts_path)} as marts (read_only)")
-    con.execute("use warehouse")
+    attach_read_only(con, warehouse_copy, catalog)
+    if warehouse_copy.warehouse_kind == "file":
+        con.execute(f"attach {quote_path(warehouse_copy.marts_path)} as marts (read_only)")
+    con.execute(f"use {catalog}")
     for hook in node["config"]["pre-hook"]:
         con.execute(hook["sql"])
     plan = json.loads(con.execute("explain (format json) " + node["compiled_code"]).fetchall()[0][1])
 
     def scans_the_drop(operator) -> bool:
-        return operator["extra_info"].get("Table") == "warehouse.raw.partner_records" or any(
+        return operator["extra_info"].get("Table") in (f"{catalog}.raw.partner_records", "partner_records") or any(
             scans_the_drop(child) for child in operator["children"])
 
     def hash_joins(operator):

@@ -612,7 +612,8 @@ def complete_erasures(con, client, settings, agreements: dict[str, Agreement], d
             "identifiers_suppressed": con.execute("SELECT identifier_kind, count(*) FROM audit.erasure_suppressions WHERE request_id = ? "
                                                   "GROUP BY 1 ORDER BY 1", [request_id]).fetchall(),
             "rows_deleted": [{"table": t, "rows": int(n)} for t, n in tables],
-            "rebuilt_without_them": ["staging.*", "intermediate.*", "marts.*", str(settings.published_path)],
+            "rebuilt_without_them": ["staging.*", "intermediate.*", "marts.*",
+                                     str(settings.published_path) if settings.warehouse_kind == "file" else "the lake's files and snapshots"],
             "objects_scrubbed": of(request_id, objects),
             "access_exports_scrubbed": of(request_id, exports),
             "partners_notified": notified.get(request_id, []),

@@ -10,9 +10,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The Airflow pool every task that writes the warehouse runs in; one slot, because DuckDB allows
-# one writing process per file. Here (a light module) so the DAG file can import it at parse time.
+# The one-slot Airflow pool of the tasks that must write the warehouse alone (POOLED_TASKS). Here (a light
+# module) so the DAG file can use it at parse time.
 WAREHOUSE_POOL = "duckdb_warehouse"
+# Those tasks, for each place the warehouse can be. A DuckDB file allows one writing process: every task
+# that opens it for writing. On the lake, tasks write side by side (DuckLake retries a commit that lost a
+# race to a commit it does not conflict with; the embedded catalog's writers take turns, lake.writer_turn),
+# except the three sends that run side by side after data_rights: activate may purge the lake
+# (warehouse.rewrite_if_owed: files rewritten, snapshots expired, unused files deleted), which must have
+# no other writer meanwhile.
+POOLED_TASKS = {
+    "file": frozenset({"discover", "publish", "load_first_party", "transform", "data_rights", "activate",
+                       "share_overlap_reports", "export_seeds", "publish_marts", "report"}),
+    "lake": frozenset({"activate", "share_overlap_reports", "export_seeds"}),
+}
+
+
+def task_pool(task_id: str) -> str:
+    """The DAG task's pool: the one-slot warehouse pool where it must write alone, else Airflow's default."""
+    return WAREHOUSE_POOL if task_id in POOLED_TASKS[warehouse_kind()] else "default_pool"
+
+
+def warehouse_kind() -> str:
+    kind = os.environ.get("PIPELINE_WAREHOUSE", "lake")
+    if kind not in POOLED_TASKS:
+        raise ValueError(f"PIPELINE_WAREHOUSE={kind!r}: set it to 'lake' (DuckLake) or 'file' (one DuckDB file)")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -36,9 +59,9 @@ class Settings:
     expectations_dir: Path
     duckdb_memory_limit: str
     duckdb_threads: int
-    # where the warehouse lives: `file` (a DuckDB file, warehouse_path) or `lake` (the DuckLake below, lake.py;
-    # issue 16: being brought up beside the file, which stays the default until the lake runs every night)
-    warehouse_kind: str = "file"
+    # where the warehouse lives: `lake` (the DuckLake below, lake.py) or `file` (one DuckDB file, warehouse_path,
+    # which allows one writer process: every writing task in the one-slot pool)
+    warehouse_kind: str = "lake"
     # DuckLake (lake.py): a catalog path, or `postgres:<libpq string without password>` (the team's)
     lake_catalog: str = ""
     lake_catalog_password: str | None = field(default=None, repr=False)
@@ -70,9 +93,6 @@ def load_settings() -> Settings:
     env = os.environ
     data_dir = Path(env.get("PIPELINE_DATA_DIR", PROJECT_ROOT / "data"))
     lake_bucket = env.get("PIPELINE_LAKE_BUCKET", "pipeline-lake")
-    warehouse_kind = env.get("PIPELINE_WAREHOUSE", "file")
-    if warehouse_kind not in ("file", "lake"):
-        raise ValueError(f"PIPELINE_WAREHOUSE={warehouse_kind!r}: set it to 'file' (a DuckDB file) or 'lake' (DuckLake)")
     return Settings(
         s3_endpoint_url=env.get("PIPELINE_S3_ENDPOINT_URL") or None,
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
@@ -93,7 +113,7 @@ def load_settings() -> Settings:
         expectations_dir=Path(env.get("PIPELINE_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
         duckdb_memory_limit=env.get("PIPELINE_DUCKDB_MEMORY_LIMIT", "2GB"),
         duckdb_threads=int(env.get("PIPELINE_DUCKDB_THREADS", "2")),
-        warehouse_kind=warehouse_kind,
+        warehouse_kind=warehouse_kind(),
         lake_catalog=env.get("PIPELINE_LAKE_CATALOG") or str(data_dir / "lake" / "catalog.sqlite"),
         lake_catalog_password=env.get("PIPELINE_LAKE_CATALOG_PASSWORD") or None,
         lake_bucket=lake_bucket,

@@ -7,6 +7,8 @@ while the warehouse pool keeps every other writer out (see README, "Why one dbt 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -15,7 +17,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-import contextlib
 from pathlib import Path
 
 import duckdb
@@ -29,19 +30,15 @@ log = logging.getLogger(__name__)
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 
 
-# the profile's target (dbt_project/profiles.yml) for each place the warehouse can be (settings.warehouse_kind)
-DBT_TARGETS = {"file": "local", "lake": "lake"}
-
-
 class ModelBuildFailed(RuntimeError):
     pass
 
 
-def run_dbt(command: list[str], target: Path, warehouse_path: Path, marts_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """One dbt command on a warehouse file and its marts file, with `env` added to dbt's
-    environment; logs go beside `target`."""
-    env = {**os.environ, "PIPELINE_WAREHOUSE_PATH": str(Path(warehouse_path).resolve()),
-           "PIPELINE_MARTS_PATH": str(Path(marts_path).resolve()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **env}
+def run_dbt(settings: Settings, command: list[str], target: Path, **env: str) -> subprocess.CompletedProcess:
+    """One dbt command on the warehouse of `settings` (its kind is the profile's target: the lake, or
+    the warehouse file and its marts file), with `env` added to dbt's environment; logs go beside `target`."""
+    env = {**os.environ, "PIPELINE_WAREHOUSE": settings.warehouse_kind, "PIPELINE_WAREHOUSE_PATH": str(settings.warehouse_path.resolve()),
+           "PIPELINE_MARTS_PATH": str(settings.marts_path.resolve()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **env}
     return subprocess.run([str(Path(sys.executable).with_name("dbt")), *command, "--project-dir", str(DBT_PROJECT),
                            "--profiles-dir", str(DBT_PROJECT), "--target-path", str(target), "--log-path", str(target.parent / "logs")],
                           env=env, capture_output=True, text=True)
@@ -64,8 +61,8 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     (target / "run_results.json").unlink(missing_ok=True)
     # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
     with lake.writer_turn(settings) if settings.warehouse_kind == "lake" else contextlib.nullcontext():
-        result = run_dbt(["build", "--target", DBT_TARGETS[settings.warehouse_kind], "--exclude-resource-type", "unit_test"], target,
-                         settings.warehouse_path, building, PIPELINE_RUN_DATE=day.isoformat(),
+        result = run_dbt(dataclasses.replace(settings, marts_path=building), ["build", "--exclude-resource-type", "unit_test"], target,
+                         PIPELINE_RUN_DATE=day.isoformat(),
                          PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(), PIPELINE_RUN_ID=run_id)
     log.info("dbt build:\n%s", result.stdout[-20000:])
     run_results = json.loads((target / "run_results.json").read_text()) if (target / "run_results.json").exists() else {"results": []}
@@ -128,14 +125,14 @@ def write_published_copy(settings: Settings) -> Path:
 
 
 @contextlib.contextmanager
-def published_marts(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection | None]:
+def published_marts(settings: Settings, snapshot: int | None = None) -> Iterator[duckdb.DuckDBPyConnection | None]:
     """A read-only connection on the marts as last published, their tables unqualified (what analysts
     read); None before the first publication. On the lake: attached at the snapshot last recorded
     in audit.publications, or, if an erasure expired it, at the oldest snapshot kept after it (the
-    lake as the erasure left it: built marts, without the erased)."""
+    lake as the erasure left it: built marts, without the erased); or at `snapshot`, a kept one."""
     config = settings.duckdb_config(settings.data_dir / "tmp")
     if settings.warehouse_kind == "lake":
-        snapshot = published_snapshot(settings)
+        snapshot = published_snapshot(settings) if snapshot is None else snapshot
         if snapshot is None:
             yield None
             return

@@ -13,6 +13,7 @@ itself, compiled once per hash profile before timing starts, so both sides hash 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import duckdb
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.governance import Destination
+from partner_pipeline.settings import load_settings
 from partner_pipeline.seeds import COPY_OPTIONS, hmac_pads, seed_id_sql
 from partner_pipeline.storage import download_with_sha256, list_objects
 from partner_pipeline.transform import run_dbt
@@ -33,7 +35,9 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
     """(email expression, phone expression) over columns `email` and `phone`, from the dbt macros."""
     inline = (f"select {{{{ normalize_email('email', \"'{hash_profile}'\") }}}} as e"
               f" ||| {{{{ normalize_phone('phone', \"'{hash_profile}'\", \"'{country_code}'\") }}}}")
-    result = run_dbt(["compile", "--quiet", "--inline", inline], work / "target", work / "compile.duckdb", work / "compile_marts.duckdb")
+    compiling = dataclasses.replace(load_settings(), warehouse_kind="file", warehouse_path=work / "compile.duckdb",
+                                    marts_path=work / "compile_marts.duckdb")
+    result = run_dbt(compiling, ["compile", "--quiet", "--inline", inline], work / "target")
     if result.returncode != 0:
         raise RuntimeError(f"dbt compile of the normalization macros failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     email, phone = result.stdout.strip().removeprefix("select ").split(" ||| ")

@@ -79,8 +79,10 @@ def _port_open(port: int) -> bool:
 
 
 @contextmanager
-def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 60.0, s3_port: int | None = None) -> Iterator[LocalS3]:
-    """Start `weed mini` under data_dir and yield its endpoint; always stop it."""
+def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 60.0, s3_port: int | None = None,
+             identities: tuple[dict, ...] = ()) -> Iterator[LocalS3]:
+    """Start `weed mini` under data_dir and yield its endpoint; always stop it. `identities`: more
+    users beside the pipeline's, in SeaweedFS's form ({"name", "credentials", "actions"})."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
     config = data_dir / "s3.json"
@@ -88,7 +90,7 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
         "name": "pipeline",
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]}))
+    }, *identities]}))
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
     if s3_port:
         ports["s3.port"] = s3_port

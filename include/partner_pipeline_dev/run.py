@@ -89,6 +89,7 @@ def report(settings, day: dt.date, log: Path, truth: dict | None = None) -> int:
     if settings.warehouse_kind == "lake":
         print(f"  warehouse (DuckLake):    catalog {settings.lake_catalog}, files in {settings.lake_data_path}  raw.*, staging.*, "
               "intermediate.*, marts.*, audit.*")
+        print("  analysts:                make analyst  (the published marts, read-only; EXPORT=file.duckdb for a copy)")
     else:
         print(f"  analysts' copy (DuckDB): {settings.published_path}  open with: .venv/bin/duckdb -readonly {settings.published_path}")
         print(f"  warehouse (DuckDB):      {settings.warehouse_path}  raw.*, staging.*, intermediate.*, audit.drop_events")
