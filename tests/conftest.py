@@ -29,9 +29,20 @@ from partner_pipeline_dev.local_s3 import local_s3
 _bucket_numbers = itertools.count()
 
 
+# An analyst's keys on the S3 server, as a team deployment gives them: read only the analysts' tables
+# (lake.analyst_prefixes) of the lake in bucket ANALYST_LAKE_BUCKET.
+ANALYST_LAKE_BUCKET = "analyst-lake"
+ANALYST_KEYS = {"AWS_ACCESS_KEY_ID": "analyst-key", "AWS_SECRET_ACCESS_KEY": "analyst-secret-0123456789"}
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    with local_s3(tmp_path_factory.mktemp("s3")) as server:
+    from partner_pipeline.lake import analyst_prefixes
+
+    analyst = {"name": "analyst", "credentials": [{"accessKey": ANALYST_KEYS["AWS_ACCESS_KEY_ID"],
+                                                   "secretKey": ANALYST_KEYS["AWS_SECRET_ACCESS_KEY"]}],
+               "actions": [f"Read:{prefix.removeprefix('s3://')}*" for prefix in analyst_prefixes(f"s3://{ANALYST_LAKE_BUCKET}/")]}
+    with local_s3(tmp_path_factory.mktemp("s3"), identities=(analyst,)) as server:
         yield server
 
 

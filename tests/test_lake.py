@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import BUILT_DAY, run_night, s3
+from conftest import ANALYST_KEYS, ANALYST_LAKE_BUCKET, BUILT_DAY, run_night, s3
 from partner_pipeline import lake, nightly
 from partner_pipeline.agreements import load_agreements
 from partner_pipeline.contracts import DropOutcome
@@ -27,7 +27,7 @@ from partner_pipeline.transform import published_marts
 from partner_pipeline.warehouse import warehouse
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.local_audience_api import AudienceApi
-from partner_pipeline_dev.local_postgres import create_database, postgres_bin_dir
+from partner_pipeline_dev.local_postgres import create_database, create_role, postgres_bin_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -36,8 +36,9 @@ EMAIL = "erase-me-7c1f0a@example.com"
 
 
 @pytest.fixture
-def lake_env(s3_server, postgres_server, tmp_path, monkeypatch) -> dict[str, str]:
-    """A fresh lake on the PostgreSQL catalog: its own catalog database and its own bucket."""
+def lake_env(pipeline_env, s3_server, postgres_server, tmp_path, monkeypatch) -> dict[str, str]:
+    """A fresh lake on the PostgreSQL catalog: its own catalog database and its own bucket (set after
+    pipeline_env, which points the pipeline at the embedded catalog)."""
     n = next(_lakes)
     catalog = create_database(postgres_server, f"lake_test_{os.getpid()}_{n}")
     env = {**s3_server.env(), "PIPELINE_DATA_DIR": str(tmp_path / "data"),
@@ -391,6 +392,66 @@ def test_an_analyst_reads_the_last_published_night_while_the_next_one_runs(pipel
     refused = subprocess.run([sys.executable, "-m", "partner_pipeline.analysts", "--night", "2020-01-01", "-c", count],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "never published" in refused.stderr
+    # a copy for a laptop without access to the lake: the same rows, in one DuckDB file
+    cli("--export", str(tmp_path / "copy.duckdb"), "--night", str(day - dt.timedelta(days=1)))
+    with duckdb.connect(str(tmp_path / "copy.duckdb"), read_only=True) as copy:
+        assert marts(copy) == first
+
+
+def test_an_analysts_role_and_keys_read_the_published_marts_and_no_raw_value(lake_env, pipeline_env, governance_dir, audience_api,
+                                                                            s3_api, tmp_path, monkeypatch, postgres_server):
+    """The team configuration: the lake made and the analysts' role granted by `python -m partner_pipeline.lake
+    init --analyst-role`, the analysts' S3 keys reading only lake.analyst_prefixes. With them the analysts'
+    CLI reads the published marts; a raw table's files are refused, the catalog shows no raw table's
+    statistics (its smallest and largest emails), and nothing can be written."""
+    monkeypatch.setenv("PIPELINE_LAKE_BUCKET", ANALYST_LAKE_BUCKET)
+    ensure_buckets(s3_api, [ANALYST_LAKE_BUCKET])
+    settings = load_settings()
+    synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket, first_party_bucket=settings.first_party_bucket,
+                            agreements=load_agreements(settings.agreements_dir), drop_date=BUILT_DAY, n_profiles=600,
+                            rows_per_partner=500, seed=31, bad_row_share=0.02)
+    synth.upload_tree(s3_api, tmp_path / "synth")
+    run_night(BUILT_DAY, "night")
+    role = f"analyst_{os.getpid()}_{next(_lakes)}"
+    init = subprocess.run([sys.executable, "-m", "partner_pipeline.lake", "init", "--analyst-role", role], capture_output=True, text=True)
+    assert init.returncode != 0 and "does not exist" in init.stderr  # the role is the deployment's to create
+    database = dict(part.split("=") for part in settings.lake_catalog.removeprefix("postgres:").split())["dbname"]
+    analyst = create_role(postgres_server, role, "analyst-password-0123", database)
+    init = subprocess.run([sys.executable, "-m", "partner_pipeline.lake", "init", "--analyst-role", role], capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    as_analyst = {**os.environ, **analyst.env(), **ANALYST_KEYS}
+
+    def cli(sql: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "partner_pipeline.analysts", "-c", sql], capture_output=True, text=True, env=as_analyst)
+
+    with published_marts(settings) as con:
+        expected = [con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("segment_membership", "activation_log")]
+        emails = {e for (e,) in con.execute("SELECT email FROM lake.raw.first_party_profiles").fetchall()}
+    assert min(expected) > 0 and emails
+    read = cli("COPY (SELECT (SELECT count(*) FROM segment_membership), (SELECT count(*) FROM activation_log)) "
+               "TO '/dev/stdout' (FORMAT csv, HEADER false)")
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == [",".join(map(str, expected))]
+    refused = cli("SELECT email FROM lake.raw.first_party_profiles LIMIT 1")
+    assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr
+
+    def statistics(server) -> set[str]:
+        """Every value in the catalog's column statistics that this role can read."""
+        with duckdb.connect() as con:
+            lake.load_lake_extensions(con)
+            con.execute("CREATE SECRET (TYPE postgres, HOST ?, PORT ?, DATABASE ?, USER ?, PASSWORD ?)",
+                        [server.host, server.port, database, server.user, server.password])
+            con.execute("ATTACH '' AS catalog (TYPE postgres, READ_ONLY)")
+            return {v for table in ("ducklake_table_column_stats", "ducklake_file_column_stats")
+                    for row in con.execute(f"SELECT min_value, max_value FROM catalog.public.{table}").fetchall() for v in row}
+    assert statistics(postgres_server) & emails  # the owner's catalog holds raw emails as bounds: the check can see them
+    assert not statistics(analyst) & emails
+    with duckdb.connect() as con, pytest.MonkeyPatch.context() as mp:
+        for key, value in {**analyst.env(), **ANALYST_KEYS}.items():
+            mp.setenv(key, value)
+        lake.attach(con, load_settings())
+        with pytest.raises(duckdb.Error, match="(?i)permission denied|403|access denied"):
+            con.execute("INSERT INTO lake.audit.publications VALUES ('forged', DATE '2026-01-01', 1, now())")
 
 
 def test_old_snapshots_expire_and_a_killed_writers_files_are_deleted(embedded_lake_env, s3_server):

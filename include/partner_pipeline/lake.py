@@ -16,6 +16,7 @@ The pipeline keeps its warehouse here when PIPELINE_WAREHOUSE=lake (warehouse.wa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import datetime as dt
 import importlib.util
@@ -41,6 +42,11 @@ _EXTENSIONS = {
 # to one table). DuckLake's default is 10 attempts, 100 ms apart, growing x1.5 (~11 s in all); more
 # writers need more attempts, and x1.2 keeps 30 of them within ~2 minutes.
 RETRIES = {"ducklake_max_retry_count": 30, "ducklake_retry_wait_ms": 100, "ducklake_retry_backoff": 1.2}
+# What analysts may read in the team configuration ((schema, table), None: the whole schema): the marts,
+# the activation log and sync state that the marts' views activation_log and activation_syncs show, and
+# the publications (which snapshot is the last published night). Nothing raw, staged, intermediate or
+# audited besides. Enforced by the catalog (grant_analysts) and by object storage (analyst_prefixes).
+ANALYST_TABLES = (("marts", None), ("activation", "activation_log"), ("activation", "syncs"), ("audit", "publications"))
 # The SQLite catalog in write-ahead-log mode, so readers never block the writer nor it them; a
 # process that finds the file locked waits up to this long (ms) before it fails.
 SQLITE_CATALOG = "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 60000"
@@ -117,6 +123,24 @@ def writer_turn(settings) -> Iterator[None]:
 
 
 _turns_held: list[None] = []
+
+
+def analyst_prefixes(data_path: str) -> list[str]:
+    """Where the files of ANALYST_TABLES are under the lake's data path (DuckLake writes a table's files
+    under <schema>/<table>/): all that an analyst's object-storage keys may read."""
+    return [f"{data_path.rstrip('/')}/{schema}/" + (f"{table}/" if table else "") for schema, table in ANALYST_TABLES]
+
+
+def grant_analysts(settings, role: str) -> None:
+    """Let PostgreSQL role `role` read the lake's catalog, and of its statistics only those of
+    ANALYST_TABLES (lake_analyst_access.sql); run as the catalog's owner, once the lake is made."""
+    if not settings.lake_catalog.startswith("postgres:"):
+        raise ValueError("analysts' roles are a PostgreSQL catalog's: an embedded catalog is a file, read by whoever may read it")
+    readable = ", ".join(f"('{schema}', " + (f"'{table}'" if table else "NULL") + "::text)" for schema, table in ANALYST_TABLES)  # our constants
+    script = Path(__file__).with_name("lake_analyst_access.sql").read_text().format(role=quote_ident(role), readable=readable)
+    with duckdb.connect() as con:
+        attach(con, settings)
+        con.execute("CALL postgres_execute(?, ?)", [f"__ducklake_metadata_{CATALOG}", script])
 
 
 def ensure_data_bucket(settings) -> None:
@@ -304,3 +328,30 @@ def _rewrite_sqlite_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> Non
     with contextlib.closing(sqlite3.connect(path, timeout=60)) as sqlite:
         sqlite.execute("VACUUM")
         sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m partner_pipeline.lake init [--analyst-role ROLE]`: make the lake with every table the
+    pipeline declares (as a first night would), then let PostgreSQL role ROLE read what analysts may
+    (grant_analysts). Idempotent: a deployment runs it on every start."""
+    import argparse
+
+    from partner_pipeline.settings import load_settings
+    from partner_pipeline.warehouse import warehouse
+
+    parser = argparse.ArgumentParser(prog="python -m partner_pipeline.lake", description=main.__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["init"])
+    parser.add_argument("--analyst-role", help="the PostgreSQL role analysts log in as (team configuration)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    with warehouse(dataclasses.replace(settings, warehouse_kind="lake")):
+        pass  # the write session declares the tables
+    print(f"lake ready: catalog {settings.lake_catalog}, files in {settings.lake_data_path}")
+    if args.analyst_role:
+        grant_analysts(settings, args.analyst_role)
+        print(f"role {args.analyst_role} reads the catalog, and of its statistics those of {ANALYST_TABLES}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -167,6 +167,20 @@ def create_database(server: LocalPostgres, name: str) -> LocalPostgres:
     return replace(server, database=name)
 
 
+def create_role(server: LocalPostgres, name: str, password: str, database: str) -> LocalPostgres:
+    """Create login role `name` (if missing) that may connect to `database`; the server's parameters as that role."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise ValueError(f"{name!r} is not a role name this helper makes ([a-z][a-z0-9_]*)")
+    psql = [str(postgres_bin_dir() / "psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h", server.host,
+            "-p", str(server.port), "-U", server.user, "-d", "postgres", "-v", f"role={name}", "-v", f"password={password}",
+            "-v", f"database={database}"]
+    script = """SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'role', :'password')
+                WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \\gexec
+                SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'database', :'role') \\gexec"""
+    subprocess.run(psql, input=script, env={**_env(), "PGPASSWORD": server.password}, check=True, capture_output=True, text=True)
+    return replace(server, user=name, database=database, password=password)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """SIGINT is PostgreSQL's fast shutdown (roll back sessions, checkpoint, exit); SIGKILL if it hangs."""
     if proc.poll() is not None:
