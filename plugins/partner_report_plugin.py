@@ -2,8 +2,9 @@
 
 `fastapi_apps` mounts a small app at /partner-report (GET / lists the reports, /latest, /<date>,
 /runs/<run id>); `external_views` adds "Run reports" to the UI's Browse menu and a "Run report"
-tab to every run of partner_drops_nightly, both shown inside the UI. The pages are the files the
-DAG's `report` task writes to $PIPELINE_DATA_DIR/reports (partner_pipeline.run_report).
+tab to every run of partner_drops_nightly, both shown inside the UI. The pages are those the DAG's
+`report` task stores in the reports bucket (partner_pipeline.run_report), so the api-server needs no
+directory shared with the workers.
 
 Access is Airflow's own: the JWT cookie the UI sets at sign-in (what the UI's embedded view
 sends) or an `Authorization: Bearer` token from POST /auth/token, for a user who may read this
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from airflow.plugins_manager import AirflowPlugin
+from partner_pipeline import run_report
 from partner_pipeline.settings import load_settings
 
 DAG_ID = "partner_drops_nightly"
@@ -54,11 +55,13 @@ async def signed_in(request: Request) -> None:
 app = FastAPI(title="Partner pipeline run reports", dependencies=[Depends(signed_in)])
 
 
-def _page(name: str, hint: str) -> HTMLResponse:
-    path = load_settings().reports_dir / name
-    if not path.is_file():
-        raise HTTPException(404, f"No report {path}: {hint}")
-    return HTMLResponse(path.read_text())
+def _page(day: str | None, hint: str) -> HTMLResponse:
+    settings = load_settings()
+    page = run_report.stored_page(settings, day)
+    if page is None:
+        where = f"s3://{settings.reports_bucket}/" + (f"{day}/report.html" if day else run_report.LATEST)
+        raise HTTPException(404, f"No report {where}: {hint}")
+    return HTMLResponse(page)
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -66,8 +69,7 @@ def index(request: Request) -> Response:
     """Links to every report, newest first (relative links: the app may sit behind a path prefix)."""
     if not request.url.path.endswith("/"):  # /partner-report: the relative links need the slash
         return RedirectResponse(request.url.path.rsplit("/", 1)[-1] + "/")
-    reports = load_settings().reports_dir
-    days = sorted((p.stem for p in reports.glob("????-??-??.html")), reverse=True)
+    days = run_report.stored_days(load_settings())[::-1]
     items = "".join(f"<li><a href='{d}'>{d}</a></li>" for d in days) or "<li>none yet: the DAG's report task writes them</li>"
     return HTMLResponse(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Run reports</title></head>"
                         f"<body style='font:15px/1.6 system-ui,sans-serif;margin:1.5em'><h1>Run reports of {DAG_ID}</h1>"
@@ -76,23 +78,22 @@ def index(request: Request) -> Response:
 
 @app.get("/latest", response_class=HTMLResponse)
 def latest() -> HTMLResponse:
-    return _page("latest.html", "no run has written a report yet; trigger partner_drops_nightly.")
+    return _page(None, "no run has written a report yet; trigger partner_drops_nightly.")
 
 
 @app.get("/runs/{run_id:path}", response_class=HTMLResponse)
 def for_run(run_id: str) -> HTMLResponse:
     """The report of a DAG run (the run's tab in the UI): the report of its logical date."""
-    runs = load_settings().reports_dir / "runs.json"
-    day = (json.loads(runs.read_text()) if runs.is_file() else {}).get(run_id)
+    day = run_report.stored_runs(load_settings()).get(run_id)
     if day is None:
-        raise HTTPException(404, f"Run {html.escape(run_id)} has written no report (see {runs}): its report task has not "
+        raise HTTPException(404, f"Run {html.escape(run_id)} has written no report: its report task has not "
                                  "run yet; it runs last, also after a failure.")
-    return _page(f"{day}.html", f"run {run_id} wrote it, but it was removed since; re-run the run's report task.")
+    return _page(day, f"run {html.escape(run_id)} wrote it, but it was removed since; re-run the run's report task.")
 
 
 @app.get("/{day}", response_class=HTMLResponse)
 def for_date(day: dt.date) -> HTMLResponse:
-    return _page(f"{day}.html", f"no run of {DAG_ID} for {day} has written it; run or re-run that date (a backfill).")
+    return _page(day.isoformat(), f"no run of {DAG_ID} for {day} has written it; run or re-run that date (a backfill).")
 
 
 class PartnerReportPlugin(AirflowPlugin):

@@ -88,11 +88,12 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
         points(page, f"activation-{dest}-{seg}-adds-{day}") == {f"activation-{dest}-{seg}-adds-{day}": adds}
         for dest, seg, day, adds in sent)
 
-    # written locally (latest = newest date), to object storage, and indexed by run id for the run's tab
-    assert (settings.reports_dir / "latest.html").read_text() == page
-    body = s3_api.get_object(Bucket=settings.reports_bucket, Key=f"{DAYS[1]}/report.html")["Body"].read().decode()
-    assert body == page and results[DAYS[1]]["uri"] == f"s3://{settings.reports_bucket}/{DAYS[1]}/report.html"
-    assert json.loads((settings.reports_dir / "runs.json").read_text()) == {"night-0": str(DAYS[0]), "night-1": str(DAYS[1])}
+    # stored in object storage (latest = newest date's), indexed by run id for the run's tab; a local copy
+    def stored(key: str) -> str:
+        return s3_api.get_object(Bucket=settings.reports_bucket, Key=key)["Body"].read().decode()
+    assert stored(f"{DAYS[1]}/report.html") == page and results[DAYS[1]]["uri"] == f"s3://{settings.reports_bucket}/{DAYS[1]}/report.html"
+    assert stored("latest.html") == page
+    assert json.loads(stored("runs.json")) == {"night-0": str(DAYS[0]), "night-1": str(DAYS[1])}
 
     def history(columns="run_date, segment_name, members"):
         with warehouse(settings, read_only=True) as con:
@@ -109,10 +110,10 @@ def test_report_figures_and_numbers_equal_the_marts_and_history_is_idempotent(tw
     # a run whose transform failed: the report is still written, says so, and records no sizes for the date
     summary = run_report.write_report(DAYS[1], "failed-night")
     assert summary["segment_sizes_recorded"] is False and history() == before
-    assert "This run built no models" in (settings.reports_dir / f"{DAYS[1]}.html").read_text()
+    assert "This run built no models" in (settings.reports_dir / f"{DAYS[1]}.html").read_text() == stored("latest.html")
     # an older date written later does not become "latest"
     run_report.write_report(DAYS[0], "night-0")
-    assert "run report for 2026-11-21" in (settings.reports_dir / "latest.html").read_text()
+    assert "run report for 2026-11-21" in stored("latest.html")
 
 
 def test_segment_size_history_takes_over_the_rows_the_report_task_used_to_write(pipeline_env):
@@ -136,17 +137,16 @@ def test_segment_size_history_takes_over_the_rows_the_report_task_used_to_write(
                                   AND table_name = 'segment_size_history'""").fetchone()[0]
 
 
-def test_plugin_serves_reports_to_signed_in_users_only(tmp_path, monkeypatch):
-    """The FastAPI app of plugins/partner_report_plugin.py: the UI's login cookie or a bearer token, else 401."""
+def test_plugin_serves_reports_to_signed_in_users_only(pipeline_env, s3_api, monkeypatch):
+    """The FastAPI app of plugins/partner_report_plugin.py: the reports stored in object storage, to the UI's
+    login cookie or a bearer token, else 401."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    reports = tmp_path / "data" / "reports"
-    reports.mkdir(parents=True)
-    (reports / "2026-11-21.html").write_text("<html>report of 21</html>")
-    (reports / "latest.html").write_text("<html>report of 21</html>")
-    (reports / "runs.json").write_text(json.dumps({"backfill__2026-11-21T02:00:00+00:00": "2026-11-21"}))
-    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    bucket = load_settings().reports_bucket
+    for key, body in (("2026-11-21/report.html", "<html>report of 21</html>"), ("latest.html", "<html>report of 21</html>"),
+                      ("runs.json", json.dumps({"backfill__2026-11-21T02:00:00+00:00": "2026-11-21"}))):
+        s3_api.put_object(Bucket=bucket, Key=key, Body=body.encode())
     sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
     try:
         import partner_report_plugin as plugin
@@ -170,7 +170,7 @@ def test_plugin_serves_reports_to_signed_in_users_only(tmp_path, monkeypatch):
     index = client.get("http://testserver/partner-report/", cookies={"_token": "good"})
     assert index.status_code == 200 and "href='2026-11-21'" in index.text
     missing = client.get("2026-11-19", cookies={"_token": "good"})
-    assert missing.status_code == 404 and "2026-11-19.html" in missing.text and "re-run" in missing.text
+    assert missing.status_code == 404 and "2026-11-19/report.html" in missing.text and "re-run" in missing.text
     assert client.get("..%2F..%2Fetc%2Fpasswd", cookies={"_token": "good"}).status_code in (404, 422)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = export(settings, args.export.resolve(), night_snapshot(settings, args.night) if args.night else None)
         print(f"{args.export}: {len(rows)} tables, {sum(rows.values())} rows")
         return 0
-    cli = [str(Path(sys.executable).with_name("duckdb"))]
+    # the duckdb-cli package's, beside this Python (a venv) or on PATH (a user install, as in the Airflow image)
+    beside = Path(sys.executable).with_name("duckdb")
+    cli = [str(beside) if beside.exists() else shutil.which("duckdb") or "duckdb"]
     command = ["-c", args.sql] if args.sql else []
     if settings.warehouse_kind == "file":
         if args.night:

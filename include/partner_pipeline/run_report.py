@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from partner_pipeline.settings import load_settings
@@ -34,8 +35,10 @@ figcaption{color:#555;font-size:.9em}summary{cursor:pointer;margin:.6em 0}.note{
 
 
 def write_report(day: dt.date, run_id: str) -> dict:
-    """Write data/reports/<day>.html (and latest.html, the newest date's) and upload it to
-    s3://<PIPELINE_REPORTS_BUCKET>/<day>/report.html. Runs after every run, also a failed one."""
+    """Store the report in s3://<PIPELINE_REPORTS_BUCKET>/: <day>/report.html, latest.html (the newest
+    date's) and runs.json (run id -> date, for the report tab of a DAG run), which the Airflow UI serves
+    (stored_page, on any machine); and a local copy, data/reports/<day>.html. Runs after every run,
+    also a failed one; runs of the DAG end one after the other (sequencing.py), so no two update runs.json at once."""
     from partner_pipeline.storage import client_from_settings, ensure_buckets
     from partner_pipeline.warehouse import warehouse
 
@@ -51,19 +54,65 @@ def write_report(day: dt.date, run_id: str) -> dict:
     page = render(day, run_id, data, segment_history, recorded, seed_sets)
     path = settings.reports_dir / f"{day}.html"
     _write_atomic(path, page)
-    newest = max(p.stem for p in settings.reports_dir.glob("????-??-??.html"))
-    _write_atomic(settings.reports_dir / "latest.html", (settings.reports_dir / f"{newest}.html").read_text())
-    runs = settings.reports_dir / "runs.json"  # run id -> date, for the report tab on a DAG run
-    _write_atomic(runs, json.dumps({**(json.loads(runs.read_text()) if runs.exists() else {}), run_id: day.isoformat()},
-                                   indent=1, sort_keys=True))
     client = client_from_settings(settings)
     ensure_buckets(client, [settings.reports_bucket])
     key = f"{day}/report.html"
-    client.put_object(Bucket=settings.reports_bucket, Key=key, Body=page.encode(), ContentType="text/html; charset=utf-8")
-    summary = {"report": str(path), "latest": str(settings.reports_dir / "latest.html"),
-               "uri": f"s3://{settings.reports_bucket}/{key}", "segment_sizes_recorded": recorded, "bytes": len(page)}
+    _put(client, settings.reports_bucket, key, page)
+    if max(stored_days(settings)) == day.isoformat():
+        _put(client, settings.reports_bucket, LATEST, page)
+    _put(client, settings.reports_bucket, RUNS_INDEX, json.dumps({**stored_runs(settings), run_id: day.isoformat()}, indent=1, sort_keys=True))
+    summary = {"report": str(path), "uri": f"s3://{settings.reports_bucket}/{key}", "segment_sizes_recorded": recorded, "bytes": len(page)}
     log.info("run report: %s", summary)
     return summary
+
+
+LATEST, RUNS_INDEX = "latest.html", "runs.json"
+
+
+def stored_page(settings, day: str | None = None) -> str | None:
+    """The stored report of run date `day` (YYYY-MM-DD), or the latest one; None if there is none."""
+    return _get(settings, LATEST if day is None else f"{dt.date.fromisoformat(day)}/report.html")
+
+
+def stored_days(settings) -> list[str]:
+    """The run dates with a stored report, oldest first."""
+    from botocore.exceptions import ClientError
+
+    from partner_pipeline.storage import client_from_settings, list_objects
+
+    try:
+        keys = [o.key for o in list_objects(client_from_settings(settings), settings.reports_bucket, "")]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return []
+        raise
+    return sorted(key.removesuffix("/report.html") for key in keys if _REPORT_KEY.fullmatch(key))
+
+
+def stored_runs(settings) -> dict[str, str]:
+    """Run id -> run date of every run that stored its report."""
+    return json.loads(_get(settings, RUNS_INDEX) or "{}")
+
+
+_REPORT_KEY = re.compile(r"\d{4}-\d{2}-\d{2}/report\.html")
+
+
+def _get(settings, key: str) -> str | None:
+    from botocore.exceptions import ClientError
+
+    from partner_pipeline.storage import client_from_settings
+
+    try:
+        return client_from_settings(settings).get_object(Bucket=settings.reports_bucket, Key=key)["Body"].read().decode()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+            return None
+        raise
+
+
+def _put(client, bucket: str, key: str, text: str) -> None:
+    kind = "text/html; charset=utf-8" if key.endswith(".html") else "application/json"
+    client.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType=kind)
 
 
 def segment_sizes(con, day: dt.date) -> list[tuple]:

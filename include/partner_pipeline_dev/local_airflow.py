@@ -51,7 +51,7 @@ def prepare(airflow_home: Path, env: dict[str, str]) -> None:
     if marker.exists():
         return
     _airflow(["db", "migrate"], env, capture=True)
-    _airflow(["pools", "set", WAREHOUSE_POOL, "1", "DuckDB warehouse: one writer at a time"], env, capture=True)
+    _airflow(["pools", "set", WAREHOUSE_POOL, "1", "Warehouse tasks that must write alone"], env, capture=True)
     marker.touch()
 
 
