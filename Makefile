@@ -74,8 +74,8 @@ test: install chromium postgres lint ## lint, then the whole test suite (real S3
 generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)
 	$(BIN)/python -m partner_pipeline.codegen
 
-bench: install ## the whole night vs its single-DuckDB floor at ROWS (default "1000000 10000000"), checked against ground truth
-	$(BIN)/python -m partner_pipeline_dev.bench --rows $(or $(ROWS),1000000 10000000)
+bench: install ## the whole night vs its single-DuckDB floor at ROWS (default "1000000 10000000") on WAREHOUSE (default "lake lake-postgres"; or file), checked against ground truth
+	$(BIN)/python -m partner_pipeline_dev.bench --rows $(or $(ROWS),1000000 10000000) --warehouse $(or $(WAREHOUSE),lake lake-postgres)
 
 clean: ## remove generated data (data/), keep .venv
 	rm -rf data

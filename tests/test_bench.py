@@ -24,8 +24,16 @@ def own_environment():
 
 
 def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys, own_environment):
+    """Both lake configurations, as `make bench` runs them: the embedded catalog, and a PostgreSQL one."""
     assert bench.main(["--rows", "3000", "--results", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "night-3000.json").read_text())
+    out = capsys.readouterr().out
+    for warehouse in ("lake", "lake-postgres"):
+        result = json.loads((tmp_path / f"night-{warehouse}-3000.json").read_text())
+        assert result["warehouse"] == warehouse and f"| {warehouse} | 3,000 |" in out
+        check(result)
+
+
+def check(result: dict) -> None:
     assert result["matches_ground_truth"] is True and result["mismatches"] == {}
     assert set(result["pipeline"]["stages"]) == set(bench.TASKS)
     assert all(result["pipeline"]["stages"][t] > 0 for t in ("ingest", "transform", "activate"))
@@ -33,4 +41,3 @@ def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys, ow
     assert result["pipeline"]["peak_tree_rss_mb"] > 100  # the tree: dbt's process is counted too
     targets = result["targets"]
     assert targets["DAG parse < 1 s per file"]["measured"]["partner_drops_nightly.py"] > 0
-    assert "| 3,000 |" in capsys.readouterr().out

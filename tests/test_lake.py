@@ -507,49 +507,70 @@ def published_rows(settings, columns_of=None) -> dict[str, list[tuple]]:
     return found
 
 
-def test_a_night_killed_during_its_build_and_run_again_publishes_what_a_clean_night_does(
+# The night of run_night in a process of its own. With a file name as 4th argument, publishing holds
+# (until killed) once it has recorded the night, as it expires old snapshots and deletes their files.
+NIGHT = """
+import datetime, pathlib, sys, time
+from conftest import run_night
+from partner_pipeline import lake
+if len(sys.argv) > 4:
+    def hold(*args, **kwargs):
+        pathlib.Path(sys.argv[4]).touch()
+        time.sleep(600)
+    lake.keep_recent_snapshots = hold
+run_night(datetime.date.fromisoformat(sys.argv[1]), sys.argv[2], sys.argv[3])
+"""
+
+
+def test_a_night_killed_during_its_build_or_its_publishing_and_run_again_publishes_what_a_clean_night_does(
         pipeline_env, governance_dir, s3_api, tmp_path, monkeypatch, request):
     """The night runs in a process of its own, SIGKILLed (with dbt, its child) once dbt has built some
-    tables; the night goes on from the killed task, as Airflow retries it. Nothing was published, and
-    the marts the re-run publishes equal, row for row, those of a clean night on a lake of its own."""
+    tables, or while publishing; the night goes on from the killed task, as Airflow retries it. Killed
+    in the build, nothing was published; killed while publishing, analysts see the whole new night
+    (the publication is one commit) or none of it. The marts the re-run publishes equal, row for row,
+    those of a clean night on a lake of its own, and the killed writer's lock is free again."""
     settings = load_settings()
     synth.generate_scenario(tmp_path / "synth", landing_bucket=settings.landing_bucket,
                             first_party_bucket=settings.first_party_bucket, agreements=load_agreements(settings.agreements_dir),
                             drop_date=BUILT_DAY, n_profiles=1500, rows_per_partner=1200, seed=9, bad_row_share=0.02)
     synth.upload_tree(s3_api, tmp_path / "synth")
-    monkeypatch.setenv("PIPELINE_WAREHOUSE", "lake")
-    night = ["-c", "import sys, datetime; from conftest import run_night; "
-                   "run_night(datetime.date.fromisoformat(sys.argv[1]), sys.argv[2], sys.argv[3])", BUILT_DAY.isoformat(), "night"]
+    night = ["-c", NIGHT, BUILT_DAY.isoformat(), "night"]
     published = {}
-    for kind in ("clean", "killed"):
+    for kind in ("clean", "transform", "publish_marts"):  # killed in that task
         monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / kind))
         monkeypatch.setenv("PIPELINE_LAKE_BUCKET", f"lake-{os.getpid()}-{next(_lakes)}")
         with AudienceApi(token="test-token", hash_profile="uid2") as api:
             monkeypatch.setenv("AIRFLOW_CONN_PERSONALIZATION_API",
                                json.dumps({"conn_type": "http", "host": api.url, "password": api.token}))
-            if kind == "killed":
-                proc = subprocess.Popen([sys.executable, *night, "discover"], cwd=Path(__file__).parent, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if kind != "clean":
+                holding = tmp_path / f"{kind}.publishing"
+                proc = subprocess.Popen([sys.executable, *night, "discover", str(holding)], cwd=Path(__file__).parent,
+                                        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 dbt_log = tmp_path / kind / "dbt" / "logs" / "dbt.log"
                 try:
                     deadline = time.monotonic() + 300
-                    while not (dbt_log.exists() and "OK created sql table model intermediate." in dbt_log.read_text()):
-                        assert proc.poll() is None and time.monotonic() < deadline, "the night ended before its build was killed"
+                    while not (holding.exists() if kind == "publish_marts" else
+                               dbt_log.exists() and "OK created sql table model intermediate." in dbt_log.read_text()):
+                        assert proc.poll() is None and time.monotonic() < deadline, f"the night ended before it was killed in {kind}"
                         time.sleep(0.2)
                 finally:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                 with published_marts(load_settings()) as con:
-                    assert con is None  # nothing published: the killed night never reached it
-            # Airflow retries the killed task (transform), then runs the rest
-            done = subprocess.run([sys.executable, *night, "transform" if kind == "killed" else "discover"],
-                                  cwd=Path(__file__).parent, capture_output=True, text=True)
+                    if kind == "transform":
+                        assert con is None  # nothing published: the killed night never reached it
+                if kind == "publish_marts":  # the night recorded (one commit), old snapshots not yet expired
+                    assert published_rows(load_settings()) == published["clean"]
+            # Airflow retries the killed task, then runs the rest
+            done = subprocess.run([sys.executable, *night, "discover" if kind == "clean" else kind],
+                                  cwd=Path(__file__).parent, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-5000:]
         published[kind] = published_rows(load_settings())
-    assert published["killed"].keys() == published["clean"].keys() and len(published["clean"]) >= 17
-    for table, rows in published["clean"].items():
-        assert published["killed"][table] == rows, table
-    assert sum(map(len, published["clean"].values())) > 5000
+    assert len(published["clean"]) >= 17 and sum(map(len, published["clean"].values())) > 5000
+    for kind in ("transform", "publish_marts"):
+        assert published[kind].keys() == published["clean"].keys()
+        for table, rows in published["clean"].items():
+            assert published[kind][table] == rows, (kind, table)
 
 
 # One drop's ingest task in a process of its own. Its commit waits, inside the transaction, until every

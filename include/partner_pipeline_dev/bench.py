@@ -1,15 +1,16 @@
 """`make bench`: the whole nightly run against its floor, at several sizes.
 
-For each size (partner rows, as many profiles) it generates a first-party snapshot and one
-partner drop (csv.gz, 1% bad rows) into a local S3 server, then:
+For each warehouse configuration (--warehouse: the embedded lake, the lake on a PostgreSQL catalog
+on loopback, or the DuckDB file) and each size (partner rows, as many profiles) it generates a
+first-party snapshot and one partner drop (csv.gz, 1% bad rows) into a local S3 server, then:
 - runs every task of the nightly DAG for the date (discover, ingest, publish, load_first_party,
   transform = dbt build, data_rights, activate against a local audience API and S3 exports,
   share_overlap_reports, publish_marts) in a child process, sampling the RSS of its whole
-  process tree (dbt runs as a grandchild);
+  process tree (dbt runs as a grandchild), and of the PostgreSQL catalog server's, if any;
 - runs the floor (bench_floor: the same work in one DuckDB process) on the same objects;
 - checks both against the generator's ground truth (valid rows, rows per rule, matches by email
   and phone) and each other (segment sizes), and fails on any mismatch;
-- writes bench/results/night-<rows>.json and prints a Markdown table.
+- writes bench/results/night-<warehouse>-<rows>.json and prints a Markdown table.
 A tiny calibration night (1,000 rows) gives the fixed cost, so linear growth can be judged on the
 variable part. The DAG file's parse time comes from Airflow's DagBag.
 """
@@ -17,10 +18,12 @@ variable part. The DAG file's parse time comes from Airflow's DagBag.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,12 +68,12 @@ def _child(run_id: str) -> None:
 
 
 class TreeMemory:
-    """Peak of the summed RSS of a process and all its descendants, sampled every 0.2 s."""
+    """Peak of the summed RSS of processes and all their descendants, sampled every 0.2 s."""
 
-    def __init__(self, pid: int):
+    def __init__(self, *pids: int):
         import psutil
 
-        self.root, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.roots, self.peak, self._stop = [psutil.Process(pid) for pid in pids], 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
@@ -79,7 +82,7 @@ class TreeMemory:
 
         while not self._stop.is_set():
             try:
-                processes = [self.root, *self.root.children(recursive=True)]
+                processes = [p for root in self.roots for p in (root, *root.children(recursive=True))]
                 total = 0
                 for process in processes:
                     try:
@@ -106,7 +109,12 @@ def dag_parse_seconds() -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_one(rows: int, args) -> dict:
+# --warehouse: where the night keeps its warehouse -> the environment that selects it
+WAREHOUSES = {"lake": {"PIPELINE_WAREHOUSE": "lake"}, "lake-postgres": {"PIPELINE_WAREHOUSE": "lake"},
+              "file": {"PIPELINE_WAREHOUSE": "file"}}
+
+
+def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
     from partner_pipeline.agreements import load_agreements
     from partner_pipeline.governance import load_governance
     from partner_pipeline.settings import load_settings
@@ -114,18 +122,29 @@ def bench_one(rows: int, args) -> dict:
     from partner_pipeline_dev import synth
     from partner_pipeline_dev.bench_floor import run_floor
     from partner_pipeline_dev.local_audience_api import AudienceApi
+    from partner_pipeline_dev.local_postgres import local_postgres
     from partner_pipeline_dev.local_s3 import local_s3
 
     base = PROJECT_ROOT / "data" if (PROJECT_ROOT / "data").exists() else None
     work = Path(tempfile.mkdtemp(prefix=f"bench-{rows}-", dir=base))
-    os.environ.update({"PIPELINE_DATA_DIR": str(work / "data"), "AIRFLOW_HOME": str(work / "airflow")})
+    os.environ.update({"PIPELINE_DATA_DIR": str(work / "data"), "AIRFLOW_HOME": str(work / "airflow"), **WAREHOUSES[warehouse]})
+    for variable in ("PIPELINE_LAKE_CATALOG", "PIPELINE_LAKE_CATALOG_PASSWORD", "PIPELINE_LAKE_DATA_PATH"):
+        os.environ.pop(variable, None)
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     governance = load_governance(settings.governance_dir, agreements)
     agreement = agreements["acme_bank"]
     buckets = [settings.landing_bucket, settings.quarantine_bucket, settings.first_party_bucket, settings.outbox_bucket,
                settings.activation_bucket]
-    with local_s3(work / "s3", buckets) as server, AudienceApi(token="bench", hash_profile="uid2") as api:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(local_s3(work / "s3", buckets))
+        api = stack.enter_context(AudienceApi(token="bench", hash_profile="uid2"))
+        catalog = None
+        if warehouse == "lake-postgres":  # not under work: PostgreSQL runs as nobody when root, who must reach it
+            catalog_dir = Path(tempfile.mkdtemp(prefix="bench-postgres-"))
+            stack.callback(shutil.rmtree, catalog_dir, ignore_errors=True)
+            catalog = stack.enter_context(local_postgres(catalog_dir))
+            os.environ.update(catalog.env())
         os.environ.update(server.env())
         os.environ["AIRFLOW_CONN_PERSONALIZATION_API"] = json.dumps({"conn_type": "http", "host": api.url, "password": api.token})
         for seeded in agreements.values():  # the seed sets are part of the night
@@ -144,7 +163,7 @@ def bench_one(rows: int, args) -> dict:
         started = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "partner_pipeline_dev.bench", "--child", "bench"], env=os.environ,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        memory = TreeMemory(child.pid)
+        memory = TreeMemory(child.pid, *([catalog.pid] if catalog else []))
         stdout, stderr = child.communicate()
         wall = time.perf_counter() - started
         peak = memory.stop()
@@ -193,7 +212,7 @@ def bench_one(rows: int, args) -> dict:
     }
     mismatches = {name: {"found": a, "expected": b} for name, (a, b) in checks.items() if a != b}
     result = {
-        "rows": rows, "profiles": rows, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
+        "warehouse": warehouse, "rows": rows, "profiles": rows, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
         "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
                      "rows_per_second": round(rows / wall),
                      "stages": {t: round(measured["timings"].get(t, 0), 1) for t in TASKS},
@@ -206,8 +225,6 @@ def bench_one(rows: int, args) -> dict:
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
     }
     if not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -219,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="csv.gz", choices=["csv", "csv.gz", "parquet"])
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--bad-row-share", type=float, default=0.01)
+    parser.add_argument("--warehouse", nargs="+", choices=list(WAREHOUSES), default=["lake", "lake-postgres"],
+                        help="where the night keeps its warehouse: the embedded lake, the lake on a PostgreSQL catalog, the DuckDB file")
     parser.add_argument("--keep", action="store_true", help="keep each work directory (S3 store, warehouse)")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "results", help="where night-<rows>.json go")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -228,11 +247,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     parse = dag_parse_seconds()
-    calibration = bench_one(1000, args)
-    fixed = calibration["pipeline"]["wall_seconds"]
+    results = []
+    for warehouse in args.warehouse:
+        results += bench_warehouse(warehouse, args, parse)
+    print("\n| warehouse | rows x profiles | pipeline | floor | ratio | target 1.5 x floor + 60 s | peak tree RSS | ground truth |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        target = r["targets"]["wall <= 1.5 x floor + 60 s"]
+        print(f"| {r['warehouse']} | {r['rows']:,} | {r['pipeline']['wall_seconds']} s | {r['floor']['wall_seconds']} s | "
+              f"{r['ratio_pipeline_to_floor']} | {target['limit']} s {'met' if target['met'] else 'MISSED'} | "
+              f"{r['pipeline']['peak_tree_rss_mb']:,} MB | {'matches' if r['matches_ground_truth'] else 'MISMATCH'} |")
+    for r in results:
+        print(f"\n{r['warehouse']}, {r['rows']:,} rows, pipeline stages (s): {r['pipeline']['stages']}\n  floor stages (s): "
+              f"{r['floor']['stages']}\n  slowest dbt nodes (s): {r['pipeline']['slowest_dbt_nodes_seconds']}")
+        if r["mismatches"]:
+            print(f"  MISMATCHES: {json.dumps(r['mismatches'], default=str)}")
+    print(f"\nDAG parse (s): {parse}; fixed cost (1,000-row night): "
+          f"{ {r['warehouse']: r['targets']['fixed_cost_seconds (a 1,000-row night)'] for r in results} }")
+    return 0 if all(r["matches_ground_truth"] for r in results) else 1
+
+
+def bench_warehouse(warehouse: str, args, parse: dict) -> list[dict]:
+    """Every size of --rows on one warehouse configuration, after a 1,000-row calibration night."""
+    fixed = bench_one(1000, args, warehouse)["pipeline"]["wall_seconds"]
     results = []
     for rows in args.rows:
-        result = bench_one(rows, args)
+        result = bench_one(rows, args, warehouse)
         pipeline, floor = result["pipeline"]["wall_seconds"], result["floor"]["wall_seconds"]
         result["targets"] = {
             "fixed_cost_seconds (a 1,000-row night)": fixed,
@@ -241,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "DAG parse < 1 s per file": {"measured": parse, "met": all(v < 1 for v in parse.values())},
         }
         results.append(result)
-        out = args.results / f"night-{rows}.json"
+        out = args.results / f"night-{warehouse}-{rows}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if len(results) >= 2:
@@ -250,22 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         size = large["rows"] / small["rows"]
         large["targets"][f"linear: variable cost x{size:g} rows <= ~x{size:g}"] = {"measured": round(growth, 2),
                                                                                  "met": growth <= size * 1.1}
-        (args.results / f"night-{large['rows']}.json").write_text(json.dumps(large, indent=2, default=str) + "\n")
-
-    print("\n| rows x profiles | pipeline | floor | ratio | target 1.5 x floor + 60 s | peak tree RSS | ground truth |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in results:
-        target = r["targets"]["wall <= 1.5 x floor + 60 s"]
-        print(f"| {r['rows']:,} | {r['pipeline']['wall_seconds']} s | {r['floor']['wall_seconds']} s | {r['ratio_pipeline_to_floor']} | "
-              f"{target['limit']} s {'met' if target['met'] else 'MISSED'} | {r['pipeline']['peak_tree_rss_mb']:,} MB | "
-              f"{'matches' if r['matches_ground_truth'] else 'MISMATCH'} |")
-    for r in results:
-        print(f"\n{r['rows']:,} rows, pipeline stages (s): {r['pipeline']['stages']}\n  floor stages (s): {r['floor']['stages']}"
-              f"\n  slowest dbt nodes (s): {r['pipeline']['slowest_dbt_nodes_seconds']}")
-        if r["mismatches"]:
-            print(f"  MISMATCHES: {json.dumps(r['mismatches'], default=str)}")
-    print(f"\nDAG parse (s): {parse}; fixed cost (1,000-row night): {fixed} s")
-    return 0 if all(r["matches_ground_truth"] for r in results) else 1
+        (args.results / f"night-{warehouse}-{large['rows']}.json").write_text(json.dumps(large, indent=2, default=str) + "\n")
+    return results
 
 
 if __name__ == "__main__":
