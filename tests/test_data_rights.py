@@ -43,7 +43,8 @@ OWN_DELETIONS = {
     ("warehouse.py", "publish_governance", "DELETE FROM raw.usage_policies"),
     ("warehouse.py", "rewrite_if_owed", "DELETE FROM audit.rewrite_due"),
     ("warehouse.py", "migrate_partner_tables", "DROP TABLE raw."),  # copied into raw.partner_records first
-    ("warehouse.py", "warehouse", "DROP SCHEMA IF EXISTS marts"),  # an old layout's schema, which would shadow the marts file
+    ("warehouse.py", "_declare", "DROP SCHEMA IF EXISTS marts"),  # an old layout's schema, which would shadow the marts file
+    ("warehouse.py", "_declare", "DELETE FROM audit.declarations"),  # the fingerprint replaced by the new one
     # relations of models since moved, which dbt no longer builds (nor drops)
     ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_erasure_identifiers"),
     ("warehouse.py", "", "DROP TABLE IF EXISTS intermediate.int_data_rights_deletions"),

@@ -54,7 +54,7 @@ def test_the_team_configuration_shares_no_directory_and_keeps_analysts_to_their_
         assert "user=pipeline_lake" in env["PIPELINE_LAKE_CATALOG"] and "password" not in env["PIPELINE_LAKE_CATALOG"]
         mounts = [v["target"] for v in services[name].get("volumes", [])]
         assert not [m for m in mounts if m.startswith(env["PIPELINE_DATA_DIR"]) or "/data" in m], (name, mounts)
-    assert services["lake-init"]["entrypoint"][-4:] == ["partner_pipeline.lake", "init", "--analyst-role", "lake_analyst"]
+    assert services["lake-init"]["entrypoint"][-4:] == ["partner_pipeline.warehouse", "init", "--analyst-role", "lake_analyst"]
     assert "lake-init" in services["airflow-worker"]["depends_on"]
     bucket = services["airflow-worker"]["environment"]["PIPELINE_LAKE_BUCKET"]
     policy = json.loads(services["minio-init"]["environment"]["ANALYST_POLICY"])
@@ -88,7 +88,7 @@ def test_the_postgres_init_script_and_lake_init_make_the_team_lake(postgres_serv
                 "PIPELINE_LAKE_CATALOG": f"postgres:host={airflow_db.host} port={airflow_db.port} dbname=compose_lake user=pipeline_lake",
                 "PIPELINE_LAKE_CATALOG_PASSWORD": "pipeline-pass-0123"}
     for _ in range(2):  # a deployment runs it on every start
-        init = subprocess.run([sys.executable, "-m", "partner_pipeline.lake", "init", "--analyst-role", "lake_analyst"],
+        init = subprocess.run([sys.executable, "-m", "partner_pipeline.warehouse", "init", "--analyst-role", "lake_analyst"],
                               env=pipeline, capture_output=True, text=True)
         assert init.returncode == 0, init.stderr
     analyst = {**pipeline, "PIPELINE_LAKE_CATALOG": pipeline["PIPELINE_LAKE_CATALOG"].replace("pipeline_lake", "lake_analyst"),
@@ -99,5 +99,7 @@ def test_the_postgres_init_script_and_lake_init_make_the_team_lake(postgres_serv
              "AND schema_name = 'audit'\").fetchall()))")
     read = subprocess.run([sys.executable, "-c", probe], env=analyst, capture_output=True, text=True)
     assert read.returncode == 0 and "publications" in read.stdout, read.stderr
-    wrote = subprocess.run([sys.executable, "-m", "partner_pipeline.lake", "init"], env=analyst, capture_output=True, text=True)
+    write = probe.replace("read_only=True", "read_only=False").rsplit("\n", 1)[0] + (
+        "\ncon.execute(\"INSERT INTO lake.audit.publications VALUES ('forged', DATE '2026-01-01', 1, now())\")")
+    wrote = subprocess.run([sys.executable, "-c", write], env=analyst, capture_output=True, text=True)
     assert wrote.returncode != 0 and "permission denied" in wrote.stderr

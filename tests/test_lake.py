@@ -400,7 +400,7 @@ def test_an_analyst_reads_the_last_published_night_while_the_next_one_runs(pipel
 
 def test_an_analysts_role_and_keys_read_the_published_marts_and_no_raw_value(lake_env, pipeline_env, governance_dir, audience_api,
                                                                             s3_api, tmp_path, monkeypatch, postgres_server):
-    """The team configuration: the lake made and the analysts' role granted by `python -m partner_pipeline.lake
+    """The team configuration: the lake made and the analysts' role granted by `python -m partner_pipeline.warehouse
     init --analyst-role`, the analysts' S3 keys reading only lake.analyst_prefixes. With them the analysts'
     CLI reads the published marts; a raw table's files are refused, the catalog shows no raw table's
     statistics (its smallest and largest emails), and nothing can be written."""
@@ -413,11 +413,11 @@ def test_an_analysts_role_and_keys_read_the_published_marts_and_no_raw_value(lak
     synth.upload_tree(s3_api, tmp_path / "synth")
     run_night(BUILT_DAY, "night")
     role = f"analyst_{os.getpid()}_{next(_lakes)}"
-    init = subprocess.run([sys.executable, "-m", "partner_pipeline.lake", "init", "--analyst-role", role], capture_output=True, text=True)
+    init = subprocess.run([sys.executable, "-m", "partner_pipeline.warehouse", "init", "--analyst-role", role], capture_output=True, text=True)
     assert init.returncode != 0 and "does not exist" in init.stderr  # the role is the deployment's to create
     database = dict(part.split("=") for part in settings.lake_catalog.removeprefix("postgres:").split())["dbname"]
     analyst = create_role(postgres_server, role, "analyst-password-0123", database)
-    init = subprocess.run([sys.executable, "-m", "partner_pipeline.lake", "init", "--analyst-role", role], capture_output=True, text=True)
+    init = subprocess.run([sys.executable, "-m", "partner_pipeline.warehouse", "init", "--analyst-role", role], capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
     as_analyst = {**os.environ, **analyst.env(), **ANALYST_KEYS}
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The team configuration's PostgreSQL (docker-compose.yaml): run once, when the postgres service's
 # volume is first made (/docker-entrypoint-initdb.d). The lake's catalog database, owned by the
-# pipeline's role; the analysts' login role, which `python -m partner_pipeline.lake init
+# pipeline's role; the analysts' login role, which `python -m partner_pipeline.warehouse init
 # --analyst-role lake_analyst` (service lake-init) lets read the catalog; nobody but Airflow's own
 # user connects to Airflow's metadata database. Values reach SQL as psql variables (quoted by psql).
 set -eu

@@ -16,7 +16,6 @@ The pipeline keeps its warehouse here when PIPELINE_WAREHOUSE=lake (warehouse.wa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import datetime as dt
 import importlib.util
@@ -329,29 +328,3 @@ def _rewrite_sqlite_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> Non
         sqlite.execute("VACUUM")
         sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m partner_pipeline.lake init [--analyst-role ROLE]`: make the lake with every table the
-    pipeline declares (as a first night would), then let PostgreSQL role ROLE read what analysts may
-    (grant_analysts). Idempotent: a deployment runs it on every start."""
-    import argparse
-
-    from partner_pipeline.settings import load_settings
-    from partner_pipeline.warehouse import warehouse
-
-    parser = argparse.ArgumentParser(prog="python -m partner_pipeline.lake", description=main.__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["init"])
-    parser.add_argument("--analyst-role", help="the PostgreSQL role analysts log in as (team configuration)")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    with warehouse(dataclasses.replace(settings, warehouse_kind="lake")):
-        pass  # the write session declares the tables
-    print(f"lake ready: catalog {settings.lake_catalog}, files in {settings.lake_data_path}")
-    if args.analyst_role:
-        grant_analysts(settings, args.analyst_role)
-        print(f"role {args.analyst_role} reads the catalog, and of its statistics those of {ANALYST_TABLES}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
 -- Analysts' read-only access to the lake's PostgreSQL catalog (the team configuration), applied by
--- `python -m partner_pipeline.lake grant-analysts ROLE` (lake.grant_analysts) once the lake is made,
+-- `python -m partner_pipeline.warehouse init --analyst-role ROLE` (lake.grant_analysts) once the lake is made,
 -- again after a DuckLake upgrade. {role}: the analysts' role; {readable}: (schema, table) pairs of
 -- lake.ANALYST_TABLES, table NULL for a whole schema.
 -- The catalog holds no row of data (inlining is off: lake.attach), but its statistics hold each

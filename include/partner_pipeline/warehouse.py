@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import inspect
 import json
 import logging
 import os
@@ -76,6 +78,8 @@ CREATE TABLE IF NOT EXISTS audit.drop_events (
 ALTER TABLE audit.drop_events DROP COLUMN IF EXISTS event_id;
 DROP SEQUENCE IF EXISTS audit.drop_event_seq;
 CREATE TABLE IF NOT EXISTS audit.model_builds (run_date DATE, run_id VARCHAR, built_at TIMESTAMPTZ);
+-- what the last declaring write session declared (_declare): the fingerprint of these declarations
+CREATE TABLE IF NOT EXISTS audit.declarations (fingerprint VARCHAR, declared_at TIMESTAMPTZ);
 -- each night's marts published to analysts (transform.publish_for_analysts); on the lake, the snapshot they read
 CREATE TABLE IF NOT EXISTS audit.publications (run_id VARCHAR, run_date DATE, snapshot_id BIGINT, published_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS audit.privacy_budget_ledger (
@@ -179,18 +183,33 @@ def warehouse(settings, read_only: bool = False, declare: bool = True) -> Iterat
         con = _open_lake(settings, read_only) if on_lake else _open_file(settings, read_only)
         stack.callback(con.close)
         if not read_only and declare:
-            con.execute(_SCHEMA)
-            migrate_partner_tables(con)
-            drop_taken_over_history(con)
-            if not on_lake:
-                # a warehouse file from before the marts had their own file holds a `marts` schema that would shadow them
-                con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
+            _declare(con, on_lake)
         # on the file, the marts (dbt builds them into their own file, which publishing copies whole) read as
         # marts.<table>; on the lake, marts.<table> is the lake's schema marts
         if not on_lake and (not read_only or settings.marts_path.exists()):
             con.execute(f"ATTACH {quote_path(settings.marts_path)} AS marts" + (" (READ_ONLY)" if read_only else ""))
         con.execute("SET TimeZone = 'UTC'")
         yield con
+
+
+def _declare(con, on_lake: bool) -> None:
+    """Make the warehouse's tables and macros, or bring an older warehouse's up to date: once per
+    version of these declarations (audit.declarations holds the fingerprint of the last), since on
+    the lake each of them is a commit, and together they cost a write session ~0.7 s. The history
+    hand-over is checked every time: it waits for a dbt build."""
+    try:
+        declared = con.execute("SELECT max_by(fingerprint, declared_at) FROM audit.declarations").fetchone()[0]
+    except duckdb.CatalogException:
+        declared = None  # a warehouse from before the fingerprint, or none yet
+    if declared != _DECLARATIONS:
+        con.execute(_SCHEMA)
+        migrate_partner_tables(con)
+        if not on_lake:
+            # a warehouse file from before the marts had their own file holds a `marts` schema that would shadow them
+            con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
+        con.execute("DELETE FROM audit.declarations")
+        con.execute("INSERT INTO audit.declarations VALUES (?, now())", [_DECLARATIONS])
+    drop_taken_over_history(con)
 
 
 def _open_file(settings, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -393,6 +412,10 @@ def drop_taken_over_history(con) -> None:
         con.execute("DROP TABLE audit.segment_size_history")
 
 
+# the fingerprint of what _declare declares: its SQL and the migrations' code
+_DECLARATIONS = hashlib.sha256("\n".join([_SCHEMA, inspect.getsource(migrate_partner_tables)]).encode()).hexdigest()
+
+
 def _attribute_pairs(attributes, alias: str) -> str:
     """SQL for a row's agreed attributes that have a value, as a list of {attribute, value}."""
     pairs = ", ".join(f"{{'attribute': '{a}', 'value': CAST({alias}.{quote_ident(a)} AS VARCHAR)}}" for a in attributes)
@@ -514,3 +537,31 @@ def _load_staged(con, outcome: DropOutcome, agreement: Agreement) -> None:
     _audit(con, outcome, "loaded", rows_received=outcome.rows_received, rows_loaded=outcome.rows_valid,
            rows_quarantined=outcome.rows_quarantined, checksums=outcome.checksums, reasons=reasons,
            details={"validation_result": outcome.validation_result, "data_docs": outcome.data_docs})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m partner_pipeline.warehouse init [--analyst-role ROLE]`: make the warehouse with every
+    table the pipeline declares (as a first night would); on a lake with a PostgreSQL catalog, then let
+    role ROLE read what analysts may (lake.grant_analysts). Idempotent: a deployment runs it on every start."""
+    import argparse
+
+    from partner_pipeline.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m partner_pipeline.warehouse", description=main.__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["init"])
+    parser.add_argument("--analyst-role", help="the PostgreSQL role analysts log in as (the lake's team configuration)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    with warehouse(settings):
+        pass  # the write session declares the tables
+    where = (f"lake: catalog {settings.lake_catalog}, files in {settings.lake_data_path}" if settings.warehouse_kind == "lake"
+             else f"file {settings.warehouse_path}")
+    print(f"warehouse ready ({where})")
+    if args.analyst_role:
+        lake.grant_analysts(settings, args.analyst_role)
+        print(f"role {args.analyst_role} reads the catalog, and of its statistics those of {lake.ANALYST_TABLES}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
