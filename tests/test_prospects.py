@@ -157,7 +157,7 @@ def test_below_min_audience_size_nothing_is_sent(scenario, governance_dir, audie
     assert query("SELECT count(*) FROM activation.destination_members WHERE destination_id = ?", [DESTINATION]) == [(0,)]
     # the run's summary (make demo / make run) says withheld, not unchanged
     settings = load_settings()
-    transform.write_published_copy(settings)
+    transform.publish_for_analysts(settings, DAY, "night-1")
     with transform.published_marts(settings) as con:
         [pair] = [r for r in transform.published_summary(con, DAY)["activation"] if r["segment_name"] == SEGMENT]
     assert (pair["status"], pair["adds"], pair["members_held"]) == ("withheld", 0, 0)

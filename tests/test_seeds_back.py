@@ -26,6 +26,7 @@ from partner_pipeline.settings import load_settings
 from partner_pipeline.warehouse import rewrite_warehouse, warehouse
 from partner_pipeline_dev import synth
 from partner_pipeline_dev.synth.seeded import SeededDropSpec, SeedSet, write_seeded_drop
+from test_physical_erasure import warehouse_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -200,9 +201,9 @@ def test_seed_keyed_drops_match_refuse_foreign_seeds_and_forget_the_erased(
     assert deleted["raw.quarantined_rows"] == 1  # globex's row carrying its acme seed
     assert deleted["raw.issued_seeds"] == 2  # its seed under each agreement
     rewrite_warehouse(settings)  # what the night does once activation has let go of the person
-    for path in (settings.warehouse_path, settings.marts_path, settings.published_path):
-        data = path.read_bytes()
-        assert erased_seed.encode() not in data and erased_person.encode() not in data, path
+    stores = warehouse_bytes(settings, s3_api)  # every warehouse file; on the lake its catalog and every object
+    assert any(tonight[0]["seed_id"].encode() in data for data in stores.values())  # the search reads the stored rows
+    assert [where for where, data in stores.items() if erased_seed.encode() in data or erased_person.encode() in data] == []
 
     # the scorecard's seed reconciliation per seed date: the set sent that night, and its seeds that came
     # back in a drop dated on or after it (the erased one's forgotten; the withdrawn one left the set on D2)
