@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium postgres demo run analyst airflow s3 lint test test-fast generate bench clean
+.PHONY: help install chromium postgres demo run analyst airflow s3 lint test test-fast generate bench bench-cosmos clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -76,6 +76,15 @@ generate: install ## rebuild the files generated from the agreements (expectatio
 
 bench: install ## the whole night vs its single-DuckDB floor at ROWS (default "1000000 10000000") on WAREHOUSE (default "lake lake-postgres"; or file), checked against ground truth
 	$(BIN)/python -m partner_pipeline_dev.bench --rows $(or $(ROWS),1000000 10000000) --warehouse $(or $(WAREHOUSE),lake lake-postgres)
+
+# Cosmos is not a dependency of the pipeline: the measurement gets an environment of its own.
+COSMOS_VENV := .venv-cosmos
+
+bench-cosmos: install ## the night's dbt step as today's one task vs Cosmos watcher mode, under a real scheduler (own .venv-cosmos)
+	@test -x $(COSMOS_VENV)/bin/python || $(PYTHON) -m venv $(COSMOS_VENV)
+	$(BIN)/uv pip install --quiet --python $(COSMOS_VENV)/bin/python -r requirements.txt -r bench/cosmos/requirements.txt
+	$(BIN)/uv pip install --quiet --python $(COSMOS_VENV)/bin/python --no-deps -e .
+	$(COSMOS_VENV)/bin/python bench/cosmos/run.py $(if $(ROUNDS),--rounds $(ROUNDS))
 
 clean: ## remove generated data (data/), keep .venv
 	rm -rf data

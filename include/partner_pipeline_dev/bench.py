@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warehouse", nargs="+", choices=list(WAREHOUSES), default=["lake", "lake-postgres"],
                         help="where the night keeps its warehouse: the embedded lake, the lake on a PostgreSQL catalog, the DuckDB file")
     parser.add_argument("--keep", action="store_true", help="keep each work directory (S3 store, warehouse)")
-    parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "results", help="where night-<rows>.json go")
+    parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "results", help="where night-<warehouse>-<rows>.json go")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -6,12 +6,14 @@ and the end-to-end tests; `serve` (`make airflow`) runs the whole local Airflow 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from partner_pipeline.settings import PROJECT_ROOT, WAREHOUSE_POOL
@@ -113,25 +115,39 @@ def serve(port: int = 8080) -> int:
                                  "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
                                  "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                                  "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"})
-        prepare(home, env)
-        server = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
-                                  start_new_session=True, preexec_fn=_default_sigint,
-                                  stdout=open(home / "standalone.log", "ab"), stderr=subprocess.STDOUT)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
         print(f"starting Airflow on http://127.0.0.1:{port} (log: {home / 'standalone.log'}) ...", flush=True)
-        try:
-            deadline = time.monotonic() + 120
-            while not passwords.exists() and server.poll() is None and time.monotonic() < deadline:
-                time.sleep(1)
-            if passwords.exists():
-                password = json.loads(passwords.read_text()).get("admin")
-                print(f"Airflow UI: http://127.0.0.1:{port}  user: admin  password: {password}\nCtrl-C stops everything.", flush=True)
-            return server.wait()
-        except KeyboardInterrupt:
-            print("stopping Airflow ...", flush=True)
-            return 0
-        finally:
-            _stop_group(server)
+        with standalone(home, env) as server:
+            try:
+                password = admin_password(home, server)
+                if password:
+                    print(f"Airflow UI: http://127.0.0.1:{port}  user: admin  password: {password}\nCtrl-C stops everything.", flush=True)
+                return server.wait()
+            except KeyboardInterrupt:
+                print("stopping Airflow ...", flush=True)
+                return 0
+
+
+@contextlib.contextmanager
+def standalone(home: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`airflow standalone` in its own process group (log: home/standalone.log), stopped with every
+    component on the way out, also on an error."""
+    prepare(home, env)
+    server = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
+                              start_new_session=True, preexec_fn=_default_sigint,
+                              stdout=open(home / "standalone.log", "ab"), stderr=subprocess.STDOUT)
+    try:
+        yield server
+    finally:
+        _stop_group(server)
+
+
+def admin_password(home: Path, server: subprocess.Popen, timeout: float = 120) -> str | None:
+    """The admin's password, once standalone has generated it (None if it stopped or took too long)."""
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    deadline = time.monotonic() + timeout
+    while not passwords.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    return json.loads(passwords.read_text()).get("admin") if passwords.exists() else None
 
 
 if __name__ == "__main__":
