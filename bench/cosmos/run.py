@@ -24,25 +24,17 @@ import urllib.request
 from pathlib import Path
 
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
-from partner_pipeline_dev.local_airflow import admin_password, airflow_env, standalone
+from partner_pipeline_dev.local_airflow import admin_password, standalone, standalone_env
+from partner_pipeline_dev.local_s3 import free_ports
 from partner_pipeline_dev.services import embedded_services
 
 HERE = Path(__file__).resolve().parent
 DAY = "2026-11-22"  # the demo's second night
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Api:
-    def __init__(self, url: str, home: Path):
+    def __init__(self, url: str, password: str):
         self.url, self.token = url, None
-        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
         self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
 
     def call(self, method: str, path: str, body: dict | None = None):
@@ -92,18 +84,15 @@ def main() -> int:
     os.environ.clear()
     os.environ.update(env)
     settings = load_settings()
-    port, home = free_port(), data / "airflow-cosmos"
+    (port,), home = free_ports(1), data / "airflow-cosmos"
     with embedded_services(settings) as services_env:
-        run_env = airflow_env(home, {**services_env, "AIRFLOW__CORE__DAGS_FOLDER": str(HERE / "dags"),
-                                     "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-                                     "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                                     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-                                     "PROBE_DAY": DAY, "PROBE_DBT": str(Path(sys.executable).with_name("dbt")),
-                                     "PROBE_MANIFEST": str(data / "dbt" / "target" / "manifest.json")})
+        run_env = standalone_env(home, port, {**services_env, "AIRFLOW__CORE__DAGS_FOLDER": str(HERE / "dags"), "PROBE_DAY": DAY,
+                                              "PROBE_DBT": str(Path(sys.executable).with_name("dbt")),
+                                              "PROBE_MANIFEST": str(data / "dbt" / "target" / "manifest.json")})
         with standalone(home, run_env) as server:
-            if admin_password(home, server, timeout=240) is None:
+            if (password := admin_password(home, server, timeout=240)) is None:
                 raise RuntimeError(f"Airflow did not start: see {home / 'standalone.log'}")
-            api = Api(f"http://127.0.0.1:{port}", home)
+            api = Api(f"http://127.0.0.1:{port}", password)
             time.sleep(10)  # the dag-processor's first pass
             if errors := api.v2("GET", "importErrors")["import_errors"]:
                 raise RuntimeError(f"dags/probe_dbt.py does not load: {errors[0]['stack_trace'][-2000:]}")

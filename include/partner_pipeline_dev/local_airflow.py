@@ -110,11 +110,7 @@ def serve(port: int = 8080) -> int:
     settings = load_settings()
     home = settings.data_dir / "airflow"
     with embedded_services(settings) as services_env:
-        # BASE_URL also tells the task runners where the execution API is (default localhost:8080, whatever PORT)
-        env = airflow_env(home, {**services_env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-                                 "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"})
+        env = standalone_env(home, port, services_env)
         print(f"starting Airflow on http://127.0.0.1:{port} (log: {home / 'standalone.log'}) ...", flush=True)
         with standalone(home, env) as server:
             try:
@@ -125,6 +121,14 @@ def serve(port: int = 8080) -> int:
             except KeyboardInterrupt:
                 print("stopping Airflow ...", flush=True)
                 return 0
+
+
+def standalone_env(home: Path, port: int, extra: dict[str, str]) -> dict[str, str]:
+    """airflow_env for standalone on 127.0.0.1:port with the LocalExecutor and one admin user."""
+    # BASE_URL also tells the task runners where the execution API is (default localhost:8080, whatever PORT)
+    return airflow_env(home, {"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+                              "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                              "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin", **extra})
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from partner_pipeline_dev.local_s3 import _free_ports
+from partner_pipeline_dev.local_s3 import free_ports
 
 USER = "lake"
 DATABASE = "lake_catalog"
@@ -114,7 +114,7 @@ def local_postgres(data_dir: Path, timeout: float = 60.0) -> Iterator[LocalPostg
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed ({initdb.returncode}): {initdb.stderr.strip()}")
     password = password_file.read_text().strip()
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     log = open(data_dir / "postgres.log", "ab")
     args = [
         str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port),

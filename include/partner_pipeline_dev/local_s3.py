@@ -52,7 +52,8 @@ def weed_binary() -> str:
     return found
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (each held until all are found)."""
     sockets = []
     try:
         for _ in range(count):
@@ -91,7 +92,7 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }, *identities]}))
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
     if s3_port:
         ports["s3.port"] = s3_port
     args = [

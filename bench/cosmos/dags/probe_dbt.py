@@ -16,7 +16,7 @@ from cosmos.constants import ExecutionMode, LoadMode
 
 from partner_pipeline.settings import PROJECT_ROOT
 
-DAY = os.environ.get("PROBE_DAY", "2026-11-22")
+DAY = os.environ["PROBE_DAY"]  # set by run.py, as PROBE_MANIFEST and PROBE_DBT
 ENV = {"PIPELINE_RUN_DATE": DAY, "PIPELINE_RETENTION_DATE": DAY, "PIPELINE_RUN_ID": "probe",
        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
 
