@@ -112,12 +112,24 @@ class ActivationLog:
 # --- state ---------------------------------------------------------------------------------
 
 def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None]:
-    row = con.execute("SELECT batches_applied, full_refresh_run_id FROM activation.syncs WHERE destination_id = ? AND segment_name = ?",
+    """The pair's batches applied so far and the run whose full refresh it last had (its syncs row, made if missing)."""
+    row = con.execute("SELECT full_refresh_run_id FROM activation.syncs WHERE destination_id = ? AND segment_name = ?",
                       [destination_id, segment]).fetchone()
     if row is None:
         con.execute("INSERT INTO activation.syncs VALUES (?, ?, 0, NULL, NULL, NULL, NULL, 0)", [destination_id, segment])
-        return 0, None
-    return row
+    return _batches_applied(con, destination_id, segment), row[0] if row else None
+
+
+# A batch applied is a "sent" row of the activation log, written in the transaction that records what the
+# destination then holds: the log is the one count of them (syncs.batches_applied is its copy as of the
+# pair's last run, _record_run). So an HTTP batch commits two appends and no update: a DuckLake UPDATE
+# (a delete file and a new data file) more than doubled each batch's commit (make bench).
+_BATCHES_APPLIED = """(SELECT count(*) FROM activation.activation_log
+                       WHERE destination_id = ? AND segment_name = ? AND status = 'sent')"""
+
+
+def _batches_applied(con, destination_id: str, segment: str) -> int:
+    return con.execute(f"SELECT {_BATCHES_APPLIED}", [destination_id, segment]).fetchone()[0]
 
 
 def _wanted(withheld: bool) -> str:
@@ -172,10 +184,10 @@ def _apply(con, destination_id: str, segment: str, operation: str, table: str, r
                     [destination_id, segment, *where])
 
 
-def _advance(con, destination_id: str, segment: str, run: Run, **extra) -> None:
-    sets = ", ".join(f"{k} = ?" for k in extra)
-    con.execute(f"""UPDATE activation.syncs SET batches_applied = batches_applied + 1 {', ' + sets if sets else ''}
-                    WHERE destination_id = ? AND segment_name = ?""", [*extra.values(), destination_id, segment])
+def _mark_full_refresh(con, destination_id: str, segment: str, run: Run) -> None:
+    """The pair's list was replaced by `run` (a retry of the run does not replace it again)."""
+    con.execute("UPDATE activation.syncs SET full_refresh_run_id = ? WHERE destination_id = ? AND segment_name = ?",
+                [run.run_id, destination_id, segment])
 
 
 def _record_run(con, destination_id: str, segment: str, run: Run, synced: bool) -> None:
@@ -183,10 +195,11 @@ def _record_run(con, destination_id: str, segment: str, run: Run, synced: bool) 
     _sync_state(con, destination_id, segment)
     con.execute(f"""UPDATE activation.syncs SET last_run_date = ?, last_run_id = ?,
                         members_held = (SELECT count(*) FROM activation.destination_members
-                                        WHERE destination_id = ? AND segment_name = ?)
+                                        WHERE destination_id = ? AND segment_name = ?),
+                        batches_applied = {_BATCHES_APPLIED}
                         {', last_synced_at = now()' if synced else ''}
                     WHERE destination_id = ? AND segment_name = ?""",
-                [run.run_date, run.run_id, destination_id, segment, destination_id, segment])
+                [run.run_date, run.run_id, destination_id, segment, destination_id, segment, destination_id, segment])
 
 
 # --- HTTP audience API -----------------------------------------------------------------------
@@ -252,7 +265,7 @@ class HttpAudience:
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?",
                         [self.destination_id, segment])
-            _advance(con, self.destination_id, segment, run, full_refresh_run_id=run.run_id)
+            _mark_full_refresh(con, self.destination_id, segment, run)
             log_.write("clear", 0, 0, 0, attempt=None, status="sent", response_code=200, key=key)
             con.execute("COMMIT")
             batches_applied += 1
@@ -272,7 +285,6 @@ class HttpAudience:
                                         lambda **a: log_.write(operation, batch_number, *counts, key=key, **a), run)  # noqa: B023 (called within this iteration)
                 con.execute("BEGIN TRANSACTION")
                 _apply(con, self.destination_id, segment, operation, table, run, (first, first + len(members) - 1))
-                _advance(con, self.destination_id, segment, run)
                 log_.write(operation, batch_number, *counts, attempt=None, status="sent", response_code=response.status_code, key=key)
                 con.execute("COMMIT")
                 batches_applied += 1
@@ -339,7 +351,8 @@ class S3FileExport:
                         [self.destination_id, segment])
         _apply(con, self.destination_id, segment, "remove", "pending_removes", run)
         _apply(con, self.destination_id, segment, "add", "pending_adds", run)
-        _advance(con, self.destination_id, segment, run, **({"full_refresh_run_id": run.run_id} if full else {}))
+        if full:
+            _mark_full_refresh(con, self.destination_id, segment, run)
         log_.write("replace" if full else "delta", 1, adds, removes, attempt=1, status="sent",
                    detail=f"s3://{self.bucket}/{prefix}")
         con.execute("COMMIT")
