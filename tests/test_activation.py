@@ -187,6 +187,29 @@ def test_halfway_failure_resumes_without_sending_anything_twice(warehouse_copy, 
     assert len(keys) == len(set(keys))
 
 
+def test_resume_after_applied_batches_continues_their_count_and_keys(warehouse_copy, governance_dir, audience_api):
+    destinations_file(governance_dir, **{HTTP: {"batch_size": 5, "max_attempts": 2, "backoff_seconds": 0}})
+    credentials = lambda _: (audience_api.url, audience_api.token)  # noqa: E731
+    # the first two batches are applied and recorded; the third arrives but its answer is lost, and its retry fails
+    audience_api.inject(Fault.answer(), Fault.answer(), Fault.drop_after_apply(), Fault.status(500))
+    with pytest.raises(activation.ActivationFailed, match=r"(\w+) -> personalization_api: .*failed 2 times") as failed:
+        run_activation("night-1", credentials=credentials)
+    segment = failed.value.args[0].split(" -> personalization_api")[0].split()[-1]
+    pair = (HTTP, segment)
+    sent = "SELECT count(*) FROM activation.activation_log WHERE destination_id = ? AND segment_name = ? AND status = 'sent'"
+    held = "SELECT count(*) FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?"
+    assert (query(sent, pair)[0][0], query(held, pair)[0][0]) == (2, 10)
+    # the pair's state as analysts read it: the batches the log records as sent
+    assert query("SELECT batches_applied FROM activation.syncs WHERE destination_id = ? AND segment_name = ?", pair) == [(2,)]
+    run_activation("night-1", credentials=credentials)  # the task's retry resumes at batch 3, under its first key
+    assert audience_api.replayed == 1
+    assert audience_api.members(segment) == audience(HTTP, segment)
+    posts = [r for r in audience_api.requests if r.method == "POST" and r.applied and f"/audiences/{segment}/" in r.path]
+    assert len({r.idempotency_key for r in posts}) == len(posts)  # each batch applied once (batch 3's resend was a replay)
+    assert query("SELECT batches_applied FROM activation.syncs WHERE destination_id = ? AND segment_name = ?", pair) \
+        == [(len(posts),)] == [(query(sent, pair)[0][0],)]
+
+
 def test_other_4xx_fails_at_once_with_the_response_body(warehouse_copy, audience_api):
     audience_api.inject(Fault.status(400, body={"error": "audience high_earning_homeowners is archived"}))
     with pytest.raises(activation.ActivationFailed, match=r"answered 400 .*audience high_earning_homeowners is archived"):

@@ -42,11 +42,16 @@ Member = tuple[str | None, str | None, str | None]
 class Fault:
     """One scripted misbehaviour, consumed by the next non-GET request (see AudienceApi.inject)."""
 
-    kind: str  # "status" | "timeout" | "drop" | "drop_after_apply"
+    kind: str  # "answer" | "status" | "timeout" | "drop" | "drop_after_apply"
     code: int = 0
     retry_after: str | None = None
     body: Any = None
     seconds: float = 0.0
+
+    @classmethod
+    def answer(cls) -> Fault:
+        """No fault: the request is answered for real (to script a fault after some good requests)."""
+        return cls("answer")
 
     @classmethod
     def status(cls, code: int, retry_after: str | int | None = None, body: Any = None) -> Fault:
@@ -340,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(504, "injected timeout")
         if fault and fault.kind == "drop":
             return None
-        try:  # no fault, or drop_after_apply: answer for real (and the caller may drop the answer)
+        try:  # no fault, answer or drop_after_apply: answer for real (and the caller may drop the answer)
             return self.server.api._handle(self.command, path, self.headers, body)
         except Exception:
             logger.exception("audience API failed on %s %s", self.command, path)
