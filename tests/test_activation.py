@@ -210,6 +210,23 @@ def test_resume_after_applied_batches_continues_their_count_and_keys(warehouse_c
         == [(len(posts),)] == [(query(sent, pair)[0][0],)]
 
 
+def test_publishing_merges_the_small_files_each_batch_wrote(warehouse_copy, governance_dir, audience_api):
+    from partner_pipeline import transform
+
+    destinations_file(governance_dir, **{HTTP: {"batch_size": 5}})
+    run_activation("night-1")
+    files = "SELECT count(*) FROM ducklake_list_files('lake', ?, schema => 'activation')"
+    log = "SELECT rowid, * FROM activation.activation_log ORDER BY rowid"
+    batches, before = query(files, ("activation_log",))[0][0], query(log)
+    assert batches > 20  # a file per batch (and per log row)
+    published = transform.publish_for_analysts(warehouse_copy, DAY, "night-1")
+    assert query(files, ("activation_log",)) == [(1,)] and query(files, ("destination_members",)) == [(1,)]
+    assert query(log) == before  # the same rows in the same order (the log's order is its rowid)
+    with transform.published_marts(warehouse_copy) as con:
+        assert con.execute("SELECT count(*) FROM activation_log").fetchone()[0] == len(before)
+    assert published.startswith("lake snapshot")
+
+
 def test_other_4xx_fails_at_once_with_the_response_body(warehouse_copy, audience_api):
     audience_api.inject(Fault.status(400, body={"error": "audience high_earning_homeowners is archived"}))
     with pytest.raises(activation.ActivationFailed, match=r"answered 400 .*audience high_earning_homeowners is archived"):

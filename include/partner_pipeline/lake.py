@@ -240,6 +240,20 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
     _rewrite_sqlite_catalog(con, catalog)
 
 
+# Files below this size are merged each night (compact_small_files): the appends of logs, audit tables
+# and activation batches (an HTTP sync writes a file per batch: ~500 a night at 10M). The models' and the
+# drops' files are hundreds of MB and are left alone.
+SMALL_FILE_BYTES = 8_000_000
+
+
+def compact_small_files(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -> None:
+    """Merge the lake's small data files, so that a table read each night (the activation log and state,
+    the audit logs) is a few files, not one per commit ever made. Snapshots keep reading what they read
+    (DuckLake points them at parts of the merged file); the files merged are deleted once no kept
+    snapshot needs them (keep_recent_snapshots)."""
+    con.execute("CALL ducklake_merge_adjacent_files(?, max_file_size => ?)", [catalog, SMALL_FILE_BYTES])
+
+
 def keep_recent_snapshots(con: duckdb.DuckDBPyConnection, days: int, orphan_age: dt.timedelta = dt.timedelta(days=1),
                           catalog: str = CATALOG) -> None:
     """Expire the snapshots older than `days` days (time travel reaches back that far; the newest is

@@ -79,15 +79,17 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
 def publish_for_analysts(settings: Settings, day: dt.date, run_id: str) -> str:
     """Publish tonight's marts (and the activation log and sync state, views the marts define) to
     analysts; returns where. On the file: a copy of the marts file (write_published_copy). On the
-    lake: nothing is copied; the lake's snapshot now is recorded in audit.publications, and
-    analysts attach the lake at the last one recorded (published_marts), so a run that writes
-    meanwhile is never seen half done; snapshots older than PIPELINE_LAKE_SNAPSHOT_DAYS expire."""
+    lake: nothing is copied; the night's small files are merged (lake.compact_small_files), the lake's
+    snapshot then is recorded in audit.publications, and analysts attach the lake at the last one
+    recorded (published_marts), so a run that writes meanwhile is never seen half done; snapshots
+    older than PIPELINE_LAKE_SNAPSHOT_DAYS expire."""
     if settings.warehouse_kind == "file":
         published = write_published_copy(settings)
         with warehouse(settings) as con:
             con.execute("INSERT INTO audit.publications VALUES (?, ?, NULL, now())", [run_id, day])
         return str(published)
     with warehouse(settings) as con:
+        lake.compact_small_files(con)
         snapshot = con.execute(f"SELECT id FROM {lake.CATALOG}.current_snapshot()").fetchone()[0]
         con.execute("INSERT INTO audit.publications VALUES (?, ?, ?, now())", [run_id, day, snapshot])
         lake.keep_recent_snapshots(con, settings.lake_snapshot_days)
