@@ -55,12 +55,14 @@ def weed_binary() -> str:
     return found
 
 
-def _admin_ports() -> dict[str, int]:
-    """admin.port and admin.port.grpc = admin.port + _ADMIN_GRPC_OFFSET, both free on 127.0.0.1."""
+def _admin_ports(taken: set[int]) -> dict[str, int]:
+    """admin.port and admin.port.grpc = admin.port + _ADMIN_GRPC_OFFSET, both free on 127.0.0.1 and not in `taken`."""
     for _ in range(100):
         (port,) = free_ports(1)
         if port + _ADMIN_GRPC_OFFSET > 65535:
             port -= _ADMIN_GRPC_OFFSET  # the kernel's free ports start above 32767: this one is below them
+        if {port, port + _ADMIN_GRPC_OFFSET} & taken:
+            continue
         with closing(socket.socket()) as admin, closing(socket.socket()) as grpc:
             try:
                 admin.bind(("127.0.0.1", port))
@@ -111,9 +113,10 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }, *identities]}))
-    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)))) | _admin_ports()
+    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
     if s3_port:
         ports["s3.port"] = s3_port
+    ports |= _admin_ports(set(ports.values()))
     args = [
         weed_binary(), f"-logdir={data_dir / 'logs'}", "mini", f"-dir={data_dir / 'store'}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
