@@ -3,6 +3,7 @@ and a fresh data directory per test, so tests never see each other's drops or wa
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -16,7 +17,9 @@ import tempfile
 import pytest
 
 # Before anything imports Airflow: never touch ~/airflow, never load the example DAGs.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow_home_"))
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 
