@@ -4,9 +4,7 @@ that serves it (without a running Airflow: the FastAPI app directly)."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,16 +22,12 @@ from conftest import run_night as night
 pytestmark = pytest.mark.slow
 
 DAYS = (dt.date(2026, 11, 20), dt.date(2026, 11, 21))
-_buckets = itertools.count()
 FIGURES = {"match-rate", "rows-acme_bank", "rows-globex_retail", "segment-sizes", "activation"}
 
 
-
-
 @pytest.fixture
-def two_nights(pipeline_env, audience_api, s3_api, tmp_path, monkeypatch):
+def two_nights(pipeline_env, audience_api, s3_api, tmp_path):
     """Two run dates with drops from both partners; the report written after each, as the DAG does."""
-    monkeypatch.setenv("PIPELINE_REPORTS_BUCKET", f"reports-{os.getpid()}-{next(_buckets)}")
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     root = tmp_path / "synth"
