@@ -112,12 +112,17 @@ class ActivationLog:
 # --- state ---------------------------------------------------------------------------------
 
 def _sync_state(con, destination_id: str, segment: str) -> tuple[int, str | None]:
-    """The pair's batches applied so far and the run whose full refresh it last had (its syncs row, made if missing)."""
+    """The pair's batches applied so far and the run whose full refresh it last had."""
+    return _batches_applied(con, destination_id, segment), _sync_row(con, destination_id, segment)
+
+
+def _sync_row(con, destination_id: str, segment: str) -> str | None:
+    """The pair's syncs row, made if missing; returns the run whose full refresh it last had."""
     row = con.execute("SELECT full_refresh_run_id FROM activation.syncs WHERE destination_id = ? AND segment_name = ?",
                       [destination_id, segment]).fetchone()
     if row is None:
         con.execute("INSERT INTO activation.syncs VALUES (?, ?, 0, NULL, NULL, NULL, NULL, 0)", [destination_id, segment])
-    return _batches_applied(con, destination_id, segment), row[0] if row else None
+    return row[0] if row else None
 
 
 # A batch applied is a "sent" row of the activation log, written in the transaction that records what the
@@ -192,7 +197,7 @@ def _mark_full_refresh(con, destination_id: str, segment: str, run: Run) -> None
 
 def _record_run(con, destination_id: str, segment: str, run: Run, synced: bool) -> None:
     """Which run last handled the pair, what the destination holds, and when it was last fully in sync."""
-    _sync_state(con, destination_id, segment)
+    _sync_row(con, destination_id, segment)
     con.execute(f"""UPDATE activation.syncs SET last_run_date = ?, last_run_id = ?,
                         members_held = (SELECT count(*) FROM activation.destination_members
                                         WHERE destination_id = ? AND segment_name = ?),
