@@ -210,6 +210,41 @@ def test_resume_after_applied_batches_continues_their_count_and_keys(warehouse_c
         == [(len(posts),)] == [(query(sent, pair)[0][0],)]
 
 
+def test_batches_a_lost_transaction_applied_are_resent_under_their_keys(warehouse_copy, governance_dir, audience_api,
+                                                                        monkeypatch):
+    # batches are committed together: a process that dies with some applied but not committed (here an error
+    # inside the third batch's writes rolls back the open transaction, as a kill would) sends them again
+    destinations_file(governance_dir, **{HTTP: {"batch_size": 5}})
+    monkeypatch.setattr(activation, "BATCH_COMMIT_SECONDS", 3600)
+    apply, calls = activation._apply, []
+
+    def dies_in_third_batch(*args, **kwargs):
+        calls.extend([args] if args[1] == HTTP else [])
+        if len(calls) == 3 and args[1] == HTTP:
+            raise RuntimeError("killed")
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(activation, "_apply", dies_in_third_batch)
+    with pytest.raises(activation.ActivationFailed, match="killed"):
+        run_activation("night-1")
+    segment = calls[0][2]
+    pair = (HTTP, segment)
+    assert query("SELECT count(*) FROM activation.destination_members WHERE destination_id = ? AND segment_name = ?",
+                 pair) == [(0,)]
+    assert query("SELECT count(*) FROM activation.activation_log WHERE destination_id = ? AND segment_name = ? "
+                 "AND status = 'sent'", pair) == [(0,)]
+    first_keys = [r.idempotency_key for r in audience_api.requests if f"/audiences/{segment}/" in r.path]
+    assert len(first_keys) == 3
+    monkeypatch.setattr(activation, "_apply", apply)
+    run_activation("night-1")
+    resent = [r.idempotency_key for r in audience_api.requests if f"/audiences/{segment}/" in r.path][3:6]
+    assert resent == first_keys and audience_api.replayed == 3  # the destination ignored all three
+    assert audience_api.members(segment) == audience(HTTP, segment)
+    assert query("SELECT batches_applied FROM activation.syncs WHERE destination_id = ? AND segment_name = ?", pair) \
+        == query("SELECT count(*) FROM activation.activation_log WHERE destination_id = ? AND segment_name = ? "
+                 "AND status = 'sent'", pair)
+
+
 def test_publishing_merges_the_small_files_each_batch_wrote(warehouse_copy, governance_dir, audience_api):
     from partner_pipeline import transform
 
