@@ -34,9 +34,9 @@ counts as (
         count(*) filter (where match_status = 'unmatched') as unmatched,
         count(*) filter (where profile_id is not null and has_consent_enrichment) as matched_consented,
         count(*) filter (where seed_id is not null) as rows_with_seed,
-        count(*) filter (where email_sha256 is not null) as rows_with_email,
-        count(*) filter (where phone_sha256 is not null) as rows_with_phone,
-        count(*) filter (where phone_sha256 is not null and email_sha256 is null) as rows_with_phone_only
+        count(*) filter (where has_email) as rows_with_email,
+        count(*) filter (where has_phone) as rows_with_phone,
+        count(*) filter (where has_phone and not has_email) as rows_with_phone_only
     from matched_records
     group by partner_id, drop_date
 ),
