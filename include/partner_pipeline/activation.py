@@ -314,7 +314,8 @@ BATCH_COMMIT_SECONDS = 1.0
 class _BatchCommits:
     """One open transaction holding whole applied batches, committed every BATCH_COMMIT_SECONDS, when a
     failed attempt is logged, and at the end. On an error the batches applied so far are committed,
-    unless the error struck inside a batch's writes: then the open ones roll back (and are re-sent)."""
+    unless the error struck inside a batch's writes (or was DuckDB's): then the transaction is left to
+    activate's ROLLBACK after a failed sync, and its batches are re-sent."""
 
     def __init__(self, con):
         self.con, self.inside_batch = con, False
@@ -340,9 +341,6 @@ class _BatchCommits:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not (self.inside_batch or isinstance(exc, duckdb.Error)):
             self.con.execute("COMMIT")
-            return
-        with contextlib.suppress(duckdb.Error):  # a failed statement or COMMIT may have ended it already
-            self.con.execute("ROLLBACK")
 
 
 # --- file export to S3 -----------------------------------------------------------------------
@@ -515,7 +513,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                 outcome = senders[destination_id].sync(con, segment, run, withheld=bool(withheld))
             except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
                 try:
-                    con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction
+                    con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction (_BatchCommits)
                 except duckdb.TransactionException:
                     pass  # none was open
                 _record_run(con, destination_id, segment, run, synced=False)
