@@ -39,5 +39,9 @@ def check(result: dict) -> None:
     assert all(result["pipeline"]["stages"][t] > 0 for t in ("ingest", "transform", "activate"))
     assert result["floor"]["stages"] and result["floor"]["wall_seconds"] > 0
     assert result["pipeline"]["peak_tree_rss_mb"] > 100  # the tree: dbt's process is counted too
+    by_stage = result["pipeline"]["peak_tree_rss_mb_by_stage"]
+    assert by_stage["transform"]["children"] > 50  # dbt, a child of the task's process
+    assert max(p["total"] for p in by_stage.values()) <= result["pipeline"]["peak_tree_rss_mb"]
+    assert all(abs(p["total"] - p["process"] - p["children"]) <= 1 for p in by_stage.values())  # each rounded
     targets = result["targets"]
     assert targets["DAG parse < 1 s per file"]["measured"]["partner_drops_nightly.py"] > 0

@@ -14,6 +14,7 @@ import hmac
 import io
 import json
 import os
+import zlib
 
 import duckdb
 import pyarrow.parquet as pq
@@ -115,6 +116,27 @@ def test_the_seed_id_sql_is_hmac_sha256_cut_to_120_bits():
 
 
 @pytest.mark.slow
+def test_gzip_file_is_one_gzip_member_any_reader_reads_and_the_same_bytes_each_time(tmp_path, monkeypatch):
+    """The seed set's csv.gz is compressed in chunks on every core (seeds.gzip_file): the chunks must join
+    into one stream that gzip, Python and DuckDB read whole, with the same bytes for the same input."""
+    monkeypatch.setattr(seeds, "GZIP_CHUNK_BYTES", 1000)  # many chunks, and more in flight than workers
+    source = tmp_path / "seeds.csv"
+    lines = ["seed_id,email_sha256"] + [f"{i:030x},{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(2000)]
+    source.write_text("\n".join(lines) + "\n")
+    first, second = tmp_path / "first.csv.gz", tmp_path / "second.csv.gz"
+    digest = seeds.gzip_file(source, first)
+    assert seeds.gzip_file(source, second) == digest == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert first.read_bytes() == second.read_bytes()
+    body = first.read_bytes()
+    assert gzip.decompress(body) == source.read_bytes()
+    assert zlib.decompressobj(wbits=31).decompress(body) == source.read_bytes()  # one member: zlib reads no further
+    assert duckdb.sql(f"SELECT count(*), max(seed_id) FROM read_csv('{first}', header=true)").fetchone() == (2000, f"{1999:030x}")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    seeds.gzip_file(empty, tmp_path / "empty.csv.gz")
+    assert gzip.decompress((tmp_path / "empty.csv.gz").read_bytes()) == b""
+
+
 def test_seed_sets_end_to_end_stable_erasure_and_rerun(pipeline_env, audience_api, agreements_dir, tmp_path, s3_server, s3_api, monkeypatch):
     settings = load_settings()
     enable_globex_seeds(agreements_dir, settings.outbox_bucket)

@@ -13,7 +13,6 @@ a re-run rewrites the same keys with the same bytes.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import email.utils
 import hashlib
@@ -104,12 +103,19 @@ class ActivationLog:
 
     def write(self, operation: str, batch_number: int | None, adds: int, removes: int, attempt: int | None, status: str,
               response_code: int | None = None, key: str | None = None, detail: str | None = None) -> None:
-        self.con.execute(
-            """INSERT INTO activation.activation_log (logged_at, run_id, run_date, destination_id, segment_name, operation,
-                   batch_number, adds, removes, attempt, status, response_code, idempotency_key, detail)
-               VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [self.run.run_id, self.run.run_date, self.destination_id, self.segment, operation, batch_number, adds, removes,
-             attempt, status, response_code, key, detail])
+        self.write_rows([self.row(operation, batch_number, adds, removes, attempt, status, response_code, key, detail)])
+
+    def row(self, operation: str, batch_number: int | None, adds: int, removes: int, attempt: int | None, status: str,
+            response_code: int | None = None, key: str | None = None, detail: str | None = None) -> list:
+        return [self.run.run_id, self.run.run_date, self.destination_id, self.segment, operation, batch_number, adds, removes,
+                attempt, status, response_code, key, detail]
+
+    def write_rows(self, rows: list[list]) -> None:
+        """Append rows (of `row`) in one statement: on the lake, one data file however many."""
+        values = ", ".join(["(now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+        self.con.execute(f"""INSERT INTO activation.activation_log (logged_at, run_id, run_date, destination_id, segment_name,
+                                 operation, batch_number, adds, removes, attempt, status, response_code, idempotency_key, detail)
+                             VALUES {values}""", [value for row in rows for value in row])
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -281,7 +287,7 @@ class HttpAudience:
         removes, adds = _stage_diff(con, self.destination_id, segment, withheld)
         size = self.destination.rows_per_batch
         batch_number = 0
-        with _BatchCommits(con) as commits:
+        with _BatchCommits(con, self.destination_id, segment, run, log_) as commits:
             for operation, table, total in (("remove", "pending_removes", removes), ("add", "pending_adds", adds)):
                 for first in range(1, total + 1, size):
                     members = _batch(con, table, first, size)
@@ -292,55 +298,65 @@ class HttpAudience:
                             "members": [{k: v for k, v in zip(MEMBER_COLUMNS[1:], m[1:]) if v is not None} for m in members]}
 
                     def audit(**attempt):  # a failed attempt is committed before the back-off or the raise
-                        log_.write(operation, batch_number, *counts, key=key, **attempt)  # noqa: B023 (called within this iteration)
-                        commits.commit()
+                        commits.commit([log_.row(operation, batch_number, *counts, key=key, **attempt)])  # noqa: B023 (called within this iteration)
 
                     response = self.request("POST", path, key, body, audit, run)
-                    with commits.batch():
-                        _apply(con, self.destination_id, segment, operation, table, run, (first, first + len(members) - 1))
-                        log_.write(operation, batch_number, *counts, attempt=None, status="sent", response_code=response.status_code, key=key)
+                    commits.applied(operation, table, (first, first + len(members) - 1),
+                                    log_.row(operation, batch_number, *counts, attempt=None, status="sent",
+                                             response_code=response.status_code, key=key))
                     batches_applied += 1
         return {"adds": adds, "removes": removes, "batches": batch_number, "full_refresh": cleared}
 
 
-# Applied batches wait this long at most for their commit. A commit per batch cost more than its request
-# on the lake (a catalog commit and two small Parquet files, ~21 ms a batch at 10M, make bench). A batch
-# sent but not committed when the process dies is sent again on resume with the same Idempotency-Key (the
-# count of committed batches and the remaining diff, hence the batch's content, are those it was sent
-# with), so the destination ignores it.
+# Applied batches wait this long at most for their commit, and are written then: the members of each
+# operation's batches (a range of positions) with one statement, their log rows with another. A batch
+# written and committed alone cost more than its request on the lake (a catalog commit and two small
+# Parquet files, ~21 ms a batch at 10M, make bench). A batch sent but not committed when the process dies is
+# sent again on resume with the same Idempotency-Key (the count of committed batches and the remaining
+# diff, hence the batch's content, are those it was sent with), so the destination ignores it.
 BATCH_COMMIT_SECONDS = 1.0
 
 
 class _BatchCommits:
-    """One open transaction holding whole applied batches, committed every BATCH_COMMIT_SECONDS, when a
-    failed attempt is logged, and at the end. On an error the batches applied so far are committed,
-    unless the error struck inside a batch's writes (or was DuckDB's): then the transaction is left to
-    activate's ROLLBACK after a failed sync, and its batches are re-sent."""
+    """The batches the destination applied since the last commit, written and committed every
+    BATCH_COMMIT_SECONDS, when a failed attempt is logged, and at the end, also when the sync fails
+    (unless writing them failed: activate then rolls back, and they are re-sent)."""
 
-    def __init__(self, con):
-        self.con, self.inside_batch = con, False
+    def __init__(self, con, destination_id: str, segment: str, run: Run, log_: ActivationLog):
+        self.con, self.destination_id, self.segment, self.run, self.log = con, destination_id, segment, run, log_
+        self.ranges: dict[tuple[str, str], tuple[int, int]] = {}  # (operation, table) -> first and last position applied
+        self.rows: list[list] = []
+        self.writing = False
 
     def __enter__(self) -> _BatchCommits:
-        self.con.execute("BEGIN TRANSACTION")
         self.since = time.monotonic()
         return self
 
-    def commit(self) -> None:
-        self.con.execute("COMMIT")
-        self.con.execute("BEGIN TRANSACTION")
-        self.since = time.monotonic()
-
-    @contextlib.contextmanager
-    def batch(self):
-        self.inside_batch = True
-        yield
-        self.inside_batch = False
+    def applied(self, operation: str, table: str, positions: tuple[int, int], log_row: list) -> None:
+        """The destination applied the batch `positions` of `table` (batches come in position order)."""
+        first = self.ranges.get((operation, table), positions)[0]
+        self.ranges[(operation, table)] = (first, positions[1])
+        self.rows.append(log_row)
         if time.monotonic() - self.since >= BATCH_COMMIT_SECONDS:
             self.commit()
 
+    def commit(self, log_rows: tuple[list, ...] | list[list] = ()) -> None:
+        """Write the applied batches, then `log_rows`, in one transaction."""
+        if not (self.ranges or self.rows or log_rows):
+            return
+        self.writing = True
+        self.con.execute("BEGIN TRANSACTION")
+        for (operation, table), positions in self.ranges.items():
+            _apply(self.con, self.destination_id, self.segment, operation, table, self.run, positions)
+        if self.rows or log_rows:
+            self.log.write_rows([*self.rows, *log_rows])
+        self.con.execute("COMMIT")
+        self.writing = False
+        self.ranges, self.rows, self.since = {}, [], time.monotonic()
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not (self.inside_batch or isinstance(exc, duckdb.Error)):
-            self.con.execute("COMMIT")
+        if not self.writing:
+            self.commit()
 
 
 # --- file export to S3 -----------------------------------------------------------------------
@@ -513,7 +529,7 @@ def activate(con, governance: Governance, run: Run, s3, activation_bucket: str,
                 outcome = senders[destination_id].sync(con, segment, run, withheld=bool(withheld))
             except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
                 try:
-                    con.execute("ROLLBACK")  # a batch's state update interrupted mid-transaction (_BatchCommits)
+                    con.execute("ROLLBACK")  # a transaction interrupted: a full refresh's clear, or applied batches' (_BatchCommits)
                 except duckdb.TransactionException:
                     pass  # none was open
                 _record_run(con, destination_id, segment, run, synced=False)

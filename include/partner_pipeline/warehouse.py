@@ -204,6 +204,8 @@ def _declare(con, on_lake: bool) -> None:
     if declared != _DECLARATIONS:
         con.execute(_SCHEMA)
         migrate_partner_tables(con)
+        if on_lake:
+            lake.set_parquet_options(con)
         if not on_lake:
             # a warehouse file from before the marts had their own file holds a `marts` schema that would shadow them
             con.execute("DROP SCHEMA IF EXISTS marts CASCADE")
@@ -412,8 +414,9 @@ def drop_taken_over_history(con) -> None:
         con.execute("DROP TABLE audit.segment_size_history")
 
 
-# the fingerprint of what _declare declares: its SQL and the migrations' code
-_DECLARATIONS = hashlib.sha256("\n".join([_SCHEMA, inspect.getsource(migrate_partner_tables)]).encode()).hexdigest()
+# the fingerprint of what _declare declares: its SQL, the migrations' code and the lake's Parquet options
+_DECLARATIONS = hashlib.sha256("\n".join([_SCHEMA, inspect.getsource(migrate_partner_tables), repr(lake.PARQUET_OPTIONS)])
+                               .encode()).hexdigest()
 
 
 def _attribute_pairs(attributes, alias: str) -> str:

@@ -44,12 +44,13 @@ def _child(run_id: str) -> None:
     """Runs in the measured process: exactly what the DAG's tasks do for one date, in order."""
     from partner_pipeline import nightly
 
-    timings, outcomes = {}, []
+    timings, spans, outcomes = {}, {}, []
 
     def timed(name, call):
-        started = time.perf_counter()
+        started, since = time.perf_counter(), time.time()
         value = call()
         timings[name] = timings.get(name, 0) + time.perf_counter() - started
+        spans.setdefault(name, []).append((since, time.time()))
         return value
 
     drops = timed("discover", lambda: nightly.discover(DAY, run_id))
@@ -63,17 +64,19 @@ def _child(run_id: str) -> None:
     timed("share_overlap_reports", lambda: nightly.share_overlap_reports(DAY, run_id))
     seed_sets = timed("export_seeds", lambda: nightly.export_seeds(DAY, run_id))
     published = timed("publish_marts", lambda: nightly.publish_marts(DAY, run_id))
-    print(json.dumps({"timings": timings, "outcomes": [o.to_xcom() for o in outcomes], "transform": transformed, "published": published,
+    print(json.dumps({"timings": timings, "spans": spans, "outcomes": [o.to_xcom() for o in outcomes], "transform": transformed, "published": published,
                       "activation": activated, "seed_sets": seed_sets}, default=str))
 
 
 class TreeMemory:
-    """Peak of the summed RSS of processes and all their descendants, sampled every 0.2 s."""
+    """Peak of the summed RSS of processes and all their descendants, sampled every 0.2 s; `samples`
+    keeps (time, the roots' RSS, their descendants') for the peak of each stage."""
 
     def __init__(self, *pids: int):
         import psutil
 
         self.roots, self.peak, self._stop = [psutil.Process(pid) for pid in pids], 0, threading.Event()
+        self.samples: list[tuple[float, int, int]] = []
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
@@ -82,14 +85,16 @@ class TreeMemory:
 
         while not self._stop.is_set():
             try:
-                processes = [p for root in self.roots for p in (root, *root.children(recursive=True))]
-                total = 0
-                for process in processes:
+                processes = [(p, p in self.roots) for root in self.roots for p in (root, *root.children(recursive=True))]
+                roots = descendants = 0
+                for process, is_root in processes:
                     try:
-                        total += process.memory_info().rss
+                        rss = process.memory_info().rss
                     except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
+                        continue
+                    roots, descendants = (roots + rss, descendants) if is_root else (roots, descendants + rss)
+                self.peak = max(self.peak, roots + descendants)
+                self.samples.append((time.time(), roots, descendants))
             except psutil.Error:
                 pass
             self._stop.wait(0.2)
@@ -98,6 +103,18 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         return self.peak
+
+
+def stage_peaks(samples: list[tuple[float, int, int]], spans: dict[str, list[list[float]]]) -> dict[str, dict[str, int]]:
+    """Each stage's peak tree RSS (MB), split at that peak into the task's process (and the catalog
+    server's, if any) and their children (dbt; the catalog server's backends)."""
+    peaks = {}
+    for stage, stage_spans in spans.items():
+        inside = [(r + d, r, d) for t, r, d in samples if any(start <= t <= end for start, end in stage_spans)]
+        if inside:
+            total, roots, children = max(inside)
+            peaks[stage] = {"total": round(total / 2**20), "process": round(roots / 2**20), "children": round(children / 2**20)}
+    return peaks
 
 
 def dag_parse_seconds() -> dict[str, float]:
@@ -220,6 +237,7 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
         "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
                      "rows_per_second": round(rows / wall),
                      "stages": {t: round(measured["timings"].get(t, 0), 1) for t in TASKS},
+                     "peak_tree_rss_mb_by_stage": stage_peaks(memory.samples, measured["spans"]),
                      "ingest_steps": outcome.seconds,
                      "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
         "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"]},

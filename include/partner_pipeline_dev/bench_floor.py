@@ -24,7 +24,7 @@ from partner_pipeline.agreements import Agreement
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.governance import Destination
 from partner_pipeline.settings import load_settings
-from partner_pipeline.seeds import COPY_OPTIONS, hmac_pads, seed_id_sql
+from partner_pipeline.seeds import hmac_pads, seed_id_sql, write_seed_file
 from partner_pipeline.storage import download_with_sha256, list_objects
 from partner_pipeline.transform import run_dbt
 from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validation_view_sql
@@ -107,13 +107,12 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     found["seeds_sent"] = None
     if agreement.seed_set is not None:  # the consenting profiles' seeds (seeds.py's HMAC SQL), one file
         ipad, opad = hmac_pads(seed_key)
-        found["seeds_sent"] = con.execute(f"""COPY (
+        found["seeds_sent"], _ = write_seed_file(con, f"""
             SELECT {seed_id_sql('?', 'h.profile_id')} AS seed_id, h.email_sha256, h.phone_sha256
             FROM profile_hashes h SEMI JOIN read_csv({snapshot!r}, header=true, all_varchar=true) p
                  ON p.profile_id = h.profile_id AND p.consent_partner_sharing = 'true'
-            WHERE h.email_sha256 IS NOT NULL OR h.phone_sha256 IS NOT NULL ORDER BY seed_id
-            ) TO '{work / f"seeds.{agreement.seed_set.format}"}' ({COPY_OPTIONS[agreement.seed_set.format]})""",
-            [opad, ipad, agreement.agreement_id]).fetchone()[0]
+            WHERE h.email_sha256 IS NOT NULL OR h.phone_sha256 IS NOT NULL ORDER BY seed_id""",
+            [opad, ipad, agreement.agreement_id], work / f"seeds.{agreement.seed_set.format}", agreement.seed_set.format)
     timings["seed set"] = time.perf_counter() - started
 
     started = time.perf_counter()
