@@ -252,7 +252,7 @@ def purge_deleted_rows(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -
 
 
 # Files below this size are merged each night (compact_small_files): the appends of logs, audit tables
-# and activation batches (an HTTP sync writes a file per batch: ~500 a night at 10M). The models' and the
+# and activation batches (an HTTP sync writes a file per commit of its batches, at most a second apart). The models' and the
 # drops' files are hundreds of MB and are left alone.
 SMALL_FILE_BYTES = 8_000_000
 
