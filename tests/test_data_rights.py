@@ -55,6 +55,7 @@ OWN_DELETIONS = {
     # a seed export's own audit row, replaced on a retry of the run, and its working table
     ("seeds.py", "_record", "DELETE FROM audit.seed_exports"),
     ("seeds.py", "_export", "DROP TABLE IF EXISTS seed_export"),
+    ("seeds.py", "write_seed_file", "unlink"),  # the plain CSV, once compressed into the seed set's csv.gz
     # what a destination holds (activation's sync state), changed as the destination is told
     ("activation.py", "_apply", "DELETE FROM activation.destination_members"),
     ("activation.py", "HttpAudience.sync", "DELETE FROM activation.destination_members"),
