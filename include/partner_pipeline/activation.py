@@ -348,8 +348,7 @@ class _BatchCommits:
         self.con.execute("BEGIN TRANSACTION")
         for (operation, table), positions in self.ranges.items():
             _apply(self.con, self.destination_id, self.segment, operation, table, self.run, positions)
-        if self.rows or log_rows:
-            self.log.write_rows([*self.rows, *log_rows])
+        self.log.write_rows([*self.rows, *log_rows])  # every applied batch has its log row
         self.con.execute("COMMIT")
         self.writing = False
         self.ranges, self.rows, self.since = {}, [], time.monotonic()

@@ -141,15 +141,14 @@ def _export(con, client, settings, agreement: Agreement, key: bytes, bucket: str
                     FROM marts.seed_set_members WHERE partner_id = ? AND agreement_id = ?""",
                 [opad, ipad, agreement.partner_id, agreement.agreement_id])
     try:
-        rows = con.execute("SELECT count(*) FROM seed_export").fetchone()[0]
         _issue(con, agreement, day)
         name = f"seeds.{agreement.seed_set.format}"
         ensure_buckets(client, [bucket])
         with tempfile.TemporaryDirectory(prefix="seeds-", dir=_scratch(settings)) as scratch:
             path = Path(scratch) / name
             # ordered by seed_id: the same set gives the same bytes, and the order says nothing about the profiles
-            _, digest = write_seed_file(con, f"SELECT {', '.join(COLUMNS)} FROM seed_export ORDER BY seed_id", [], path,
-                                        agreement.seed_set.format)
+            rows, digest = write_seed_file(con, f"SELECT {', '.join(COLUMNS)} FROM seed_export ORDER BY seed_id", [], path,
+                                           agreement.seed_set.format)
             client.upload_file(str(path), bucket, folder + name)
         manifest = {"partner_id": agreement.partner_id, "agreement_id": agreement.agreement_id, "drop_date": day.isoformat(),
                     "kind": "seed_set", "mode": "full", "schema_version": 1,

@@ -85,14 +85,17 @@ class TreeMemory:
 
         while not self._stop.is_set():
             try:
-                processes = [(p, p in self.roots) for root in self.roots for p in (root, *root.children(recursive=True))]
                 roots = descendants = 0
-                for process, is_root in processes:
-                    try:
-                        rss = process.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    roots, descendants = (roots + rss, descendants) if is_root else (roots, descendants + rss)
+                for root in self.roots:
+                    for process in (root, *root.children(recursive=True)):
+                        try:
+                            rss = process.memory_info().rss
+                        except psutil.Error:
+                            continue
+                        if process is root:
+                            roots += rss
+                        else:
+                            descendants += rss
                 self.peak = max(self.peak, roots + descendants)
                 self.samples.append((time.time(), roots, descendants))
             except psutil.Error:
