@@ -16,8 +16,10 @@ import tempfile
 
 import pytest
 
-# Before anything imports Airflow: never touch ~/airflow, never load the example DAGs.
-if "AIRFLOW_HOME" not in os.environ:
+# Before anything imports Airflow: never touch ~/airflow, never load the example DAGs. Each pytest-xdist
+# worker (make test runs two) gets a home of its own: they would otherwise share the home, so the SQLite
+# metadata database, that the controller made before starting them.
+if "AIRFLOW_HOME" not in os.environ or "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -36,6 +38,13 @@ _bucket_numbers = itertools.count()
 # (lake.analyst_prefixes) of the lake in bucket ANALYST_LAKE_BUCKET.
 ANALYST_LAKE_BUCKET = "analyst-lake"
 ANALYST_KEYS = {"AWS_ACCESS_KEY_ID": "analyst-key", "AWS_SECRET_ACCESS_KEY": "analyst-secret-0123456789"}
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tiers first, each in file order: end to end, then slow, then the units. make test
+    runs the files on two workers as this order hands them out (--no-loadscope-reorder): a long file
+    handed out last would keep one worker busy long after the other ran out of files."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2)
 
 
 @pytest.fixture(scope="session")
