@@ -70,9 +70,9 @@ lint: install ## ruff on the Python tree, sqlfluff (dbt templater) on the dbt pr
 test-fast: install ## the fast tier (< 2 min): DAG integrity, unit tests, dbt unit tests; no S3 server, no scenario builds
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
-# Two workers (pytest-xdist), a test file each at a time, the longest files first (tests/conftest.py): much
-# of the suite waits on servers and Airflow's scheduler, so two files at once fill the two cores; each
-# worker has its own servers and Airflow home.
+# Two workers (pytest-xdist), a test file each at a time, the longest files first (tests/conftest.py): one
+# process leaves a core idle while it waits on servers and Airflow's scheduler, two keep both busy (the
+# suite is then CPU-bound); each worker has its own servers and Airflow home.
 test: install chromium postgres lint ## lint, then the whole test suite (real S3 server, PostgreSQL, DuckDB files, Airflow, headless Chromium)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 

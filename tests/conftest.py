@@ -17,8 +17,8 @@ import tempfile
 import pytest
 
 # Before anything imports Airflow: never touch ~/airflow, never load the example DAGs. Each pytest-xdist
-# worker (make test runs two) gets a home of its own: they would otherwise share the home, so the SQLite
-# metadata database, that the controller made before starting them.
+# worker (make test runs two) makes a home of its own: a worker inherits the controller's, and two workers
+# on one home would share its SQLite metadata database.
 if "AIRFLOW_HOME" not in os.environ or "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
