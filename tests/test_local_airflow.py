@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from partner_pipeline_dev.local_airflow import admin_password
 
 
 def free_port() -> int:
@@ -37,6 +39,7 @@ def processes_of(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.e2e
 def test_airflow_serves_the_dag_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data")}
@@ -54,11 +57,13 @@ def test_airflow_serves_the_dag_and_stops_on_ctrl_c(tmp_path):
             except OSError:
                 pass
             time.sleep(2)
+        assert proc.poll() is None, f"make airflow stopped on its own:\n{proc.stdout.read()}"
         assert health and '"metadatabase":{"status":"healthy"}' in health, health
         assert (tmp_path / "data" / "airflow" / "simple_auth_manager_passwords.json.generated").exists()
         assert len(processes_of(str(tmp_path))) >= 4  # the marker finds the running components
     finally:
-        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
         try:
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
@@ -71,3 +76,24 @@ def test_airflow_serves_the_dag_and_stops_on_ctrl_c(tmp_path):
     while processes_of(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_of(str(tmp_path)) == [], "a component of the local Airflow or S3 outlived Ctrl-C"
+
+
+class _Running:
+    """A server that has not stopped (admin_password only asks whether it has)."""
+
+    def poll(self):
+        return None
+
+
+def test_the_admin_password_is_read_once_standalone_has_written_it(tmp_path):
+    """Standalone creates its passwords file empty and writes it a moment later: `make airflow` once
+    read the empty file, failed on it and stopped Airflow (seen under the full test suite's load)."""
+    passwords = tmp_path / "simple_auth_manager_passwords.json.generated"
+    passwords.touch()
+    writer = threading.Timer(1.5, passwords.write_text, [json.dumps({"admin": "s3cret"})])
+    writer.start()
+    try:
+        assert admin_password(tmp_path, _Running(), timeout=30) == "s3cret"
+    finally:
+        writer.cancel()
+    assert admin_password(tmp_path / "absent", _Running(), timeout=1) is None

@@ -149,9 +149,14 @@ def admin_password(home: Path, server: subprocess.Popen, timeout: float = 120) -
     """The admin's password, once standalone has generated it (None if it stopped or took too long)."""
     passwords = home / "simple_auth_manager_passwords.json.generated"
     deadline = time.monotonic() + timeout
-    while not passwords.exists() and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(1)
-    return json.loads(passwords.read_text()).get("admin") if passwords.exists() else None
+    while True:
+        try:
+            return json.loads(passwords.read_text())["admin"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            # standalone creates the file empty and writes it a moment later (on a busy machine, seconds)
+            if server.poll() is not None or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":
