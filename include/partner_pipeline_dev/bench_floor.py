@@ -76,7 +76,8 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     timings["verify (download + sha256)"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    con.execute(f"CREATE TABLE {StageFile.RECORDS} AS SELECT * FROM read_csv({files!r}, header=true, all_varchar=true)")
+    # the drop's file names come from its manifest: bound, never spliced into the SQL
+    con.execute(f"CREATE TABLE {StageFile.RECORDS} AS SELECT * FROM read_csv(?, header=true, all_varchar=true)", [files])
     rows = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS}").fetchone()[0]
     if rows != manifest["record_count"]:
         raise RuntimeError(f"row count {rows} != manifest {manifest['record_count']}")
@@ -100,7 +101,7 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     started = time.perf_counter()
     con.execute(f"""CREATE TABLE profile_hashes AS
         SELECT profile_id, sha256({email_sql}) AS email_sha256, sha256({phone_sql}) AS phone_sha256
-        FROM read_csv({snapshot!r}, header=true, all_varchar=true)""")
+        FROM read_csv(?, header=true, all_varchar=true)""", [snapshot])
     timings["hash profiles"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -109,10 +110,10 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
         ipad, opad = hmac_pads(seed_key)
         found["seeds_sent"], _ = write_seed_file(con, f"""
             SELECT {seed_id_sql('?', 'h.profile_id')} AS seed_id, h.email_sha256, h.phone_sha256
-            FROM profile_hashes h SEMI JOIN read_csv({snapshot!r}, header=true, all_varchar=true) p
+            FROM profile_hashes h SEMI JOIN read_csv(?, header=true, all_varchar=true) p
                  ON p.profile_id = h.profile_id AND p.consent_partner_sharing = 'true'
             WHERE h.email_sha256 IS NOT NULL OR h.phone_sha256 IS NOT NULL ORDER BY seed_id""",
-            [opad, ipad, agreement.agreement_id], work / f"seeds.{agreement.seed_set.format}", agreement.seed_set.format)
+            [opad, ipad, agreement.agreement_id, snapshot], work / f"seeds.{agreement.seed_set.format}", agreement.seed_set.format)
     timings["seed set"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -146,7 +147,7 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
                         QUALIFY row_number() OVER (PARTITION BY profile_id_matched ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
         SELECT p.profile_id, p.email, p.phone, p.consent_marketing, latest.consent_activation AS _consent_activation,
                TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier, {typed}{', ' + others if others else ''}
-        FROM read_csv({snapshot!r}, header=true, all_varchar=true) p LEFT JOIN latest ON latest.profile_id_matched = p.profile_id""")
+        FROM read_csv(?, header=true, all_varchar=true) p LEFT JOIN latest ON latest.profile_id_matched = p.profile_id""", [snapshot])
     timings["enrich"] = time.perf_counter() - started
 
     started = time.perf_counter()
