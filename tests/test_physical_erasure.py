@@ -192,7 +192,7 @@ def warehouse_kind(request, monkeypatch) -> str:
     return request.param
 
 
-def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind, first_night, s3_api):
+def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind, first_night, s3_api, s3_server):
     settings = first_night()
     person = someone_in_a_delivered_file()
     identifiers = forms(identifiers_of(person))
@@ -213,11 +213,20 @@ def test_no_byte_of_an_erased_person_stays_in_any_warehouse_file(warehouse_kind,
     adds = {k: v for k, v in delivered_objects(s3_api, settings.activation_bucket).items() if "/add-" in k}
     assert any(h.encode() in body for h in delivered_hashes for body in adds.values())
 
+    # the lake's objects that hold the person, as stored (an erasure rewrites or deletes each)
+    held = {key: body for key, body in delivered_objects(s3_api, settings.lake_bucket).items()
+            if search_bytes({key: body + parquet_text(body)}, everywhere)}
+    assert (warehouse_kind == "file") != bool(held)
+
     email = query("SELECT email FROM raw.first_party_profiles WHERE profile_id = ?", [person])[0][0]
     request_erasure(s3_api, settings, D, [{"request_id": "ER-1", "received_at": "2026-11-21T08:00:00Z", "email": f" {email.upper()}"}])
     night(D, "n2")
 
     assert search_bytes(warehouse_bytes(settings, s3_api), identifiers) == {}
+    if warehouse_kind == "lake":  # the objects deleted are gone from the S3 server's own files too, not only from its API
+        s3_server.reclaim()
+        volumes = b"".join(path.read_bytes() for path in s3_server.store_dir.glob(f"{settings.lake_bucket}_*.dat"))
+        assert volumes and [key for key, body in held.items() if body in volumes] == []
     files = duckdb_files(settings)
     # every file and object the pipeline wrote (DuckDB, Parquet, CSV, JSON, HTML, logs), under every hash profile
     assert search_bytes(everything(), everywhere) == {}

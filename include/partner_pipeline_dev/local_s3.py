@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,13 @@ _PORT_FLAGS = (
     "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port",
     "debug.port", "s3.debug.port",
 )
+# Deleted objects' bytes stay in SeaweedFS's volume files until a vacuum rewrites them (the master's
+# own sweep runs every 14 minutes for volumes 30 % garbage, and weed mini's maintenance worker turns
+# it off once it connects). Erasure deletes objects and must leave no byte of them: LocalS3.reclaim
+# vacuums any garbage at all, at start, every SWEEP_SECONDS and before the server stops.
+GARBAGE_THRESHOLD = 1e-9
+SWEEP_SECONDS = 60
+SETTLE_SECONDS = 2.5
 # weed mini's plugin worker dials the admin server's gRPC at admin.port + 10000 whatever -admin.port.grpc
 # says: with a free port above 55535 that is no port at all, and the worker retries every 5 s in the log
 _ADMIN_GRPC_OFFSET = 10000
@@ -37,6 +46,33 @@ class LocalS3:
     access_key: str
     secret_key: str
     pid: int
+    master_url: str
+    volume_url: str
+    store_dir: Path  # the volume files: <bucket>_<n>.dat hold a bucket's objects
+
+    def reclaim(self, timeout: float = 300.0, once: bool = False) -> None:
+        """Rewrite every volume holding deleted objects until none does, so that no byte of them stays
+        in the store's files (SeaweedFS only marks a deleted object until its volume is vacuumed). The
+        filer hands deletions to the volume server in batches about a second apart: a check comes only
+        after SETTLE_SECONDS, and the last one finds nothing left. once: a single vacuum (a sweep while
+        a run goes on deleting, which would never find nothing left)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            time.sleep(SETTLE_SECONDS)
+            if not self.holds_deleted_bytes():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the S3 store still holds deleted objects after {timeout:.0f}s of vacuuming")
+            url = f"{self.master_url}/vol/vacuum?garbageThreshold={GARBAGE_THRESHOLD}"
+            with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (our own server on loopback)
+                answer.read()
+            if once:
+                return
+
+    def holds_deleted_bytes(self) -> bool:
+        """Whether a volume still holds the bytes of a deleted object."""
+        with urllib.request.urlopen(f"{self.volume_url}/status", timeout=30) as answer:  # noqa: S310 (loopback)
+            return any(volume.get("DeletedByteCount") for volume in json.load(answer)["Volumes"] or ())
 
     def env(self) -> dict[str, str]:
         """The environment variables the pipeline reads to reach this server."""
@@ -102,9 +138,11 @@ def _port_open(port: int) -> bool:
 
 @contextmanager
 def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 60.0, s3_port: int | None = None,
-             identities: tuple[dict, ...] = ()) -> Iterator[LocalS3]:
+             identities: tuple[dict, ...] = (), sweep_seconds: float | None = SWEEP_SECONDS) -> Iterator[LocalS3]:
     """Start `weed mini` under data_dir and yield its endpoint; always stop it. `identities`: more
-    users beside the pipeline's, in SeaweedFS's form ({"name", "credentials", "actions"})."""
+    users beside the pipeline's, in SeaweedFS's form ({"name", "credentials", "actions"}).
+    Deleted objects are reclaimed (LocalS3.reclaim) at start (what a killed run left), every
+    `sweep_seconds` while it runs (None: not while it runs), and before it stops."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
     config = data_dir / "s3.json"
@@ -129,16 +167,38 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
     (data_dir / "store").mkdir(exist_ok=True)
     log = open(data_dir / "logs" / "weed.out", "ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", ACCESS_KEY, SECRET_KEY, proc.pid)
+    server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", ACCESS_KEY, SECRET_KEY, proc.pid,
+                     f"http://127.0.0.1:{ports['master.port']}", f"http://127.0.0.1:{ports['volume.port']}", data_dir / "store")
+    stopping = threading.Event()
+    sweeper = threading.Thread(target=_sweep, args=(server, sweep_seconds, stopping, log), name="s3-reclaim", daemon=True)
     endpoint = data_dir / "endpoint"  # where clients started later (e.g. the tests of `make airflow`) find it
     try:
         _wait_ready(server, proc, buckets or [], timeout, data_dir)
+        server.reclaim()
+        if sweep_seconds is not None:
+            sweeper.start()
         endpoint.write_text(server.endpoint_url)
         yield server
     finally:
         endpoint.unlink(missing_ok=True)
-        _stop(proc)
-        log.close()
+        stopping.set()
+        try:
+            if sweeper.is_alive():
+                sweeper.join()
+            if proc.poll() is None:
+                server.reclaim()
+        finally:
+            _stop(proc)
+            log.close()
+
+
+def _sweep(server: LocalS3, every: float, stopping: threading.Event, log) -> None:
+    while not stopping.wait(every):
+        try:
+            server.reclaim(once=True)
+        except Exception as exc:  # noqa: BLE001 (the next sweep, or the one at stop, tries again)
+            log.write(f"reclaim failed, retried next sweep: {exc!r}\n".encode())
+            log.flush()
 
 
 def _wait_ready(server: LocalS3, proc: subprocess.Popen, buckets: list[str], timeout: float, data_dir: Path) -> None:
