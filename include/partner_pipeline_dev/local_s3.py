@@ -30,8 +30,8 @@ _PORT_FLAGS = (
 )
 # Deleted objects' bytes stay in SeaweedFS's volume files until a vacuum rewrites them (the master's
 # own sweep runs every 14 minutes for volumes 30 % garbage, and weed mini's maintenance worker turns
-# it off once it connects). Erasure deletes objects and must leave no byte of them: LocalS3.reclaim
-# vacuums any garbage at all, at start, every SWEEP_SECONDS and before the server stops.
+# it off once it connects). Erasure deletes objects and must leave no byte of them: local_s3 vacuums
+# any garbage at all every SWEEP_SECONDS, and reclaims all of it at start and before the server stops.
 GARBAGE_THRESHOLD = 1e-9
 SWEEP_SECONDS = 60
 SETTLE_SECONDS = 2.5
@@ -50,12 +50,10 @@ class LocalS3:
     volume_url: str
     store_dir: Path  # the volume files: <bucket>_<n>.dat hold a bucket's objects
 
-    def reclaim(self, timeout: float = 300.0, once: bool = False) -> None:
-        """Rewrite every volume holding deleted objects until none does, so that no byte of them stays
-        in the store's files (SeaweedFS only marks a deleted object until its volume is vacuumed). The
-        filer hands deletions to the volume server in batches about a second apart: a check comes only
-        after SETTLE_SECONDS, and the last one finds nothing left. once: a single vacuum (a sweep while
-        a run goes on deleting, which would never find nothing left)."""
+    def reclaim(self, timeout: float = 300.0) -> None:
+        """Vacuum until no volume holds deleted objects, so that no byte of them stays in the store's
+        files. The filer hands deletions to the volume server in batches about a second apart: a check
+        comes only after SETTLE_SECONDS, and the last one finds nothing left."""
         deadline = time.monotonic() + timeout
         while True:
             time.sleep(SETTLE_SECONDS)
@@ -63,11 +61,14 @@ class LocalS3:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the S3 store still holds deleted objects after {timeout:.0f}s of vacuuming")
-            url = f"{self.master_url}/vol/vacuum?garbageThreshold={GARBAGE_THRESHOLD}"
-            with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (our own server on loopback)
-                answer.read()
-            if once:
-                return
+            self.vacuum(timeout)
+
+    def vacuum(self, timeout: float = 300.0) -> None:
+        """Rewrite every volume holding any deleted object without it (SeaweedFS only marks a deleted
+        object until then); volumes without one are left as they are."""
+        url = f"{self.master_url}/vol/vacuum?garbageThreshold={GARBAGE_THRESHOLD}"
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (our own server on loopback)
+            answer.read()
 
     def holds_deleted_bytes(self) -> bool:
         """Whether a volume still holds the bytes of a deleted object."""
@@ -141,8 +142,8 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
              identities: tuple[dict, ...] = (), sweep_seconds: float | None = SWEEP_SECONDS) -> Iterator[LocalS3]:
     """Start `weed mini` under data_dir and yield its endpoint; always stop it. `identities`: more
     users beside the pipeline's, in SeaweedFS's form ({"name", "credentials", "actions"}).
-    Deleted objects are reclaimed (LocalS3.reclaim) at start (what a killed run left), every
-    `sweep_seconds` while it runs (None: not while it runs), and before it stops."""
+    Deleted objects are reclaimed (LocalS3.reclaim) at start (what a killed run left) and before it
+    stops, and vacuumed every `sweep_seconds` while it runs (None: not while it runs)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
     config = data_dir / "s3.json"
@@ -193,9 +194,10 @@ def local_s3(data_dir: Path, buckets: list[str] | None = None, timeout: float = 
 
 
 def _sweep(server: LocalS3, every: float, stopping: threading.Event, log) -> None:
+    """A vacuum every `every` seconds: what a run deleted meanwhile, the next one or reclaim at stop takes."""
     while not stopping.wait(every):
         try:
-            server.reclaim(once=True)
+            server.vacuum()
         except Exception as exc:  # noqa: BLE001 (the next sweep, or the one at stop, tries again)
             log.write(f"reclaim failed, retried next sweep: {exc!r}\n".encode())
             log.flush()
