@@ -35,6 +35,10 @@ def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys, ow
 
 def check(result: dict) -> None:
     assert result["matches_ground_truth"] is True and result["mismatches"] == {}
+    # two partners' drops (ambiguous pairs among their rows), so every shipped segment has members
+    assert result["drops"] == {"acme_bank": 1500, "globex_retail": 1500} and result["ambiguous_share"] > 0
+    assert set(result["segment_sizes"]) == {"attrition_risk", "high_earning_homeowners", "upsell_prospects"}
+    assert min(result["segment_sizes"].values()) > 0
     assert set(result["pipeline"]["stages"]) == set(bench.TASKS)
     assert all(result["pipeline"]["stages"][t] > 0 for t in ("ingest", "transform", "activate"))
     assert result["floor"]["stages"] and result["floor"]["wall_seconds"] > 0

@@ -112,7 +112,7 @@ def assert_marts_equal_ground_truth(settings, truth):
         expected = truth["drops"][f"{partner_id}/{DAY}"]
         matches = expected["expected_matches"]
         assert (valid, by_email, by_phone, unmatched, ambiguous) == (
-            expected["rows_valid"], matches["by_email"], matches["by_phone"], matches["unmatched"], 0)
+            expected["rows_valid"], matches["by_email"], matches["by_phone"], matches["unmatched"], matches["ambiguous"])
     assert segments == truth["segments"] and min(segments.values()) > 0
 
 

@@ -367,10 +367,12 @@ def test_ground_truth_recounted_from_the_files(scenario):
         assert drop["expected_status"] == ("rejected" if agreement.max_bad_row_share < 0.1 else "loaded")
 
 
-def test_expected_matches_recounted_against_the_profiles(scenario):
-    """Hash every profile's raw email/phone with the test's own normalizer and match."""
-    root, truth = scenario
+def recount_matches(root: Path, truth: dict) -> list[tuple[dict, dict, dict, list]]:
+    """Each drop's matches recounted with the test's own normalizer and the resolution rule (a
+    record whose partner person also hits another profile, or whose profile another partner person
+    hits, is ambiguous): (drop, counts, consented counts, links) per drop."""
     profiles = read_profiles(root)
+    recounted = []
     for drop in truth["drops"].values():
         agreement = AGREEMENTS[drop["partner_id"]]
         hp, cc = agreement.hash_profile, agreement.default_country_code
@@ -379,28 +381,72 @@ def test_expected_matches_recounted_against_the_profiles(scenario):
         assert len(by_email) == len(profiles) and len(by_phone) == (profiles["phone"] != "").sum()
         rows = read_drop(root, drop)
         problems = row_problems(rows, agreement, delivered(drop))
-        counts = {"": Counter(), "consented": Counter()}
-        links = []
+        hits = []
         for row, problem in zip(rows.to_dict("records"), problems):
             if problem:
                 continue
             if row["email_sha256"] in by_email:
-                via, pid = "email", by_email[row["email_sha256"]]
+                hits.append((row, "email", by_email[row["email_sha256"]]))
             elif row["phone_sha256"] in by_phone:
-                via, pid = "phone", by_phone[row["phone_sha256"]]
+                hits.append((row, "phone", by_phone[row["phone_sha256"]]))
             else:
-                via, pid = "unmatched", None
+                hits.append((row, "unmatched", None))
+        profiles_of, persons_of = {}, {}
+        for row, _, pid in hits:
+            if pid:
+                profiles_of.setdefault(row["partner_person_id"], set()).add(pid)
+                persons_of.setdefault(pid, set()).add(row["partner_person_id"])
+        counts = {"": Counter(), "consented": Counter()}
+        links = []
+        for row, via, pid in hits:
+            if pid and (len(profiles_of[row["partner_person_id"]]) > 1 or len(persons_of[pid]) > 1):
+                via, pid = "ambiguous", None
+            key = "by_" + via if pid else via
             consented = row["consent_enrichment"] == "true"
-            counts[""]["by_" + via if pid else via] += 1
+            counts[""][key] += 1
             if consented:
-                counts["consented"]["by_" + via if pid else via] += 1
+                counts["consented"][key] += 1
             if pid:
                 links.append({"partner_record_id": row["partner_record_id"], "profile_id": pid, "via": via, "consented": consented})
-        keys = ("by_email", "by_phone", "unmatched")
-        assert drop["expected_matches"] == {k: counts[""][k] for k in keys}
-        assert drop["expected_matches_consented"] == {k: counts["consented"][k] for k in keys}
+        recounted.append((drop, counts[""], counts["consented"], links))
+    return recounted
+
+
+MATCH_KEYS = ("by_email", "by_phone", "ambiguous", "unmatched")
+
+
+def test_expected_matches_recounted_against_the_profiles(scenario):
+    """Hash every profile's raw email/phone with the test's own normalizer and match."""
+    root, truth = scenario
+    for drop, counts, consented, links in recount_matches(root, truth):
+        assert drop["expected_matches"] == {k: counts[k] for k in MATCH_KEYS}
+        assert drop["expected_matches_consented"] == {k: consented[k] for k in MATCH_KEYS}
         assert drop["expected_links"] == links
-        assert all(drop["expected_matches"][k] > 20 for k in keys)
+        assert drop["expected_matches"]["ambiguous"] == 0
+        assert all(drop["expected_matches"][k] > 20 for k in ("by_email", "by_phone", "unmatched"))
+
+
+def test_ambiguous_pairs_recounted_against_the_profiles(tmp_path):
+    """ambiguous_share: pairs of matching persons under one partner_person_id, each pair ambiguous
+    by the resolution rule, and the enrichment and segments truth built without them."""
+    truth = synth.generate_scenario(
+        tmp_path, landing_bucket=LANDING, first_party_bucket=FIRST_PARTY, agreements=AGREEMENTS, drop_date=DATE,
+        n_profiles=N_PROFILES, rows_per_partner=ROWS, seed=SEED, bad_row_share=0.1, files=2, ambiguous_share=0.05)
+    plain = synth.generate_scenario(
+        tmp_path / "plain", landing_bucket=LANDING, first_party_bucket=FIRST_PARTY, agreements=AGREEMENTS, drop_date=DATE,
+        n_profiles=N_PROFILES, rows_per_partner=ROWS, seed=SEED, bad_row_share=0.1, files=2)
+    for drop, counts, consented, links in recount_matches(tmp_path, truth):
+        pairs = plain["drops"][drop["prefix"].rstrip("/")]["expected_matches"]
+        assert drop["expected_matches"] == {k: counts[k] for k in MATCH_KEYS}
+        assert drop["expected_matches_consented"] == {k: consented[k] for k in MATCH_KEYS}
+        assert drop["expected_links"] == links
+        # every ambiguous row was a match without the pairs: the rest of the drop is as generated without them
+        ambiguous = drop["expected_matches"]["ambiguous"]
+        assert ambiguous >= 0.04 * ROWS and ambiguous % 2 == 0
+        assert drop["expected_matches"]["unmatched"] == pairs["unmatched"]
+        assert (drop["expected_matches"]["by_email"] + drop["expected_matches"]["by_phone"] + ambiguous
+                == pairs["by_email"] + pairs["by_phone"])
+    assert truth["expected_enriched"] != plain["expected_enriched"]
 
 
 def test_some_customers_match_only_under_some_hash_profiles(csv_scenario):

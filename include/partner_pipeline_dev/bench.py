@@ -2,14 +2,16 @@
 
 For each warehouse configuration (--warehouse: the embedded lake, the lake on a PostgreSQL catalog
 on loopback, or the DuckDB file) and each size (partner rows, as many profiles) it generates a
-first-party snapshot and one partner drop (csv.gz, 1% bad rows) into a local S3 server, then:
+first-party snapshot and a drop of rows / 2 rows for each of Acme's and Globex's agreements (csv.gz,
+1% bad rows, a few ambiguous pairs), so every shipped segment has members, into a local S3 server, then:
 - runs every task of the nightly DAG for the date (discover, ingest, publish, load_first_party,
   transform = dbt build, data_rights, activate against a local audience API and S3 exports,
   share_overlap_reports, publish_marts) in a child process, sampling the RSS of its whole
   process tree (dbt runs as a grandchild), and of the PostgreSQL catalog server's, if any;
 - runs the floor (bench_floor: the same work in one DuckDB process) on the same objects;
-- checks both against the generator's ground truth (valid rows, rows per rule, matches by email
-  and phone) and each other (segment sizes), and fails on any mismatch;
+- checks both against the generator's ground truth (per drop: valid rows, rows per rule, matches
+  by email and phone, ambiguous rows) and each other (segment sizes, members sent), and fails on any
+  mismatch or a segment that sends nobody;
 - writes bench/results/night-<warehouse>-<rows>.json and prints a Markdown table.
 A tiny calibration night (1,000 rows) gives the fixed cost, so linear growth can be judged on the
 variable part. The DAG file's parse time comes from Airflow's DagBag.
@@ -38,6 +40,8 @@ DAY = dt.date(2026, 11, 21)
 TASKS = ("discover", "ingest", "publish", "load_first_party", "transform", "data_rights", "activate",
          "share_overlap_reports", "export_seeds", "publish_marts")
 SEED_KEY = "bench-seed-key-" + "0123456789abcdef" * 2  # the key of every seed set the bench sends (not a secret)
+BENCH_PARTNERS = ("acme_bank", "globex_retail")
+AMBIGUOUS_SHARE = 0.002  # rows in pairs of matching persons under one partner_person_id (synth.DropSpec)
 
 
 def _child(run_id: str) -> None:
@@ -153,7 +157,9 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
     settings = load_settings()
     agreements = load_agreements(settings.agreements_dir)
     governance = load_governance(settings.governance_dir, agreements)
-    agreement = agreements["acme_bank"]
+    # one drop per agreement (Acme's bank data, Globex's loyalty data) of rows / 2 rows each: every
+    # shipped segment reads one of them, so each has members, and the prospect segment an audience
+    partners = [agreements[p] for p in BENCH_PARTNERS]
     buckets = [settings.landing_bucket, settings.quarantine_bucket, settings.first_party_bucket, settings.outbox_bucket,
                settings.activation_bucket]
     with contextlib.ExitStack() as stack:
@@ -175,15 +181,17 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
         client = s3_client(server.endpoint_url, server.access_key, server.secret_key)
         started = time.perf_counter()
         synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, rows, 42)
-        truth = synth.write_drop(work / "synth", settings.landing_bucket,
-                                 synth.DropSpec(agreement, DAY, rows, args.format, args.files, args.bad_row_share),
-                                 profiles_seed=42, n_profiles=rows, seed=1)
+        truths = {a.partner_id: synth.write_drop(work / "synth", settings.landing_bucket,
+                                                 synth.DropSpec(a, DAY, rows // len(partners), args.format, args.files, args.bad_row_share,
+                                                                ambiguous_share=AMBIGUOUS_SHARE),
+                                                 profiles_seed=42, n_profiles=rows, seed=1)
+                  for a in partners}
         synth.upload_tree(client, work / "synth")
         # the night starts, as its floor later does, on a machine done writing: the generator's files
         # (gigabytes at 10M) are gone and their writes flushed, not written back while the night runs
         shutil.rmtree(work / "synth")
         os.sync()
-        truth_seeds = synth.expected_seed_set(agreement, 42, rows).num_rows if agreement.seed_set else None
+        truth_seeds = {a.partner_id: synth.expected_seed_set(a, 42, rows).num_rows for a in partners if a.seed_set}
         print(f"{rows:,} rows: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
 
         started = time.perf_counter()
@@ -201,7 +209,7 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
         floor_result = {}
 
         def floor():
-            floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, agreement,
+            floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, partners,
                                           DAY.isoformat(), synth.load_segments(), synth.load_segments(kind="prospect"),
                                           governance.destinations,
                                           {p: a.attributes for p, a in agreements.items()}, SEED_KEY.encode(), work / "floor"))
@@ -215,35 +223,43 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
         raise RuntimeError(f"the floor failed (work directory kept: {work})")
     floor_wall = floor_result["wall_seconds"]
 
-    outcome = DropOutcome.from_xcom(measured["outcomes"][0])
-    [report] = [r for r in measured["published"]["match_report"] if r["partner_id"] == agreement.partner_id]
-    expected = truth["expected_matches"]
+    outcomes = {o.partner_id: o for o in map(DropOutcome.from_xcom, measured["outcomes"])}
+    reports = {r["partner_id"]: r for r in measured["published"]["match_report"]}
     found = floor_result["found"]
-    checks = {
-        "pipeline valid rows": (outcome.rows_valid, truth["rows_valid"]),
-        "pipeline rows per rule": (outcome.failures_by_rule, truth["invalid_by_rule"]),
-        "pipeline matches (email, phone, none, ambiguous)": (
-            (report["matched_by_email"], report["matched_by_phone"], report["unmatched"], report["ambiguous"]),
-            (expected["by_email"], expected["by_phone"], expected["unmatched"], 0)),
-        "floor valid rows": (found["rows_valid"], truth["rows_valid"]),
-        "floor rows per rule": (found["invalid_by_rule"], truth["invalid_by_rule"]),
-        "floor matches (email, phone)": ((found["matches"].get("email", 0), found["matches"].get("phone", 0)),
-                                         (expected["by_email"], expected["by_phone"])),
+    checks = {}
+    for partner_id, truth in truths.items():
+        outcome, report, floor_found, expected = outcomes[partner_id], reports[partner_id], found["partners"][partner_id], truth["expected_matches"]
+        checks |= {
+            f"{partner_id}: pipeline valid rows": (outcome.rows_valid, truth["rows_valid"]),
+            f"{partner_id}: pipeline rows per rule": (outcome.failures_by_rule, truth["invalid_by_rule"]),
+            f"{partner_id}: pipeline matches (email, phone, ambiguous, none)": (
+                (report["matched_by_email"], report["matched_by_phone"], report["ambiguous"], report["unmatched"]),
+                (expected["by_email"], expected["by_phone"], expected["ambiguous"], expected["unmatched"])),
+            f"{partner_id}: floor valid rows": (floor_found["rows_valid"], truth["rows_valid"]),
+            f"{partner_id}: floor rows per rule": (floor_found["invalid_by_rule"], truth["invalid_by_rule"]),
+            f"{partner_id}: floor matches (email, phone, ambiguous, none)": (
+                tuple(floor_found["matches"].get(k, 0) for k in ("email", "phone", "ambiguous", "none")),
+                (expected["by_email"], expected["by_phone"], expected["ambiguous"], expected["unmatched"])),
+        }
+    checks |= {
         "segment sizes, pipeline vs floor": (measured["published"]["segment_sizes"], found["segments"]),
         "seeds sent, pipeline and floor": (
-            (next((r["seeds_sent"] for r in measured["seed_sets"] if r["partner_id"] == agreement.partner_id), None), found["seeds_sent"]),
-            (truth_seeds, truth_seeds)),
+            ({r["partner_id"]: r["seeds_sent"] for r in measured["seed_sets"]}, found["seeds_sent"]), (truth_seeds, truth_seeds)),
         "members sent per destination and segment, pipeline vs floor": (
             {f"{r['destination_id']}/{r['segment']}": r.get("adds") for r in measured["activation"]}, found["exports"]),
+        # the data exercises every segment: each sends members somewhere
+        "segments sending nobody": (sorted({key.split("/")[1] for key, sent in found["exports"].items()}
+                                           - {key.split("/")[1] for key, sent in found["exports"].items() if sent}), []),
     }
     mismatches = {name: {"found": a, "expected": b} for name, (a, b) in checks.items() if a != b}
     result = {
-        "warehouse": warehouse, "rows": rows, "profiles": rows, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
+        "warehouse": warehouse, "rows": rows, "profiles": rows, "drops": {p: truth["rows_total"] for p, truth in truths.items()},
+        "ambiguous_share": AMBIGUOUS_SHARE, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
         "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
                      "rows_per_second": round(rows / wall),
                      "stages": {t: round(measured["timings"].get(t, 0), 1) for t in TASKS},
                      "peak_tree_rss_mb_by_stage": stage_peaks(memory.samples, measured["spans"]),
-                     "ingest_steps": outcome.seconds,
+                     "ingest_steps": {p: o.seconds for p, o in outcomes.items()},
                      "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
         "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"]},
         "ratio_pipeline_to_floor": round(wall / floor_wall, 2),

@@ -1,12 +1,12 @@
 """The floor `make bench` compares the pipeline against: the night's work done directly by one
 DuckDB process, with no Airflow, dbt, Great Expectations or staging files.
 
-On the same objects in S3 it verifies the manifest (bytes hashed while downloaded), reads the
-drop, checks the row rules, hashes our profiles' identifiers, writes the agreement's seed set
+On the same objects in S3 it verifies each drop's manifest (bytes hashed while downloaded), reads
+the drops, checks the row rules, hashes our profiles' identifiers, writes each agreement's seed set
 (seeds.py's HMAC SQL), matches by email then phone (with the pipeline's ambiguity rule), enriches
 with the latest consented record, evaluates the segments and exports each segment's consented
 members to each of its destinations, hashed under the destination's profile, as CSV files, and
-counts each prospect segment's audience (the drop partner's consented persons matching none of
+counts each prospect segment's audience (its partner's consented persons matching none of
 our profiles) where it reaches min_audience_size. The identifier normalization is the dbt macro
 itself, compiled once per hash profile before timing starts, so both sides hash exactly the same way.
 """
@@ -31,6 +31,10 @@ from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validation_v
 
 
 
+STAGES = ("verify (download + sha256)", "load + check rows", "hash profiles", "seed set", "match", "enrich",
+          "segments + export", "prospects + export")
+
+
 def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> tuple[str, str]:
     """(email expression, phone expression) over columns `email` and `phone`, from the dbt macros."""
     inline = (f"select {{{{ normalize_email('email', \"'{hash_profile}'\") }}}} as e"
@@ -44,111 +48,138 @@ def compiled_normalization(hash_profile: str, country_code: str, work: Path) -> 
     return email.removesuffix(" as e"), phone
 
 
-def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: Agreement, day: str,
+def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: list[Agreement], day: str,
               segments: dict[str, dict], prospect_segments: dict[str, dict], destinations: dict[str, Destination],
               all_attributes: dict[str, dict[str, Agreement]], seed_key: bytes, work: Path) -> dict:
-    """The night in one DuckDB process; returns its wall time (after compiling the normalization),
-    stage timings and what it found."""
+    """The night in one DuckDB process, for one drop of each of `agreements`; returns its wall time
+    (after compiling the normalization), stage timings (summed over the drops) and what it found."""
     normalizations = {(p, cc): compiled_normalization(p, cc, work) for p, cc in
-                      {(agreement.hash_profile, agreement.default_country_code),
+                      {*((a.hash_profile, a.default_country_code) for a in agreements),
                        *((d.hash_profile, d.default_country_code) for d in destinations.values())}}
-    email_sql, phone_sql = normalizations[(agreement.hash_profile, agreement.default_country_code)]
-    timings, found = {}, {}
+    # each drop partner's hashes of our profiles: one pair of columns per hash profile and country code
+    hash_columns = {key: (f"email_sha256__{n}", f"phone_sha256__{n}") for n, key in
+                    enumerate(sorted({(a.hash_profile, a.default_country_code) for a in agreements}))}
+    timings, found = dict.fromkeys(STAGES, 0.0), {"partners": {}, "seeds_sent": {}}
+
+    def timed(stage: str, started: float) -> None:
+        timings[stage] += time.perf_counter() - started
+
     con = duckdb.connect(str(work / "floor.duckdb"))
     con.execute("SET preserve_insertion_order = false")
 
     night_started = started = time.perf_counter()
-    prefix = f"{agreement.partner_id}/{day}/"
-    manifest = json.loads(client.get_object(Bucket=landing_bucket, Key=prefix + "manifest.json")["Body"].read())
-    files = []
-    for entry in manifest["files"]:
-        local = work / "drop" / entry["key"]
-        if download_with_sha256(client, landing_bucket, prefix + entry["key"], local) != entry["sha256"]:
-            raise RuntimeError(f"{entry['key']}: checksum mismatch")
-        files.append(str(local))
+    drops = {}
+    for agreement in agreements:
+        prefix = f"{agreement.partner_id}/{day}/"
+        manifest = json.loads(client.get_object(Bucket=landing_bucket, Key=prefix + "manifest.json")["Body"].read())
+        files = []
+        for entry in manifest["files"]:
+            local = work / "drop" / agreement.partner_id / entry["key"]
+            if download_with_sha256(client, landing_bucket, prefix + entry["key"], local) != entry["sha256"]:
+                raise RuntimeError(f"{prefix}{entry['key']}: checksum mismatch")
+            files.append(str(local))
+        delivered_at = next(o.last_modified for o in list_objects(client, landing_bucket, prefix) if o.key.endswith("_SUCCESS"))
+        drops[agreement.partner_id] = (manifest, files, delivered_at)
     snapshot = []
     for obj in list_objects(client, first_party_bucket, f"profiles/{day}/"):
         if obj.key.endswith((".csv", ".csv.gz", ".parquet")):
             local = work / "profiles" / obj.key.rsplit("/", 1)[1]
             download_with_sha256(client, first_party_bucket, obj.key, local)
             snapshot.append(str(local))
-    delivered_at = next(o.last_modified for o in list_objects(client, landing_bucket, prefix) if o.key.endswith("_SUCCESS"))
-    timings["verify (download + sha256)"] = time.perf_counter() - started
+    timed("verify (download + sha256)", started)
+
+    for agreement in agreements:
+        started = time.perf_counter()
+        manifest, files, delivered_at = drops[agreement.partner_id]
+        # the drop's file names come from its manifest: bound, never spliced into the SQL
+        con.execute(f"CREATE TABLE {StageFile.RECORDS} AS SELECT * FROM read_csv(?, header=true, all_varchar=true)", [files])
+        rows = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS}").fetchone()[0]
+        if rows != manifest["record_count"]:
+            raise RuntimeError(f"{agreement.partner_id}: row count {rows} != manifest {manifest['record_count']}")
+        # the stage file's shape: the optional seed_id and the issued seeds the rule seed_id_unknown reads (none here)
+        con.execute(f"ALTER TABLE {StageFile.RECORDS} ADD COLUMN IF NOT EXISTS seed_id VARCHAR; {StageFile.issued_seeds_ddl()}")
+        # the suite's rules (validation.row_rules) over the relation the suite runs on (validation_view_sql)
+        con.execute(validation_view_sql(agreement, str(delivered_at)))
+        rules = row_rules(agreement)
+        added = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {VALIDATION_VIEW})").fetchall()
+                 if c not in {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {StageFile.RECORDS})").fetchall()}]
+        checks = ", ".join(f'({sql}) AS "{name}"' for name, sql in rules.items())
+        con.execute(f"CREATE TABLE checked AS SELECT *, {checks} FROM {VALIDATION_VIEW}")
+        partner = found["partners"][agreement.partner_id] = {}
+        partner["invalid_by_rule"] = {k: v for k, v in zip(rules, con.execute(
+            "SELECT " + ", ".join(f'count(*) FILTER (WHERE "{r}")' for r in rules) + " FROM checked").fetchone()) if v}
+        con.execute(f'CREATE TABLE "valid__{agreement.partner_id}" AS SELECT * EXCLUDE ('
+                    + ", ".join(f'"{c}"' for c in [*added, *rules]) + ") FROM checked WHERE NOT ("
+                    + " OR ".join(f'coalesce("{r}", false)' for r in rules) + ")")
+        con.execute(f"DROP VIEW {VALIDATION_VIEW}; DROP TABLE {StageFile.RECORDS}; DROP TABLE checked; DROP TABLE {StageFile.ISSUED_SEEDS}")
+        partner["rows_valid"] = con.execute(f'SELECT count(*) FROM "valid__{agreement.partner_id}"').fetchone()[0]
+        timed("load + check rows", started)
 
     started = time.perf_counter()
-    # the drop's file names come from its manifest: bound, never spliced into the SQL
-    con.execute(f"CREATE TABLE {StageFile.RECORDS} AS SELECT * FROM read_csv(?, header=true, all_varchar=true)", [files])
-    rows = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS}").fetchone()[0]
-    if rows != manifest["record_count"]:
-        raise RuntimeError(f"row count {rows} != manifest {manifest['record_count']}")
-    # the stage file's shape: the optional seed_id and the issued seeds the rule seed_id_unknown reads (none here)
-    con.execute(f"ALTER TABLE {StageFile.RECORDS} ADD COLUMN IF NOT EXISTS seed_id VARCHAR; {StageFile.issued_seeds_ddl()}")
-    # the suite's rules (validation.row_rules) over the relation the suite runs on (validation_view_sql)
-    con.execute(validation_view_sql(agreement, str(delivered_at)))
-    rules = row_rules(agreement)
-    added = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {VALIDATION_VIEW})").fetchall()
-             if c not in {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {StageFile.RECORDS})").fetchall()}]
-    checks = ", ".join(f'({sql}) AS "{name}"' for name, sql in rules.items())
-    con.execute(f"CREATE TABLE checked AS SELECT *, {checks} FROM {VALIDATION_VIEW}")
-    found["invalid_by_rule"] = {k: v for k, v in zip(rules, con.execute(
-        "SELECT " + ", ".join(f'count(*) FILTER (WHERE "{r}")' for r in rules) + " FROM checked").fetchone()) if v}
-    con.execute("CREATE TABLE valid AS SELECT * EXCLUDE (" + ", ".join(f'"{c}"' for c in [*added, *rules]) + ") FROM checked WHERE NOT ("
-                + " OR ".join(f'coalesce("{r}", false)' for r in rules) + ")")
-    con.execute(f"DROP VIEW {VALIDATION_VIEW}; DROP TABLE {StageFile.RECORDS}; DROP TABLE checked; DROP TABLE {StageFile.ISSUED_SEEDS}")
-    found["rows_valid"] = con.execute("SELECT count(*) FROM valid").fetchone()[0]
-    timings["load + check rows"] = time.perf_counter() - started
+    hashes = ", ".join(f"sha256({normalizations[key][0]}) AS {email}, sha256({normalizations[key][1]}) AS {phone}"
+                       for key, (email, phone) in hash_columns.items())
+    con.execute(f"CREATE TABLE profile_hashes AS SELECT profile_id, {hashes} FROM read_csv(?, header=true, all_varchar=true)",
+                [snapshot])
+    timed("hash profiles", started)
 
-    started = time.perf_counter()
-    con.execute(f"""CREATE TABLE profile_hashes AS
-        SELECT profile_id, sha256({email_sql}) AS email_sha256, sha256({phone_sql}) AS phone_sha256
-        FROM read_csv(?, header=true, all_varchar=true)""", [snapshot])
-    timings["hash profiles"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    found["seeds_sent"] = None
-    if agreement.seed_set is not None:  # the consenting profiles' seeds (seeds.py's HMAC SQL), one file
+    for agreement in agreements:
+        if agreement.seed_set is None:
+            continue
+        started = time.perf_counter()  # the consenting profiles' seeds (seeds.py's HMAC SQL), one file
+        email, phone = hash_columns[(agreement.hash_profile, agreement.default_country_code)]
         ipad, opad = hmac_pads(seed_key)
-        found["seeds_sent"], _ = write_seed_file(con, f"""
-            SELECT {seed_id_sql('?', 'h.profile_id')} AS seed_id, h.email_sha256, h.phone_sha256
+        found["seeds_sent"][agreement.partner_id], _ = write_seed_file(con, f"""
+            SELECT {seed_id_sql('?', 'h.profile_id')} AS seed_id, h.{email} AS email_sha256, h.{phone} AS phone_sha256
             FROM profile_hashes h SEMI JOIN read_csv(?, header=true, all_varchar=true) p
                  ON p.profile_id = h.profile_id AND p.consent_partner_sharing = 'true'
-            WHERE h.email_sha256 IS NOT NULL OR h.phone_sha256 IS NOT NULL ORDER BY seed_id""",
-            [opad, ipad, agreement.agreement_id, snapshot], work / f"seeds.{agreement.seed_set.format}", agreement.seed_set.format)
-    timings["seed set"] = time.perf_counter() - started
+            WHERE h.{email} IS NOT NULL OR h.{phone} IS NOT NULL ORDER BY seed_id""",
+            [opad, ipad, agreement.agreement_id, snapshot], work / f"seeds-{agreement.partner_id}.{agreement.seed_set.format}",
+            agreement.seed_set.format)
+        timed("seed set", started)
+
+    for agreement in agreements:
+        started = time.perf_counter()
+        email, phone = hash_columns[(agreement.hash_profile, agreement.default_country_code)]
+        con.execute(f"""CREATE TABLE "matched__{agreement.partner_id}" AS
+            WITH email_index AS (SELECT {email} AS email_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
+                                 WHERE {email} IS NOT NULL GROUP BY 1),
+                 phone_index AS (SELECT {phone} AS phone_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
+                                 WHERE {phone} IS NOT NULL GROUP BY 1),
+                 resolved AS (
+                    SELECT v.*, CASE WHEN e.n IS NOT NULL THEN 'email' WHEN p.n IS NOT NULL THEN 'phone' END AS via,
+                           CASE WHEN e.n = 1 THEN e.profile_id WHEN e.n IS NULL AND p.n = 1 THEN p.profile_id END AS candidate
+                    FROM "valid__{agreement.partner_id}" v LEFT JOIN email_index e USING (email_sha256)
+                         LEFT JOIN phone_index p USING (phone_sha256)),
+                 checked AS (
+                    SELECT *, min(partner_person_id) OVER (PARTITION BY candidate) <> max(partner_person_id) OVER (PARTITION BY candidate)
+                              OR min(candidate) OVER (PARTITION BY partner_person_id) <> max(candidate) OVER (PARTITION BY partner_person_id)
+                              AS ambiguous
+                    FROM resolved)
+            SELECT *, CASE WHEN candidate IS NOT NULL AND NOT coalesce(ambiguous, false) THEN candidate END AS profile_id_matched
+            FROM checked""")
+        found["partners"][agreement.partner_id]["matches"] = dict(con.execute(f"""
+            SELECT CASE WHEN via IS NULL THEN 'none' WHEN profile_id_matched IS NULL THEN 'ambiguous' ELSE via END, count(*)
+            FROM "matched__{agreement.partner_id}" GROUP BY 1""").fetchall())
+        timed("match", started)
 
     started = time.perf_counter()
-    con.execute("""CREATE TABLE matched AS
-        WITH email_index AS (SELECT email_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
-                             WHERE email_sha256 IS NOT NULL GROUP BY 1),
-             phone_index AS (SELECT phone_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
-                             WHERE phone_sha256 IS NOT NULL GROUP BY 1),
-             resolved AS (
-                SELECT v.*, CASE WHEN e.n IS NOT NULL THEN 'email' WHEN p.n IS NOT NULL THEN 'phone' END AS via,
-                       CASE WHEN e.n = 1 THEN e.profile_id WHEN e.n IS NULL AND p.n = 1 THEN p.profile_id END AS candidate
-                FROM valid v LEFT JOIN email_index e USING (email_sha256) LEFT JOIN phone_index p USING (phone_sha256)),
-             checked AS (
-                SELECT *, min(partner_person_id) OVER (PARTITION BY candidate) <> max(partner_person_id) OVER (PARTITION BY candidate)
-                          OR min(candidate) OVER (PARTITION BY partner_person_id) <> max(candidate) OVER (PARTITION BY partner_person_id)
-                          AS ambiguous
-                FROM resolved)
-        SELECT *, CASE WHEN candidate IS NOT NULL AND NOT coalesce(ambiguous, false) THEN candidate END AS profile_id_matched
-        FROM checked""")
-    found["matches"] = dict(con.execute("""SELECT coalesce(via, 'none') || CASE WHEN via IS NOT NULL AND profile_id_matched IS NULL
-                                           THEN '_ambiguous' ELSE '' END, count(*) FROM matched GROUP BY 1""").fetchall())
-    timings["match"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    typed = ", ".join(f'TRY_CAST("{name}" AS {a.duckdb_type}) AS "{agreement.partner_id}__{name}"'
-                      for name, a in agreement.attributes.items())
-    others = ", ".join(f'NULL::{a.duckdb_type} AS "{pid}__{name}"' for pid, attrs in all_attributes.items()
-                       if pid != agreement.partner_id for name, a in attrs.items())
-    con.execute(f"""CREATE TABLE enriched AS
-        WITH latest AS (SELECT * FROM matched WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
+    # each drop partner's latest consented record per profile, its attributes typed and named <partner>__<attribute>
+    latest, columns = [], []
+    for agreement in agreements:
+        pid = agreement.partner_id
+        latest.append(f"""LEFT JOIN (SELECT * FROM "matched__{pid}" WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
                         QUALIFY row_number() OVER (PARTITION BY profile_id_matched ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
-        SELECT p.profile_id, p.email, p.phone, p.consent_marketing, latest.consent_activation AS _consent_activation,
-               TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier, {typed}{', ' + others if others else ''}
-        FROM read_csv(?, header=true, all_varchar=true) p LEFT JOIN latest ON latest.profile_id_matched = p.profile_id""", [snapshot])
-    timings["enrich"] = time.perf_counter() - started
+                       "latest__{pid}" ON "latest__{pid}".profile_id_matched = p.profile_id""")
+        columns += [f'"latest__{pid}".consent_activation AS "_consent_activation__{pid}"',
+                    *(f'TRY_CAST("latest__{pid}"."{name}" AS {a.duckdb_type}) AS "{pid}__{name}"' for name, a in agreement.attributes.items())]
+    dropped = {a.partner_id for a in agreements}
+    columns += [f'NULL::{a.duckdb_type} AS "{pid}__{name}"' for pid, attrs in all_attributes.items() if pid not in dropped
+                for name, a in attrs.items()]
+    con.execute(f"""CREATE TABLE enriched AS
+        SELECT p.profile_id, p.email, p.phone, p.consent_marketing, TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier,
+               {', '.join(columns)}
+        FROM read_csv(?, header=true, all_varchar=true) p {' '.join(latest)}""", [snapshot])
+    timed("enrich", started)
 
     started = time.perf_counter()
     found["segments"] = {name: con.execute(f"SELECT count(*) FROM enriched WHERE {segment['rule']}").fetchone()[0]
@@ -156,8 +187,9 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
     found["exports"] = {}
     (work / "exports").mkdir(exist_ok=True)
     for name, segment in sorted(segments.items()):
-        # sent: our marketing consent, and the partner's consent_activation when the rule reads its attributes
-        refusal = "coalesce(_consent_activation, 'true') = 'true'" if f"{agreement.partner_id}__" in segment["rule"] else "true"
+        # sent: our marketing consent, and each partner's consent_activation whose attributes the rule reads
+        refusal = " AND ".join([f"coalesce(\"_consent_activation__{a.partner_id}\", 'true') = 'true'" for a in agreements
+                                if f"{a.partner_id}__" in segment["rule"]] or ["true"])
         for destination_id in segment["destinations"]:
             destination = destinations[destination_id]
             email, phone = normalizations[(destination.hash_profile, destination.default_country_code)]
@@ -169,32 +201,35 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreement: A
                 WHERE {' OR '.join(f'{i}_sha256 IS NOT NULL' for i in destination.hashed_identifiers)}
                 ) TO '{work / 'exports' / f'{destination_id}-{name}.csv'}' (HEADER)""").fetchone()[0]
             found["exports"][f"{destination_id}/{name}"] = written
-    timings["segments + export"] = time.perf_counter() - started
+    timed("segments + export", started)
 
     started = time.perf_counter()
-    # prospects: the latest consented record of each of the drop partner's persons that hit none of our
-    # profiles, with its prospecting attributes; another partner's prospect segment has no records here
-    prospecting = {name: a for name, a in agreement.attributes.items()
-                   if "prospecting" in a.usage_labels and not a.special_category}
-    typed = "".join(f', TRY_CAST("{name}" AS {a.duckdb_type}) AS "{agreement.partner_id}__{name}"' for name, a in prospecting.items())
-    con.execute(f"""CREATE TABLE prospects AS
-        WITH known AS (SELECT DISTINCT partner_person_id FROM matched WHERE via IS NOT NULL),
-             latest AS (SELECT * FROM matched
-                        QUALIFY row_number() OVER (PARTITION BY partner_person_id ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
-        SELECT email_sha256, phone_sha256{typed} FROM latest ANTI JOIN known USING (partner_person_id)
-        WHERE {'true' if prospecting else 'false'} AND consent_enrichment = 'true' AND consent_activation = 'true'""")
+    # prospects: the latest consented record of each of a drop partner's persons that hit none of our
+    # profiles, with its prospecting attributes; a prospect segment reads one partner's
+    for agreement in agreements:
+        pid = agreement.partner_id
+        prospecting = {name: a for name, a in agreement.attributes.items()
+                       if "prospecting" in a.usage_labels and not a.special_category}
+        typed = "".join(f', TRY_CAST("{name}" AS {a.duckdb_type}) AS "{pid}__{name}"' for name, a in prospecting.items())
+        con.execute(f"""CREATE TABLE "prospects__{pid}" AS
+            WITH known AS (SELECT DISTINCT partner_person_id FROM "matched__{pid}" WHERE via IS NOT NULL),
+                 latest AS (SELECT * FROM "matched__{pid}"
+                            QUALIFY row_number() OVER (PARTITION BY partner_person_id ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
+            SELECT email_sha256, phone_sha256{typed} FROM latest ANTI JOIN known USING (partner_person_id)
+            WHERE {'true' if prospecting else 'false'} AND consent_enrichment = 'true' AND consent_activation = 'true'""")
     for name, segment in sorted(prospect_segments.items()):
-        ours = f"{agreement.partner_id}__" in segment["rule"]
         for destination_id in segment["destinations"]:
             destination = destinations[destination_id]
             sent = 0
-            if ours and destination.hash_profile == agreement.hash_profile:  # the partner's hashes go only where they mean the same
-                condition = " OR ".join(f"{i}_sha256 IS NOT NULL" for i in destination.hashed_identifiers)
-                audience = con.execute(f"SELECT count(*) FROM prospects WHERE ({segment['rule']}) AND ({condition})").fetchone()[0]
-                sent = audience if audience >= destination.min_audience_size else 0
+            for agreement in agreements:
+                # the partner's hashes go only where they mean the same
+                if f"{agreement.partner_id}__" in segment["rule"] and destination.hash_profile == agreement.hash_profile:
+                    condition = " OR ".join(f"{i}_sha256 IS NOT NULL" for i in destination.hashed_identifiers)
+                    audience = con.execute(f'SELECT count(*) FROM "prospects__{agreement.partner_id}" '
+                                           f"WHERE ({segment['rule']}) AND ({condition})").fetchone()[0]
+                    sent = audience if audience >= destination.min_audience_size else 0
             found["exports"][f"{destination_id}/{name}"] = sent
-    timings["prospects + export"] = time.perf_counter() - started
+    timed("prospects + export", started)
     con.close()
     return {"wall_seconds": round(time.perf_counter() - night_started, 1), "stages": {k: round(v, 1) for k, v in timings.items()},
             "found": found}
-

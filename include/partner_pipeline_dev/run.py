@@ -120,9 +120,10 @@ def _report_marts(published, day: dt.date, truth: dict) -> list[str]:
               f"{r['matched_by_phone']:>10}{r['matched_by_seed']:>9}{r['matched_by_partner_id']:>7}{r['ambiguous']:>11}"
               f"{r['unmatched']:>11}{r['match_rate']:>8.1%}")
         expected = truth["drops"].get(f"{r['partner_id']}/{day}", {}).get("expected_matches", {})
-        found = (r["matched_by_email"], r["matched_by_phone"], r["matched_by_seed"], r["unmatched"])
-        if expected and found != (expected["by_email"], expected["by_phone"], expected.get("by_seed", 0), expected["unmatched"]):
-            mismatches.append(f"{r['partner_id']}: matched {found} (email, phone, seed, none), ground truth {expected}")
+        found = (r["matched_by_email"], r["matched_by_phone"], r["matched_by_seed"], r["ambiguous"], r["unmatched"])
+        if expected and found != (expected["by_email"], expected["by_phone"], expected.get("by_seed", 0), expected.get("ambiguous", 0),
+                                  expected["unmatched"]):
+            mismatches.append(f"{r['partner_id']}: matched {found} (email, phone, seed, ambiguous, none), ground truth {expected}")
     print(f"  profiles enriched by at least one partner: {summary['profiles_enriched']}")
     print("\nSegments (segment_membership):")
     for name, size in summary["segment_sizes"].items():

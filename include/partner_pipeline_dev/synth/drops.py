@@ -54,6 +54,9 @@ class DropSpec:
     corruption: str | None = None
     partner_id: str | None = None
     delivered_at: dt.datetime | None = None
+    # share of rows that come in pairs carrying one partner_person_id for two matching persons (so
+    # the partner person's records hit two profiles): both rows are ambiguous and linked to nobody
+    ambiguous_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.file_format not in FORMATS:
@@ -62,6 +65,10 @@ class DropSpec:
             raise ValueError("rows must be >= 0 and files >= 1")
         if not 0.0 <= self.bad_row_share <= 1.0:
             raise ValueError("bad_row_share must lie in [0, 1]")
+        if not 0.0 <= self.ambiguous_share <= 0.5:
+            raise ValueError("ambiguous_share must lie in [0, 0.5]")
+        if self.ambiguous_share and self.corruption == "csv_quirks":
+            raise ValueError("ambiguous_share and csv_quirks both rewrite partner_person_id: use one")
         if self.corruption is not None and self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption {self.corruption!r}: use one of {CORRUPTIONS}")
         needs = {"csv_quirks": ("csv", "csv.gz"), "corrupt_gzip": ("csv.gz",), "parquet_wrong_types": ("parquet",)}
@@ -349,11 +356,22 @@ def _drop_chunk(plan: _DropPlan, lo: int, hi: int, rng: np.random.Generator, pro
     is_customer = people.idx < n_profiles
     email_match = has_email & is_customer & people.email_matches(hp)
     phone_match = has_phone & is_customer & people.phone_matches(agreement.default_country_code)
+    ambiguous = np.zeros(n, dtype=bool)
+    if spec.ambiguous_share:  # drawn last, so every other value is as without pairs
+        matching = np.flatnonzero(valid & (email_match | phone_match))
+        pairs = min(round(n * spec.ambiguous_share / 2), matching.size // 2)
+        chosen = rng.choice(matching, 2 * pairs, replace=False)
+        first, second = chosen[:pairs], chosen[pairs:]
+        source = np.arange(n)
+        source[second] = first  # the second row of a pair carries the first's partner_person_id
+        cols["partner_person_id"] = cols["partner_person_id"].take(pa.array(source))
+        ambiguous[chosen] = True
     facts = {
         "valid": valid,
         "consented": valid & consent["consent_enrichment"],
-        "by_email": valid & email_match,
-        "by_phone": valid & ~email_match & phone_match,
+        "by_email": valid & email_match & ~ambiguous,
+        "by_phone": valid & ~email_match & phone_match & ~ambiguous,
+        "ambiguous": ambiguous,
         "rule_of": rule_of,
         "person": people.idx,
         "consent_enrichment": consent["consent_enrichment"],
@@ -435,10 +453,11 @@ class _DropTruth:
         self.counts["rows_valid"] += int(valid.sum())
         self.counts["rows_consented"] += int(consented.sum())
         for tag, mask in (("", valid), ("consented_", consented)):
-            by_email, by_phone = facts["by_email"] & mask, facts["by_phone"] & mask
+            by_email, by_phone, ambiguous = facts["by_email"] & mask, facts["by_phone"] & mask, facts["ambiguous"] & mask
             self.counts[tag + "by_email"] += int(by_email.sum())
             self.counts[tag + "by_phone"] += int(by_phone.sum())
-            self.counts[tag + "unmatched"] += int((mask & ~by_email & ~by_phone).sum())
+            self.counts[tag + "ambiguous"] += int(ambiguous.sum())
+            self.counts[tag + "unmatched"] += int((mask & ~by_email & ~by_phone & ~ambiguous).sum())
         rules = self.plan.rules
         for code, count in enumerate(np.bincount(rule_of, minlength=len(rules) + 1)[1:].tolist(), start=1):
             if count:
@@ -457,7 +476,7 @@ class _DropTruth:
 
     def summary(self) -> dict:
         c = self.counts
-        keys = ("by_email", "by_phone", "unmatched")
+        keys = ("by_email", "by_phone", "ambiguous", "unmatched")
         return {
             "rows_total": c["rows_total"],
             "rows_valid": c["rows_valid"],

@@ -16,9 +16,9 @@ from partner_pipeline_dev.synth.truth import _expected_enriched, _segment_sizes,
 def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: str, agreements: dict[str, Agreement],
                       drop_date, n_profiles: int, rows_per_partner: int, seed: int = 42, bad_row_share: float = 0.02,
                       file_format: str = "csv.gz", files: int = 1, extra_drops: tuple[DropSpec, ...] = (),
-                      segments_yml: Path | None = None) -> dict:
+                      segments_yml: Path | None = None, ambiguous_share: float = 0.0) -> dict:
     """A profile snapshot dated drop_date, one drop per agreement valid on drop_date (plus any
-    extra_drops), and <root>/ground_truth.json describing all of it.
+    extra_drops), and <root>/ground_truth.json describing all of it. ambiguous_share: see DropSpec.
 
     Beside profiles and drops the ground truth holds `expected_enriched` ({partner_id: profiles
     that partner enriches}) and `segments` ({segment: members}, every rule of segments_yml, by
@@ -28,7 +28,7 @@ def generate_scenario(root: Path, *, landing_bucket: str, first_party_bucket: st
     drop_date = _as_date(drop_date)
     rules = load_segment_rules(segments_yml)  # before writing anything: a bad YAML fails fast
     profiles, first_party = _generate_profiles(root, first_party_bucket, drop_date, n_profiles, seed)
-    specs = [DropSpec(a, drop_date, rows_per_partner, file_format, files, bad_row_share)
+    specs = [DropSpec(a, drop_date, rows_per_partner, file_format, files, bad_row_share, ambiguous_share=ambiguous_share)
              for _, a in sorted(agreements.items()) if a.is_valid_on(drop_date)]
     drops, matched = {}, []
     for spec in [*specs, *extra_drops]:

@@ -205,7 +205,7 @@ def expected_seed_set(agreement: Agreement, profiles_seed: int, n_profiles: int,
 
 def expected_prospects(spec, profiles_seed: int, n_profiles: int, seed: int) -> pa.Table:
     """The prospects one partner drop (the only drop of its partner) should give prospect_profiles:
-    the rows the generator wrote valid, matching no profile (neither by_email nor by_phone), with
+    the rows the generator wrote valid, matching no profile (neither by_email, by_phone nor ambiguous), with
     consent_enrichment and consent_activation: person (the generator's person index),
     partner_person_id, email_sha256, phone_sha256 and the attributes the agreement labels
     prospecting, as <partner_id>__<attribute>. Replays the drop's own generation (the plan, chunks
@@ -220,7 +220,7 @@ def expected_prospects(spec, profiles_seed: int, n_profiles: int, seed: int) -> 
     for _, start, stop, listed in plan.files:
         for lo in range(start, stop, CHUNK_ROWS) if listed else ():
             cols, facts = _drop_chunk(plan, lo, min(lo + CHUNK_ROWS, stop), plan.chunk_rng(seed, lo), profiles_seed, n_profiles)
-            keep = (facts["valid"] & ~facts["by_email"] & ~facts["by_phone"]
+            keep = (facts["valid"] & ~facts["by_email"] & ~facts["by_phone"] & ~facts["ambiguous"]
                     & facts["consent_enrichment"] & facts["consent_activation"])
             mask = pa.array(keep)
             columns = {"person": pa.array(facts["person"][keep]), "partner_person_id": cols["partner_person_id"].filter(mask),
