@@ -42,6 +42,9 @@ def check(result: dict) -> None:
     assert set(result["pipeline"]["stages"]) == set(bench.TASKS)
     assert all(result["pipeline"]["stages"][t] > 0 for t in ("ingest", "transform", "activate"))
     assert result["floor"]["stages"] and result["floor"]["wall_seconds"] > 0
+    limits = result["floor"]["machine_limits"]  # measured on the floor's own downloads
+    assert limits["drop rows"] == 3000 and limits["drop files"] == 8
+    assert limits["sha256 per second, one core"] > 0 and limits["gunzip MB/s (plain) one core"] > 0
     assert result["pipeline"]["peak_tree_rss_mb"] > 100  # the tree: dbt's process is counted too
     by_stage = result["pipeline"]["peak_tree_rss_mb_by_stage"]
     assert by_stage["transform"]["children"] > 50  # dbt, a child of the task's process

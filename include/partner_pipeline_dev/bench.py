@@ -144,7 +144,7 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
     from partner_pipeline.settings import load_settings
     from partner_pipeline.storage import s3_client
     from partner_pipeline_dev import synth
-    from partner_pipeline_dev.bench_floor import run_floor
+    from partner_pipeline_dev.bench_floor import measure_limits, run_floor
     from partner_pipeline_dev.local_audience_api import AudienceApi
     from partner_pipeline_dev.local_postgres import local_postgres
     from partner_pipeline_dev.local_s3 import local_s3
@@ -221,6 +221,7 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
         floor_peak = memory_floor.stop()
     if not floor_result:
         raise RuntimeError(f"the floor failed (work directory kept: {work})")
+    limits = measure_limits(work / "floor", rows)
     floor_wall = floor_result["wall_seconds"]
 
     outcomes = {o.partner_id: o for o in map(DropOutcome.from_xcom, measured["outcomes"])}
@@ -261,7 +262,8 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
                      "peak_tree_rss_mb_by_stage": stage_peaks(memory.samples, measured["spans"]),
                      "ingest_steps": {p: o.seconds for p, o in outcomes.items()},
                      "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
-        "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"]},
+        "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"],
+                  "machine_limits": limits},
         "ratio_pipeline_to_floor": round(wall / floor_wall, 2),
         "segment_sizes": measured["published"]["segment_sizes"],
         "matches_ground_truth": not mismatches, "mismatches": mismatches,
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['pipeline']['peak_tree_rss_mb']:,} MB | {'matches' if r['matches_ground_truth'] else 'MISMATCH'} |")
     for r in results:
         print(f"\n{r['warehouse']}, {r['rows']:,} rows, pipeline stages (s): {r['pipeline']['stages']}\n  floor stages (s): "
-              f"{r['floor']['stages']}\n  slowest dbt nodes (s): {r['pipeline']['slowest_dbt_nodes_seconds']}")
+              f"{r['floor']['stages']}\n  the machine on the floor's inputs: {r['floor']['machine_limits']}"
+              f"\n  slowest dbt nodes (s): {r['pipeline']['slowest_dbt_nodes_seconds']}")
         if r["mismatches"]:
             print(f"  MISMATCHES: {json.dumps(r['mismatches'], default=str)}")
     print(f"\nDAG parse (s): {parse}; fixed cost (1,000-row night): "

@@ -1,5 +1,5 @@
 """The floor `make bench` compares the pipeline against: the night's work done directly by one
-DuckDB process, with no Airflow, dbt, Great Expectations or staging files.
+DuckDB process, its tables in memory, with no Airflow, dbt, Great Expectations or staging files.
 
 On the same objects in S3 it verifies each drop's manifest (bytes hashed while downloaded), reads
 the drops, checks the row rules, hashes our profiles' identifiers, writes each agreement's seed set
@@ -64,8 +64,9 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
     def timed(stage: str, started: float) -> None:
         timings[stage] += time.perf_counter() - started
 
-    con = duckdb.connect(str(work / "floor.duckdb"))
-    con.execute("SET preserve_insertion_order = false")
+    # tables in memory, no memory limit but DuckDB's default (80 % of RAM): a floor, not a design that
+    # fits 4 GB (at 10M rows: 161 s and 13.2 GB, against 268 s and 8.5 GB with its tables in a file)
+    con = duckdb.connect(config={"temp_directory": str(work / "tmp"), "preserve_insertion_order": False})
 
     night_started = started = time.perf_counter()
     drops = {}
@@ -233,3 +234,52 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
     con.close()
     return {"wall_seconds": round(time.perf_counter() - night_started, 1), "stages": {k: round(v, 1) for k, v in timings.items()},
             "found": found}
+
+
+def measure_limits(work: Path, profile_rows: int) -> dict:
+    """What the machine can do at best on the floor's own inputs (run after it, on the files it
+    downloaded), to show how far each stage of the floor is from its hardware bound:
+    - gunzip: every drop file decompressed by zlib, one core (a gzip stream cannot be split), and
+      the drop's files on every core at once (one file per core);
+    - read: DuckDB reading the drops' CSV (decompression and parsing, nothing kept) on every core;
+    - sha256: DuckDB's SHA-256 of `profile_rows` 30-character strings, one core and every core;
+      the floor hashes each profile's email and phone once per partner hash profile.
+    Rates are per second of wall time."""
+    import os
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = sorted(str(f) for f in (work / "drop").rglob("*.csv.gz"))
+    compressed = sum(os.path.getsize(f) for f in files)
+
+    def gunzip(path: str) -> int:
+        inflate, size = zlib.decompressobj(wbits=31), 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                size += len(inflate.decompress(chunk))
+        return size
+
+    limits = {"drop files": len(files), "drop MB compressed": round(compressed / 1e6)}
+    started = time.perf_counter()
+    plain = gunzip(files[0])
+    one_core = time.perf_counter() - started
+    limits["gunzip MB/s (plain) one core"] = round(plain / 1e6 / one_core)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # zlib releases the GIL while it inflates
+        plain = sum(pool.map(gunzip, files))
+    limits["drop MB plain"] = round(plain / 1e6)
+    limits["gunzip every drop file, every core (s)"] = round(time.perf_counter() - started, 1)
+    with duckdb.connect() as con:
+        started = time.perf_counter()
+        rows = con.execute("SELECT count(*) FROM read_csv(?, header=true, all_varchar=true, union_by_name=true)", [files]).fetchone()[0]
+        limits["read every drop's CSV, every core (s)"] = round(time.perf_counter() - started, 1)
+        limits["drop rows"] = rows
+        con.execute("CREATE TABLE strings AS SELECT 'person.' || lpad(i::VARCHAR, 12, '0') || '@example.com' AS s FROM range(?) t(i)",
+                    [profile_rows])
+        for threads in (1, os.cpu_count()):
+            con.execute(f"SET threads = {int(threads)}")
+            started = time.perf_counter()
+            con.execute("SELECT max(sha256(s)) FROM strings").fetchone()
+            seconds = time.perf_counter() - started
+            limits[f"sha256 per second, {'one core' if threads == 1 else 'every core'}"] = round(profile_rows / seconds)
+    return limits
