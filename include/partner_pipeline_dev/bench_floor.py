@@ -165,20 +165,20 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
 
     started = time.perf_counter()
     # each drop partner's latest consented record per profile, its attributes typed and named <partner>__<attribute>
-    latest, columns = [], []
+    latest, selected = [], []
     for agreement in agreements:
         pid = agreement.partner_id
         latest.append(f"""LEFT JOIN (SELECT * FROM "matched__{pid}" WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
                         QUALIFY row_number() OVER (PARTITION BY profile_id_matched ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
                        "latest__{pid}" ON "latest__{pid}".profile_id_matched = p.profile_id""")
-        columns += [f'"latest__{pid}".consent_activation AS "_consent_activation__{pid}"',
+        selected += [f'"latest__{pid}".consent_activation AS "_consent_activation__{pid}"',
                     *(f'TRY_CAST("latest__{pid}"."{name}" AS {a.duckdb_type}) AS "{pid}__{name}"' for name, a in agreement.attributes.items())]
     dropped = {a.partner_id for a in agreements}
-    columns += [f'NULL::{a.duckdb_type} AS "{pid}__{name}"' for pid, attrs in all_attributes.items() if pid not in dropped
+    selected += [f'NULL::{a.duckdb_type} AS "{pid}__{name}"' for pid, attrs in all_attributes.items() if pid not in dropped
                 for name, a in attrs.items()]
     con.execute(f"""CREATE TABLE enriched AS
         SELECT p.profile_id, p.email, p.phone, p.consent_marketing, TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier,
-               {', '.join(columns)}
+               {', '.join(selected)}
         FROM read_csv(?, header=true, all_varchar=true) p {' '.join(latest)}""", [snapshot])
     timed("enrich", started)
 
