@@ -27,8 +27,19 @@ from partner_pipeline.settings import load_settings
 from partner_pipeline.seeds import hmac_pads, seed_id_sql, write_seed_file
 from partner_pipeline.storage import download_with_sha256, list_objects
 from partner_pipeline.transform import run_dbt
+from partner_pipeline.sqltext import quote_ident, quote_path
 from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validation_view_sql
 
+
+
+def table(kind: str, agreement: Agreement) -> str:
+    """The floor's table of one drop partner's rows at one step (valid, matched, prospects), quoted."""
+    return quote_ident(f"{kind}__{agreement.partner_id}")
+
+
+def reads(segment: dict, agreement: Agreement) -> bool:
+    """Whether a segment's rule reads the partner's attributes (named <partner_id>__<attribute>)."""
+    return f"{agreement.partner_id}__" in segment["rule"]
 
 
 STAGES = ("verify (download + sha256)", "load + check rows", "hash profiles", "seed set", "match", "enrich",
@@ -104,23 +115,24 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
         rules = row_rules(agreement)
         added = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {VALIDATION_VIEW})").fetchall()
                  if c not in {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {StageFile.RECORDS})").fetchall()}]
-        checks = ", ".join(f'({sql}) AS "{name}"' for name, sql in rules.items())
+        checks = ", ".join(f"({sql}) AS {quote_ident(name)}" for name, sql in rules.items())
         con.execute(f"CREATE TABLE checked AS SELECT *, {checks} FROM {VALIDATION_VIEW}")
         partner = found["partners"][agreement.partner_id] = {}
         partner["invalid_by_rule"] = {k: v for k, v in zip(rules, con.execute(
-            "SELECT " + ", ".join(f'count(*) FILTER (WHERE "{r}")' for r in rules) + " FROM checked").fetchone()) if v}
-        con.execute(f'CREATE TABLE "valid__{agreement.partner_id}" AS SELECT * EXCLUDE ('
-                    + ", ".join(f'"{c}"' for c in [*added, *rules]) + ") FROM checked WHERE NOT ("
-                    + " OR ".join(f'coalesce("{r}", false)' for r in rules) + ")")
+            "SELECT " + ", ".join(f"count(*) FILTER (WHERE {quote_ident(r)})" for r in rules) + " FROM checked").fetchone()) if v}
+        con.execute(f"CREATE TABLE {table('valid', agreement)} AS SELECT * EXCLUDE ("
+                    + ", ".join(map(quote_ident, [*added, *rules])) + ") FROM checked WHERE NOT ("
+                    + " OR ".join(f"coalesce({quote_ident(r)}, false)" for r in rules) + ")")
         con.execute(f"DROP VIEW {VALIDATION_VIEW}; DROP TABLE {StageFile.RECORDS}; DROP TABLE checked; DROP TABLE {StageFile.ISSUED_SEEDS}")
-        partner["rows_valid"] = con.execute(f'SELECT count(*) FROM "valid__{agreement.partner_id}"').fetchone()[0]
+        partner["rows_valid"] = con.execute(f"SELECT count(*) FROM {table('valid', agreement)}").fetchone()[0]
         timed("load + check rows", started)
 
     started = time.perf_counter()
+    # the snapshot read once: hashed here, its consent read by the seed sets, its columns by the enrichment
+    con.execute("CREATE TABLE profiles AS SELECT * FROM read_csv(?, header=true, all_varchar=true)", [snapshot])
     hashes = ", ".join(f"sha256({normalizations[key][0]}) AS {email}, sha256({normalizations[key][1]}) AS {phone}"
                        for key, (email, phone) in hash_columns.items())
-    con.execute(f"CREATE TABLE profile_hashes AS SELECT profile_id, {hashes} FROM read_csv(?, header=true, all_varchar=true)",
-                [snapshot])
+    con.execute(f"CREATE TABLE profile_hashes AS SELECT profile_id, {hashes} FROM profiles")
     timed("hash profiles", started)
 
     for agreement in agreements:
@@ -131,17 +143,17 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
         ipad, opad = hmac_pads(seed_key)
         found["seeds_sent"][agreement.partner_id], _ = write_seed_file(con, f"""
             SELECT {seed_id_sql('?', 'h.profile_id')} AS seed_id, h.{email} AS email_sha256, h.{phone} AS phone_sha256
-            FROM profile_hashes h SEMI JOIN read_csv(?, header=true, all_varchar=true) p
+            FROM profile_hashes h SEMI JOIN profiles p
                  ON p.profile_id = h.profile_id AND p.consent_partner_sharing = 'true'
             WHERE h.{email} IS NOT NULL OR h.{phone} IS NOT NULL ORDER BY seed_id""",
-            [opad, ipad, agreement.agreement_id, snapshot], work / f"seeds-{agreement.partner_id}.{agreement.seed_set.format}",
+            [opad, ipad, agreement.agreement_id], work / f"seeds-{agreement.partner_id}.{agreement.seed_set.format}",
             agreement.seed_set.format)
         timed("seed set", started)
 
     for agreement in agreements:
         started = time.perf_counter()
         email, phone = hash_columns[(agreement.hash_profile, agreement.default_country_code)]
-        con.execute(f"""CREATE TABLE "matched__{agreement.partner_id}" AS
+        con.execute(f"""CREATE TABLE {table('matched', agreement)} AS
             WITH email_index AS (SELECT {email} AS email_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
                                  WHERE {email} IS NOT NULL GROUP BY 1),
                  phone_index AS (SELECT {phone} AS phone_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
@@ -149,7 +161,7 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
                  resolved AS (
                     SELECT v.*, CASE WHEN e.n IS NOT NULL THEN 'email' WHEN p.n IS NOT NULL THEN 'phone' END AS via,
                            CASE WHEN e.n = 1 THEN e.profile_id WHEN e.n IS NULL AND p.n = 1 THEN p.profile_id END AS candidate
-                    FROM "valid__{agreement.partner_id}" v LEFT JOIN email_index e USING (email_sha256)
+                    FROM {table('valid', agreement)} v LEFT JOIN email_index e USING (email_sha256)
                          LEFT JOIN phone_index p USING (phone_sha256)),
                  checked AS (
                     SELECT *, min(partner_person_id) OVER (PARTITION BY candidate) <> max(partner_person_id) OVER (PARTITION BY candidate)
@@ -160,26 +172,27 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
             FROM checked""")
         found["partners"][agreement.partner_id]["matches"] = dict(con.execute(f"""
             SELECT CASE WHEN via IS NULL THEN 'none' WHEN profile_id_matched IS NULL THEN 'ambiguous' ELSE via END, count(*)
-            FROM "matched__{agreement.partner_id}" GROUP BY 1""").fetchall())
+            FROM {table('matched', agreement)} GROUP BY 1""").fetchall())
         timed("match", started)
 
     started = time.perf_counter()
     # each drop partner's latest consented record per profile, its attributes typed and named <partner>__<attribute>
     latest, selected = [], []
     for agreement in agreements:
-        pid = agreement.partner_id
-        latest.append(f"""LEFT JOIN (SELECT * FROM "matched__{pid}" WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
+        pid, alias = agreement.partner_id, table("latest", agreement)
+        latest.append(f"""LEFT JOIN (SELECT * FROM {table('matched', agreement)} WHERE profile_id_matched IS NOT NULL AND consent_enrichment = 'true'
                         QUALIFY row_number() OVER (PARTITION BY profile_id_matched ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
-                       "latest__{pid}" ON "latest__{pid}".profile_id_matched = p.profile_id""")
-        selected += [f'"latest__{pid}".consent_activation AS "_consent_activation__{pid}"',
-                    *(f'TRY_CAST("latest__{pid}"."{name}" AS {a.duckdb_type}) AS "{pid}__{name}"' for name, a in agreement.attributes.items())]
+                       {alias} ON {alias}.profile_id_matched = p.profile_id""")
+        selected += [f"{alias}.consent_activation AS {quote_ident('_consent_activation__' + pid)}",
+                     *(f"TRY_CAST({alias}.{quote_ident(name)} AS {a.duckdb_type}) AS {quote_ident(f'{pid}__{name}')}"
+                       for name, a in agreement.attributes.items())]
     dropped = {a.partner_id for a in agreements}
-    selected += [f'NULL::{a.duckdb_type} AS "{pid}__{name}"' for pid, attrs in all_attributes.items() if pid not in dropped
+    selected += [f"NULL::{a.duckdb_type} AS {quote_ident(f'{pid}__{name}')}" for pid, attrs in all_attributes.items() if pid not in dropped
                 for name, a in attrs.items()]
     con.execute(f"""CREATE TABLE enriched AS
         SELECT p.profile_id, p.email, p.phone, p.consent_marketing, TRY_CAST(p.lifetime_value AS DOUBLE) AS lifetime_value, p.tier,
                {', '.join(selected)}
-        FROM read_csv(?, header=true, all_varchar=true) p {' '.join(latest)}""", [snapshot])
+        FROM profiles p {' '.join(latest)}""")
     timed("enrich", started)
 
     started = time.perf_counter()
@@ -189,8 +202,8 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
     (work / "exports").mkdir(exist_ok=True)
     for name, segment in sorted(segments.items()):
         # sent: our marketing consent, and each partner's consent_activation whose attributes the rule reads
-        refusal = " AND ".join([f"coalesce(\"_consent_activation__{a.partner_id}\", 'true') = 'true'" for a in agreements
-                                if f"{a.partner_id}__" in segment["rule"]] or ["true"])
+        refusal = " AND ".join([f"coalesce({quote_ident('_consent_activation__' + a.partner_id)}, 'true') = 'true'"
+                                for a in agreements if reads(segment, a)] or ["true"])
         for destination_id in segment["destinations"]:
             destination = destinations[destination_id]
             email, phone = normalizations[(destination.hash_profile, destination.default_country_code)]
@@ -200,7 +213,7 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
                 SELECT * FROM (SELECT {', '.join(columns)} FROM enriched
                                WHERE ({segment['rule']}) AND consent_marketing = 'true' AND {refusal})
                 WHERE {' OR '.join(f'{i}_sha256 IS NOT NULL' for i in destination.hashed_identifiers)}
-                ) TO '{work / 'exports' / f'{destination_id}-{name}.csv'}' (HEADER)""").fetchone()[0]
+                ) TO {quote_path(work / 'exports' / f'{destination_id}-{name}.csv')} (HEADER)""").fetchone()[0]
             found["exports"][f"{destination_id}/{name}"] = written
     timed("segments + export", started)
 
@@ -211,10 +224,11 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
         pid = agreement.partner_id
         prospecting = {name: a for name, a in agreement.attributes.items()
                        if "prospecting" in a.usage_labels and not a.special_category}
-        typed = "".join(f', TRY_CAST("{name}" AS {a.duckdb_type}) AS "{pid}__{name}"' for name, a in prospecting.items())
-        con.execute(f"""CREATE TABLE "prospects__{pid}" AS
-            WITH known AS (SELECT DISTINCT partner_person_id FROM "matched__{pid}" WHERE via IS NOT NULL),
-                 latest AS (SELECT * FROM "matched__{pid}"
+        typed = "".join(f", TRY_CAST({quote_ident(name)} AS {a.duckdb_type}) AS {quote_ident(f'{pid}__{name}')}"
+                        for name, a in prospecting.items())
+        con.execute(f"""CREATE TABLE {table('prospects', agreement)} AS
+            WITH known AS (SELECT DISTINCT partner_person_id FROM {table('matched', agreement)} WHERE via IS NOT NULL),
+                 latest AS (SELECT * FROM {table('matched', agreement)}
                             QUALIFY row_number() OVER (PARTITION BY partner_person_id ORDER BY consent_ts DESC, partner_record_id DESC) = 1)
             SELECT email_sha256, phone_sha256{typed} FROM latest ANTI JOIN known USING (partner_person_id)
             WHERE {'true' if prospecting else 'false'} AND consent_enrichment = 'true' AND consent_activation = 'true'""")
@@ -224,9 +238,9 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
             sent = 0
             for agreement in agreements:
                 # the partner's hashes go only where they mean the same
-                if f"{agreement.partner_id}__" in segment["rule"] and destination.hash_profile == agreement.hash_profile:
+                if reads(segment, agreement) and destination.hash_profile == agreement.hash_profile:
                     condition = " OR ".join(f"{i}_sha256 IS NOT NULL" for i in destination.hashed_identifiers)
-                    audience = con.execute(f'SELECT count(*) FROM "prospects__{agreement.partner_id}" '
+                    audience = con.execute(f"SELECT count(*) FROM {table('prospects', agreement)} "
                                            f"WHERE ({segment['rule']}) AND ({condition})").fetchone()[0]
                     sent = audience if audience >= destination.min_audience_size else 0
             found["exports"][f"{destination_id}/{name}"] = sent
