@@ -28,7 +28,10 @@ from partner_pipeline.settings import task_pool
     default_args={"retries": 3, "retry_delay": pendulum.duration(seconds=20), "retry_exponential_backoff": 2.0,
                   "max_retry_delay": pendulum.duration(minutes=5), "on_failure_callback": DropAlertNotifier()},
     params={"full_refresh_activation": Param(False, type="boolean",
-                                             description="Resend every segment in full instead of only the changes.")},
+                                             description="Resend every segment in full instead of only the changes."),
+            "full_refresh_models": Param(False, type="boolean",
+                                         description="Rebuild the incremental dbt models (the profiles' hashes) from scratch "
+                                                     "instead of applying only what changed.")},
     tags=["partner-data", "ingestion", "activation"],
     doc_md=__doc__,
 )
@@ -69,12 +72,12 @@ def partner_drops_nightly():
             return nightly.load_first_party(logical_date.date())
 
     @task(pool=task_pool("transform"))
-    def transform(logical_date=None, run_id=None) -> dict:
+    def transform(logical_date=None, run_id=None, params=None) -> dict:
         """dbt build: staging -> matching -> enrichment -> segments -> audiences, and the usage-policy check."""
         from partner_pipeline import nightly
 
         with nightly.task_errors():
-            return nightly.transform(logical_date.date(), run_id)
+            return nightly.transform(logical_date.date(), run_id, full_refresh=bool(params.get("full_refresh_models")))
 
     @task(pool=task_pool("data_rights"))
     def data_rights(logical_date=None, run_id=None) -> dict:

@@ -50,5 +50,12 @@ def check(result: dict) -> None:
     assert by_stage["transform"]["children"] > 50  # dbt, a child of the task's process
     assert max(p["total"] for p in by_stage.values()) <= result["pipeline"]["peak_tree_rss_mb"]
     assert all(abs(p["total"] - p["process"] - p["children"]) <= 1 for p in by_stage.values())  # each rounded
+    # the two later nights on the same lake: a new drop per partner and 1 % of the emails changed, then nothing new
+    second, quiet = result["later_nights"]["second"], result["later_nights"]["no change"]
+    assert second["date"] == "2026-11-22" and quiet["date"] == "2026-11-23"
+    assert second["drops"] == {"acme_bank": 1500, "globex_retail": 1500} and 0 < second["profiles_changed"] < 3000 * 0.03
+    assert second["stages"]["ingest"] > 0 and quiet["stages"]["ingest"] == 0
+    assert all(night["stages"]["transform"] > 0 and night["peak_tree_rss_mb"] > 100 for night in (second, quiet))
     targets = result["targets"]
+    assert {"second night <= 60 % of the first", "a night with no change <= 30 s"} <= set(targets)
     assert targets["DAG parse < 1 s per file"]["measured"]["partner_drops_nightly.py"] > 0

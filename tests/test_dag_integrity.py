@@ -89,7 +89,7 @@ def test_marts_are_published_after_activation_even_when_a_destination_fails(dagb
     assert dag.get_task("activate").upstream_task_ids == {"data_rights"}
     publish = dag.get_task("publish_marts")
     assert publish.upstream_task_ids == {"activate", "share_overlap_reports", "export_seeds"} and publish.trigger_rule == "all_done"
-    assert dag.params["full_refresh_activation"] is False
+    assert dag.params["full_refresh_activation"] is False and dag.params["full_refresh_models"] is False
     # publish_marts runs even after a failure, so a leaf that needs every task's success gives the run its state
     verdict = dag.get_task("night_succeeded")
     assert verdict.upstream_task_ids == {"activate", "share_overlap_reports", "export_seeds", "publish_marts"}

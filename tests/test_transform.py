@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from partner_pipeline.agreements import load_agreements
 from partner_pipeline.first_party import newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.sqltext import quote_path
-from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, published_marts, run_dbt
+from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, build_models, published_marts, run_dbt
 from partner_pipeline.governance import load_governance
 from partner_pipeline.warehouse import attach_read_only, publish_agreements, publish_governance, warehouse
 from partner_pipeline_dev import synth
@@ -183,6 +184,35 @@ def test_dbt_unit_tests_pass_and_the_nightly_build_leaves_them_out(built, wareho
     assert len(unit_tests) == declared > 10 and set(unit_tests.values()) == {"pass"}
     nightly_build = json.loads((built["dbt_target"] / "run_results.json").read_text())["results"]
     assert nightly_build and not [r for r in nightly_build if r["unique_id"].startswith("unit_test.")]
+
+
+def test_profile_hashes_are_made_again_only_for_what_changed(built, warehouse_copy, tmp_path):
+    """int_profile_hashes is incremental: a night hashes the profiles whose email or phone changed and
+    deletes the rows of profiles gone from the snapshot; a row nothing changed is left as it was (a
+    value planted in one proves it was not made again); a full refresh makes every row again, and
+    then the table equals the incremental one but for the planted row."""
+    hashes = "SELECT profile_id, hash_profile, default_country_code, email_sha256, phone_sha256 FROM intermediate.int_profile_hashes"
+    with warehouse(warehouse_copy) as con:
+        settings_used = con.execute("SELECT count(DISTINCT (hash_profile, default_country_code)) FROM intermediate.int_profile_hashes").fetchone()[0]
+        changed, gone, untouched = (p for (p,) in con.execute(
+            "SELECT profile_id FROM raw.first_party_profiles WHERE email IS NOT NULL ORDER BY profile_id LIMIT 3").fetchall())
+        con.execute("UPDATE raw.first_party_profiles SET email = ' Changed.Person@Example.com' WHERE profile_id = ?", [changed])
+        con.execute("DELETE FROM raw.first_party_profiles WHERE profile_id = ?", [gone])
+        con.execute("UPDATE intermediate.int_profile_hashes SET email_sha256 = 'planted' WHERE profile_id = ?", [untouched])
+        profiles = con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
+    result = run_dbt(warehouse_copy, ["run", "--select", "int_profile_hashes"], tmp_path / "target", PIPELINE_RUN_DATE=DAY.isoformat())
+    assert result.returncode == 0, result.stdout[-5000:]
+    with warehouse(warehouse_copy, read_only=True) as con:
+        incremental = con.execute(hashes).fetchall()
+        assert len(incremental) == profiles * settings_used
+        assert {e for p, _, _, e, _ in incremental if p == changed} == {hashlib.sha256(b"changed.person@example.com").hexdigest()}
+        assert not [row for row in incremental if row[0] == gone]
+        assert {e for p, _, _, e, _ in incremental if p == untouched} == {"planted"}
+    build_models(warehouse_copy, DAY, "full-refresh", full_refresh=True)  # as the DAG's param full_refresh_models asks
+    with warehouse(warehouse_copy, read_only=True) as con:
+        full = con.execute(hashes).fetchall()
+    assert len(full) == len(incremental)
+    assert {row[0] for row in set(incremental) - set(full)} == {row[0] for row in set(full) - set(incremental)} == {untouched}
 
 
 def test_a_raw_column_the_agreement_no_longer_declares_is_not_an_attribute_value(built, warehouse_copy, tmp_path):

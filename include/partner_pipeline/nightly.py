@@ -116,12 +116,13 @@ def load_first_party(day: dt.date) -> dict:
     return loaded
 
 
-def transform(day: dt.date, run_id: str) -> dict:
-    """Build the dbt models for the date (matching, enrichment, segments, audiences, policy checks)."""
+def transform(day: dt.date, run_id: str, full_refresh: bool = False) -> dict:
+    """Build the dbt models for the date (matching, enrichment, segments, audiences, policy checks);
+    full_refresh rebuilds the incremental models from scratch instead of applying what changed."""
     settings = load_settings()
     with warehouse(settings, read_only=True) as con:
         retention_date = retention_clock(con, day)
-    timings = build_models(settings, day, run_id, retention_date)
+    timings = build_models(settings, day, run_id, retention_date, full_refresh=full_refresh)
     with warehouse(settings) as con:
         con.execute("INSERT INTO audit.model_builds VALUES (?, ?, now())", [day, run_id])
     slowest = dict(sorted(timings.items(), key=lambda kv: -kv[1])[:8])

@@ -44,7 +44,8 @@ def run_dbt(settings: Settings, command: list[str], target: Path, **env: str) ->
                           env=env, capture_output=True, text=True)
 
 
-def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_date: dt.date | None = None) -> dict:
+def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_date: dt.date | None = None,
+                 full_refresh: bool = False) -> dict:
     """`dbt build` (models and their tests) for the run's date; raises naming every failed node.
 
     On the file, the marts are built into a fresh file that replaces the marts file only when the
@@ -53,7 +54,9 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     model commits as it is built; analysts read the last published snapshot meanwhile.
 
     The run's date, retention date and id reach dbt in the environment (macros run_date() and
-    retention_date()), which lets dbt's partial parsing skip the files that do not read them."""
+    retention_date()), which lets dbt's partial parsing skip the files that do not read them.
+    full_refresh: `--full-refresh`, the incremental models rebuilt from scratch (int_profile_hashes;
+    segment_size_history keeps its history, full_refresh=false)."""
     building = settings.marts_path.with_name(settings.marts_path.name + ".building")
     building.unlink(missing_ok=True)
     Path(str(building) + ".wal").unlink(missing_ok=True)
@@ -61,7 +64,8 @@ def build_models(settings: Settings, day: dt.date, run_id: str = "", retention_d
     (target / "run_results.json").unlink(missing_ok=True)
     # unit tests check the SQL's logic, not the night's data: make test runs them (tests/test_transform.py)
     with lake.writer_turn(settings) if settings.warehouse_kind == "lake" else contextlib.nullcontext():
-        result = run_dbt(dataclasses.replace(settings, marts_path=building), ["build", "--exclude-resource-type", "unit_test"], target,
+        command = ["build", "--exclude-resource-type", "unit_test", *(["--full-refresh"] if full_refresh else [])]
+        result = run_dbt(dataclasses.replace(settings, marts_path=building), command, target,
                          PIPELINE_RUN_DATE=day.isoformat(),
                          PIPELINE_RETENTION_DATE=(retention_date or day).isoformat(), PIPELINE_RUN_ID=run_id)
     log.info("dbt build:\n%s", result.stdout[-20000:])

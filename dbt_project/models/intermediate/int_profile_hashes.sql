@@ -1,0 +1,145 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='changes',
+    unique_key=['profile_id', 'hash_profile', 'default_country_code'],
+    deletion_rows='code_md5 is null',
+    on_schema_change='sync_all_columns',
+) }}
+{#- What a row's hashes were made by: this file and the normalization macros as compiled
+    (model_code_md5). A change to either makes every row again, as a full refresh would. -#}
+{%- set email_normalized = normalize_email('changed.email', 'changed.hash_profile') -%}
+{%- set phone_normalized = normalize_phone('changed.phone', 'changed.hash_profile', 'changed.default_country_code') -%}
+{%- set code_md5 = model_code_md5(email_normalized ~ phone_normalized) -%}
+-- Every profile's email and phone, normalized and hashed under each (hash profile, default
+-- country code) an agreement uses: what partner hashes are matched against (read through
+-- int_profile_identifiers). Destinations' hashes are made in activation_audiences, for the members
+-- sent only. Seed-set agreements count too (seed_set_members).
+-- Incremental: a night normalizes and hashes only the rows whose email or phone changed (source_hash),
+-- whose (hash profile, country code) is new, or that older code made (code_md5); the rows of profiles
+-- that left the snapshot (or were erased) and of settings no agreement uses any more are deleted.
+-- The strategy `changes` applies what this selects (macros/incremental_changes.sql).
+with profiles as (
+    select
+        profile_id,
+        email,
+        phone,
+        -- what the hashes are made from, to tell a changed profile: DuckDB's 64-bit hash, not an identifier
+        hash(email, phone) as source_hash
+    from {{ ref('stg_first_party__profiles') }}
+),
+
+agreements as (
+    select * from {{ ref('stg_pipeline__agreements') }}
+),
+
+partner_records as (
+    select * from {{ ref('stg_pipeline__partner_records') }}
+),
+
+hash_settings as (
+    -- only partners with records to match: an agreement with nothing delivered (or all expired) needs no hashes
+    select distinct
+        agreements.hash_profile,
+        agreements.default_country_code
+    from agreements
+    where agreements.partner_id in (select partner_records.partner_id from partner_records)
+    union
+    -- and every agreement that receives a seed set (its members' hashes: the mart seed_set_members)
+    select distinct
+        agreements.hash_profile,
+        agreements.default_country_code
+    from agreements
+    where agreements.seed_set_format is not null
+),
+
+wanted as (
+    select
+        profiles.profile_id,
+        hash_settings.hash_profile,
+        hash_settings.default_country_code,
+        profiles.email,
+        profiles.phone,
+        profiles.source_hash
+    from profiles
+    cross join hash_settings
+),
+
+{% if is_incremental() %}
+
+made as (
+    select
+        profile_id,
+        hash_profile,
+        default_country_code,
+        source_hash,
+        code_md5
+    from {{ this }}
+),
+
+changed as (
+    select wanted.*
+    from wanted
+    left join made
+        on
+            wanted.profile_id = made.profile_id
+            and wanted.hash_profile = made.hash_profile
+            and wanted.default_country_code = made.default_country_code
+            and wanted.source_hash = made.source_hash
+            and made.code_md5 = '{{ code_md5 }}'
+    where made.profile_id is null
+),
+
+gone as (
+    select
+        made.profile_id,
+        made.hash_profile,
+        made.default_country_code
+    from made
+    where not exists (
+            select 1
+            from wanted
+            where
+                wanted.profile_id = made.profile_id
+                and wanted.hash_profile = made.hash_profile
+                and wanted.default_country_code = made.default_country_code
+        )
+),
+
+{% else %}
+
+changed as (
+    select * from wanted
+),
+
+{% endif %}
+
+hashed as (
+    select
+        changed.profile_id,
+        changed.hash_profile,
+        changed.default_country_code,
+        sha256({{ email_normalized }}) as email_sha256,
+        sha256({{ phone_normalized }}) as phone_sha256,
+        changed.source_hash,
+        '{{ code_md5 }}' as code_md5
+    from changed
+),
+
+final as (
+    select * from hashed
+    {%- if is_incremental() %}
+    union all
+    -- a deletion: the key alone, no code (deletion_rows above)
+    select
+        gone.profile_id,
+        gone.hash_profile,
+        gone.default_country_code,
+        null as email_sha256,
+        null as phone_sha256,
+        null as source_hash,
+        null as code_md5
+    from gone
+    {%- endif %}
+)
+
+select * from final
