@@ -18,7 +18,8 @@
 -- whose (hash profile, country code) is new, or that older code made (code_md5); the rows of profiles
 -- that left the snapshot (or were erased) and of settings no agreement uses any more are deleted.
 -- The strategy `changes` applies what this selects (macros/incremental_changes.sql).
-with profiles as (
+with profiles as not materialized (
+    -- read twice on an incremental night (the comparison, then the changed rows' email and phone): not held
     select
         profile_id,
         email,
@@ -52,19 +53,17 @@ hash_settings as (
     where agreements.seed_set_format is not null
 ),
 
+{% if is_incremental() %}
+
 wanted as (
     select
         profiles.profile_id,
         hash_settings.hash_profile,
         hash_settings.default_country_code,
-        profiles.email,
-        profiles.phone,
         profiles.source_hash
     from profiles
     cross join hash_settings
 ),
-
-{% if is_incremental() %}
 
 made as (
     select
@@ -76,39 +75,61 @@ made as (
     from {{ this }}
 ),
 
-changed as (
-    select wanted.*
+-- one join of the keys and what they were made from (no email or phone: they are read below for the
+-- changed rows only): a row wanted and not made as it would be now, or made and no longer wanted
+compared as (
+    select
+        coalesce(wanted.profile_id, made.profile_id) as profile_id,
+        coalesce(wanted.hash_profile, made.hash_profile) as hash_profile,
+        coalesce(wanted.default_country_code, made.default_country_code) as default_country_code,
+        wanted.profile_id is null as is_gone
     from wanted
-    left join made
+    full outer join made
         on
             wanted.profile_id = made.profile_id
             and wanted.hash_profile = made.hash_profile
             and wanted.default_country_code = made.default_country_code
-            and wanted.source_hash = made.source_hash
-            and made.code_md5 = '{{ code_md5 }}'
-    where made.profile_id is null
+    where
+        wanted.profile_id is null
+        or made.profile_id is null
+        or wanted.source_hash <> made.source_hash
+        or made.code_md5 <> '{{ code_md5 }}'
+),
+
+changed as (
+    select
+        compared.profile_id,
+        compared.hash_profile,
+        compared.default_country_code,
+        profiles.email,
+        profiles.phone,
+        profiles.source_hash
+    from compared
+    inner join profiles on compared.profile_id = profiles.profile_id
+    where not compared.is_gone
 ),
 
 gone as (
     select
-        made.profile_id,
-        made.hash_profile,
-        made.default_country_code
-    from made
-    where not exists (
-            select 1
-            from wanted
-            where
-                wanted.profile_id = made.profile_id
-                and wanted.hash_profile = made.hash_profile
-                and wanted.default_country_code = made.default_country_code
-        )
+        profile_id,
+        hash_profile,
+        default_country_code
+    from compared
+    where is_gone
 ),
 
 {% else %}
 
 changed as (
-    select * from wanted
+    select
+        profiles.profile_id,
+        hash_settings.hash_profile,
+        hash_settings.default_country_code,
+        profiles.email,
+        profiles.phone,
+        profiles.source_hash
+    from profiles
+    cross join hash_settings
 ),
 
 {% endif %}
