@@ -11,7 +11,7 @@ import pytest
 
 from partner_pipeline_dev import bench
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # two lake configurations, three nights each
 
 
 @pytest.fixture
