@@ -1,8 +1,11 @@
+{#- A row's key is what it was made from too, so dbt's merge needs one DELETE action only (DuckLake's
+    MERGE allows one): a changed profile's new row is a new key, inserted; its old row is selected
+    as it is, matched and deleted, as are the rows no longer wanted. -#}
 {{ config(
     materialized='incremental',
-    incremental_strategy='changes',
-    unique_key=['profile_id', 'hash_profile', 'default_country_code'],
-    deletion_rows='code_md5 is null',
+    incremental_strategy='merge',
+    unique_key=['profile_id', 'hash_profile', 'default_country_code', 'source_hash', 'code_md5'],
+    merge_clauses={'when_matched': [{'action': 'delete'}], 'when_not_matched': [{'action': 'insert', 'mode': 'by_name'}]},
     on_schema_change='sync_all_columns',
 ) }}
 {#- What a row's hashes were made by: this file and the normalization macros as compiled
@@ -17,7 +20,7 @@
 -- Incremental: a night normalizes and hashes only the rows whose email or phone changed (source_hash),
 -- whose (hash profile, country code) is new, or that older code made (code_md5); the rows of profiles
 -- that left the snapshot (or were erased) and of settings no agreement uses any more are deleted.
--- The strategy `changes` applies what this selects (macros/incremental_changes.sql).
+-- On an incremental night this selects the rows to insert and, as they are, the rows to delete.
 with profiles as not materialized (
     -- read twice on an incremental night (the comparison, then the changed rows' email and phone): not held
     select
@@ -79,10 +82,12 @@ made as (
 -- changed rows only): a row wanted and not made as it would be now, or made and no longer wanted
 compared as (
     select
+        made.source_hash as made_source_hash,
+        made.code_md5 as made_code_md5,
         coalesce(wanted.profile_id, made.profile_id) as profile_id,
         coalesce(wanted.hash_profile, made.hash_profile) as hash_profile,
         coalesce(wanted.default_country_code, made.default_country_code) as default_country_code,
-        wanted.profile_id is null as is_gone
+        wanted.profile_id is not null as is_wanted
     from wanted
     full outer join made
         on
@@ -106,16 +111,19 @@ changed as (
         profiles.source_hash
     from compared
     inner join profiles on compared.profile_id = profiles.profile_id
-    where not compared.is_gone
+    where compared.is_wanted
 ),
 
-gone as (
+superseded as (
+    -- a made row to delete: the profile changed or left, the setting is no longer used, or older code made it
     select
         profile_id,
         hash_profile,
-        default_country_code
+        default_country_code,
+        made_source_hash as source_hash,
+        made_code_md5 as code_md5
     from compared
-    where is_gone
+    where made_code_md5 is not null
 ),
 
 {% else %}
@@ -150,16 +158,16 @@ final as (
     select * from hashed
     {%- if is_incremental() %}
     union all
-    -- a deletion: the key alone, no code (deletion_rows above)
+    -- its key as made: the merge matches it and deletes it (its hashes are not read)
     select
-        gone.profile_id,
-        gone.hash_profile,
-        gone.default_country_code,
+        superseded.profile_id,
+        superseded.hash_profile,
+        superseded.default_country_code,
         null as email_sha256,
         null as phone_sha256,
-        null as source_hash,
-        null as code_md5
-    from gone
+        superseded.source_hash,
+        superseded.code_md5
+    from superseded
     {%- endif %}
 )
 
