@@ -1,6 +1,6 @@
-{#- A row's key is what it was made from too, so dbt's merge needs one DELETE action only (DuckLake's
-    MERGE allows one): a changed profile's new row is a new key, inserted; its old row is selected
-    as it is, matched and deleted, as are the rows no longer wanted. -#}
+{#- A row's key is what it was made from too, so dbt's merge needs one DELETE action only (DuckLake
+    allows one per statement): a changed profile's new row is a new key, inserted; its old row is
+    selected as it is, matched and deleted, as are the rows no longer wanted. -#}
 {{ config(
     materialized='incremental',
     incremental_strategy='merge',
