@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium postgres demo run analyst airflow s3 lint test test-fast generate bench bench-cosmos clean
+.PHONY: help install chromium postgres demo run analyst airflow s3 lint test test-fast generate bench bench-scale bench-cosmos clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ test: install chromium postgres lint ## lint, then the whole test suite (real S3
 
 generate: install ## rebuild the files generated from the agreements (expectations/, enriched_profiles docs)
 	$(BIN)/python -m partner_pipeline.codegen
+
+bench-scale: install ## the scale curve: one night at PROFILES (default "1000000 10000000 50000000") profiles against ROWS (default 10000000) partner rows, on WAREHOUSE (default lake); writes bench/results/scale-*.svg
+	$(BIN)/python -m partner_pipeline_dev.bench --rows $(or $(ROWS),10000000) --profiles $(or $(PROFILES),1000000 10000000 50000000) --warehouse $(or $(WAREHOUSE),lake)
 
 bench: install ## the whole night vs its single-DuckDB floor at ROWS (default "1000000 10000000") on WAREHOUSE (default "lake lake-postgres"; or file), checked against ground truth
 	$(BIN)/python -m partner_pipeline_dev.bench --rows $(or $(ROWS),1000000 10000000) --warehouse $(or $(WAREHOUSE),lake lake-postgres)

@@ -19,6 +19,10 @@ first-party snapshot and a drop of rows / 2 rows for each of Acme's and Globex's
 - writes bench/results/night-<warehouse>-<rows>.json and prints a Markdown table.
 A tiny calibration night (1,000 rows) gives the fixed cost, so linear growth can be judged on the
 variable part. The DAG file's parse time comes from Airflow's DagBag.
+
+`make bench-scale` (--profiles) runs the first night alone, checked against its ground truth, at each
+profile count against the same partner rows (issue 18's scale curve: 1M to 50M profiles x 10M rows),
+and writes scale-<warehouse>-<rows>.json and an SVG plot of time and peak memory by profiles.
 """
 
 from __future__ import annotations
@@ -145,7 +149,10 @@ WAREHOUSES = {"lake": {"PIPELINE_WAREHOUSE": "lake"}, "lake-postgres": {"PIPELIN
               "file": {"PIPELINE_WAREHOUSE": "file"}}
 
 
-def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
+def bench_one(rows: int, args, warehouse: str = "lake", profiles: int | None = None, with_floor: bool = True) -> dict:
+    """One size: `rows` partner rows against `profiles` profiles (default as many). with_floor: also the
+    floor on the same objects and the two later nights (make bench); without (make bench-scale), the
+    first night alone, checked against the ground truth."""
     from partner_pipeline.agreements import load_agreements
     from partner_pipeline.governance import load_governance
     from partner_pipeline.settings import load_settings
@@ -156,6 +163,7 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
     from partner_pipeline_dev.local_postgres import local_postgres
     from partner_pipeline_dev.local_s3 import local_s3
 
+    profiles = profiles or rows
     base = PROJECT_ROOT / "data" if (PROJECT_ROOT / "data").exists() else None
     work = Path(tempfile.mkdtemp(prefix=f"bench-{rows}-", dir=base))
     os.environ.update({"PIPELINE_DATA_DIR": str(work / "data"), "AIRFLOW_HOME": str(work / "airflow"), **WAREHOUSES[warehouse]})
@@ -187,54 +195,62 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
                 os.environ[f"AIRFLOW_VAR_{seeded.seed_set.secret_variable.upper()}"] = SEED_KEY
         client = s3_client(server.endpoint_url, server.access_key, server.secret_key)
         started = time.perf_counter()
-        synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, rows, 42)
+        synth.generate_profiles(work / "synth", settings.first_party_bucket, DAY, profiles, 42)
         truths = {a.partner_id: synth.write_drop(work / "synth", settings.landing_bucket,
                                                  synth.DropSpec(a, DAY, rows // len(partners), args.format, args.files, args.bad_row_share,
                                                                 ambiguous_share=AMBIGUOUS_SHARE),
-                                                 profiles_seed=42, n_profiles=rows, seed=1)
+                                                 profiles_seed=42, n_profiles=profiles, seed=1)
                   for a in partners}
         synth.upload_tree(client, work / "synth")
         # the night starts, as its floor later does, on a machine done writing: the generator's files
         # (gigabytes at 10M) are gone and their writes flushed, not written back while the night runs
         shutil.rmtree(work / "synth")
         os.sync()
-        truth_seeds = {a.partner_id: synth.expected_seed_set(a, 42, rows).num_rows for a in partners if a.seed_set}
-        print(f"{rows:,} rows: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
+        truth_seeds = {a.partner_id: synth.expected_seed_set(a, 42, profiles).num_rows for a in partners if a.seed_set}
+        size = f"{rows:,} rows x {profiles:,} profiles"
+        print(f"{size}: generated and uploaded in {time.perf_counter() - started:.0f}s; running the night ...", flush=True)
 
         wall, peak, memory, measured = _night(DAY, catalog, work)
 
-        print(f"{rows:,} rows: night {wall:.0f}s; running the floor ...", flush=True)
-        floor_result = {}
+        print(f"{size}: night {wall:.0f}s", flush=True)
+        floor_result, floor_peak, later = {}, 0, {}
+        if with_floor:
+            def floor():
+                floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, partners,
+                                              DAY.isoformat(), synth.load_segments(), synth.load_segments(kind="prospect"),
+                                              governance.destinations,
+                                              {p: a.attributes for p, a in agreements.items()}, SEED_KEY.encode(), work / "floor"))
 
-        def floor():
-            floor_result.update(run_floor(client, settings.landing_bucket, settings.first_party_bucket, partners,
-                                          DAY.isoformat(), synth.load_segments(), synth.load_segments(kind="prospect"),
-                                          governance.destinations,
-                                          {p: a.attributes for p, a in agreements.items()}, SEED_KEY.encode(), work / "floor"))
+            print(f"{size}: running the floor ...", flush=True)
+            floor_thread = threading.Thread(target=floor)
+            memory_floor = TreeMemory(os.getpid())
+            floor_thread.start()
+            floor_thread.join()
+            floor_peak = memory_floor.stop()
+            if not floor_result:
+                raise RuntimeError(f"the floor failed (work directory kept: {work})")
+            if rows > CALIBRATION_ROWS:
+                later = _later_nights(rows, profiles, args, client, settings, partners, catalog, work)
+    result = _checked_night(rows, profiles, warehouse, args, wall, peak, memory, measured, truths, truth_seeds)
+    if with_floor:
+        floor = _checked_floor(floor_result, floor_peak, measure_limits(work / "floor", rows), later, wall, measured, truths,
+                               truth_seeds)
+        mismatches = result["mismatches"] | floor.pop("mismatches")
+        result |= floor | {"mismatches": mismatches, "matches_ground_truth": not mismatches}
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
 
-        floor_thread = threading.Thread(target=floor)
-        memory_floor = TreeMemory(os.getpid())
-        floor_thread.start()
-        floor_thread.join()
-        floor_peak = memory_floor.stop()
-        later = _later_nights(rows, args, client, settings, partners, catalog, work) if floor_result and rows > CALIBRATION_ROWS else {}
-    if not floor_result:
-        raise RuntimeError(f"the floor failed (work directory kept: {work})")
-    limits = measure_limits(work / "floor", rows)
-    floor_wall = floor_result["wall_seconds"]
 
-    outcomes = {o.partner_id: o for o in map(DropOutcome.from_xcom, measured["outcomes"])}
-    reports = {r["partner_id"]: r for r in measured["published"]["match_report"]}
+def _checked_floor(floor_result: dict, floor_peak: int, limits: dict, later: dict, wall: float, measured: dict, truths: dict,
+                   truth_seeds: dict) -> dict:
+    """The floor's figures and the later nights, and their checks: the floor against the ground truth,
+    the night against the floor, the later nights' own (_later_nights)."""
     found = floor_result["found"]
     checks = {}
     for partner_id, truth in truths.items():
-        outcome, report, floor_found, expected = outcomes[partner_id], reports[partner_id], found["partners"][partner_id], truth["expected_matches"]
+        floor_found, expected = found["partners"][partner_id], truth["expected_matches"]
         checks |= {
-            f"{partner_id}: pipeline valid rows": (outcome.rows_valid, truth["rows_valid"]),
-            f"{partner_id}: pipeline rows per rule": (outcome.failures_by_rule, truth["invalid_by_rule"]),
-            f"{partner_id}: pipeline matches (email, phone, ambiguous, none)": (
-                (report["matched_by_email"], report["matched_by_phone"], report["ambiguous"], report["unmatched"]),
-                (expected["by_email"], expected["by_phone"], expected["ambiguous"], expected["unmatched"])),
             f"{partner_id}: floor valid rows": (floor_found["rows_valid"], truth["rows_valid"]),
             f"{partner_id}: floor rows per rule": (floor_found["invalid_by_rule"], truth["invalid_by_rule"]),
             f"{partner_id}: floor matches (email, phone, ambiguous, none)": (
@@ -243,19 +259,46 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
         }
     checks |= {
         "segment sizes, pipeline vs floor": (measured["published"]["segment_sizes"], found["segments"]),
-        "seeds sent, pipeline and floor": (
-            ({r["partner_id"]: r["seeds_sent"] for r in measured["seed_sets"]}, found["seeds_sent"]), (truth_seeds, truth_seeds)),
+        "seeds sent, floor": (found["seeds_sent"], truth_seeds),
         "members sent per destination and segment, pipeline vs floor": (
             {f"{r['destination_id']}/{r['segment']}": r.get("adds") for r in measured["activation"]}, found["exports"]),
-        # the data exercises every segment: each sends members somewhere
-        "segments sending nobody": (sorted({key.split("/")[1] for key, sent in found["exports"].items()}
-                                           - {key.split("/")[1] for key, sent in found["exports"].items() if sent}), []),
     }
     for night in later.values():
         checks |= night.pop("checks")
+    return {
+        "floor": {"wall_seconds": round(floor_result["wall_seconds"], 1), "peak_rss_mb": round(floor_peak / 2**20),
+                  "stages": floor_result["stages"], "machine_limits": limits},
+        "ratio_pipeline_to_floor": round(wall / floor_result["wall_seconds"], 2),
+        "later_nights": later,
+        "mismatches": {name: {"found": a, "expected": b} for name, (a, b) in checks.items() if a != b},
+    }
+
+
+def _checked_night(rows: int, profiles: int, warehouse: str, args, wall: float, peak: int, memory: TreeMemory,
+                   measured: dict, truths: dict, truth_seeds: dict) -> dict:
+    """The first night's result, checked against the generator's ground truth (per drop: valid rows, rows
+    per rule, matches; seeds sent; every segment sends members somewhere)."""
+    outcomes = {o.partner_id: o for o in map(DropOutcome.from_xcom, measured["outcomes"])}
+    reports = {r["partner_id"]: r for r in measured["published"]["match_report"]}
+    checks = {}
+    for partner_id, truth in truths.items():
+        outcome, report, expected = outcomes[partner_id], reports[partner_id], truth["expected_matches"]
+        checks |= {
+            f"{partner_id}: pipeline valid rows": (outcome.rows_valid, truth["rows_valid"]),
+            f"{partner_id}: pipeline rows per rule": (outcome.failures_by_rule, truth["invalid_by_rule"]),
+            f"{partner_id}: pipeline matches (email, phone, ambiguous, none)": (
+                (report["matched_by_email"], report["matched_by_phone"], report["ambiguous"], report["unmatched"]),
+                (expected["by_email"], expected["by_phone"], expected["ambiguous"], expected["unmatched"])),
+        }
+    sent = {f"{r['destination_id']}/{r['segment']}": r.get("adds") or 0 for r in measured["activation"]}
+    checks |= {
+        "seeds sent, pipeline": ({r["partner_id"]: r["seeds_sent"] for r in measured["seed_sets"]}, truth_seeds),
+        # the data exercises every segment: each sends members somewhere
+        "segments sending nobody": (sorted({key.split("/")[1] for key in sent} - {key.split("/")[1] for key, n in sent.items() if n}), []),
+    }
     mismatches = {name: {"found": a, "expected": b} for name, (a, b) in checks.items() if a != b}
-    result = {
-        "warehouse": warehouse, "rows": rows, "profiles": rows, "drops": {p: truth["rows_total"] for p, truth in truths.items()},
+    return {
+        "warehouse": warehouse, "rows": rows, "profiles": profiles, "drops": {p: truth["rows_total"] for p, truth in truths.items()},
         "ambiguous_share": AMBIGUOUS_SHARE, "format": args.format, "files": args.files, "bad_row_share": args.bad_row_share,
         "pipeline": {"wall_seconds": round(wall, 1), "peak_tree_rss_mb": round(peak / 2**20),
                      "rows_per_second": round(rows / wall),
@@ -263,17 +306,11 @@ def bench_one(rows: int, args, warehouse: str = "lake") -> dict:
                      "peak_tree_rss_mb_by_stage": stage_peaks(memory.samples, measured["spans"]),
                      "ingest_steps": {p: o.seconds for p, o in outcomes.items()},
                      "slowest_dbt_nodes_seconds": measured["transform"]["slowest_dbt_nodes_seconds"]},
-        "floor": {"wall_seconds": round(floor_wall, 1), "peak_rss_mb": round(floor_peak / 2**20), "stages": floor_result["stages"],
-                  "machine_limits": limits},
-        "ratio_pipeline_to_floor": round(wall / floor_wall, 2),
-        "later_nights": later,
+        "floor": None, "ratio_pipeline_to_floor": None, "later_nights": {},
         "segment_sizes": measured["published"]["segment_sizes"],
         "matches_ground_truth": not mismatches, "mismatches": mismatches,
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
     }
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bad-row-share", type=float, default=0.01)
     parser.add_argument("--warehouse", nargs="+", choices=list(WAREHOUSES), default=["lake", "lake-postgres"],
                         help="where the night keeps its warehouse: the embedded lake, the lake on a PostgreSQL catalog, the DuckDB file")
+    parser.add_argument("--profiles", type=int, nargs="+",
+                        help="the scale curve (make bench-scale): one night at each of these profile counts against the "
+                             "first --rows partner rows, no floor; writes scale-<warehouse>-<rows>.json and .svg")
     parser.add_argument("--keep", action="store_true", help="keep each work directory (S3 store, warehouse)")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "results", help="where night-<warehouse>-<rows>.json go")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -294,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         _child(args.child, args.day)
         return 0
 
+    if args.profiles:
+        return 0 if all(bench_scale(warehouse, args)["matches_ground_truth"] for warehouse in args.warehouse) else 1
     parse = dag_parse_seconds()
     results = []
     for warehouse in args.warehouse:
@@ -320,6 +362,94 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDAG parse (s): {parse}; fixed cost (1,000-row night): "
           f"{ {r['warehouse']: r['targets']['fixed_cost_seconds (a 1,000-row night)'] for r in results} }")
     return 0 if all(r["matches_ground_truth"] for r in results) else 1
+
+
+def bench_scale(warehouse: str, args) -> dict:
+    """Issue 18's scale curve: the first night at each of --profiles against the same --rows (the first),
+    each checked against its ground truth: wall time, peak memory, the stages; whether the cost of each
+    further million profiles stays that of the first step's (linear growth), and the peak within 4 GB."""
+    rows, points = args.rows[0], []
+    for profiles in sorted(args.profiles):
+        point = bench_one(rows, args, warehouse, profiles=profiles, with_floor=False)
+        points.append({key: point[key] for key in ("profiles", "pipeline", "segment_sizes", "matches_ground_truth", "mismatches")})
+    steps = [{"from": a["profiles"], "to": b["profiles"],
+              "seconds_per_million_profiles": round((b["pipeline"]["wall_seconds"] - a["pipeline"]["wall_seconds"])
+                                                    / ((b["profiles"] - a["profiles"]) / 1e6), 2)}
+             for a, b in zip(points, points[1:])]
+    peak = max(p["pipeline"]["peak_tree_rss_mb"] for p in points)
+    result = {
+        "warehouse": warehouse, "rows": rows, "points": points, "steps": steps,
+        "targets": {
+            "peak memory <= 4 GB at every size": {"measured_mb": peak, "met": peak <= 4096},
+            # the same 10 % tolerance as make bench's linear check on rows
+            "linear: each step's seconds per million profiles <= 1.1 x the first step's": {
+                "measured": [s["seconds_per_million_profiles"] for s in steps],
+                "met": all(s["seconds_per_million_profiles"] <= 1.1 * steps[0]["seconds_per_million_profiles"] for s in steps)},
+        },
+        "matches_ground_truth": all(p["matches_ground_truth"] for p in points),
+        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"scale-{warehouse}-{rows}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (args.results / f"scale-{warehouse}-{rows}.svg").write_text(scale_svg(result))
+    print(f"\n| {warehouse}: profiles x {rows:,} rows | night | transform | peak tree RSS | ground truth |\n| --- | --- | --- | --- | --- |")
+    for point in points:
+        print(f"| {point['profiles']:,} | {point['pipeline']['wall_seconds']} s | {point['pipeline']['stages']['transform']} s | "
+              f"{point['pipeline']['peak_tree_rss_mb']:,} MB | {'matches' if point['matches_ground_truth'] else 'MISMATCH'} |")
+    for name, target in result["targets"].items():
+        print(f"{name}: {target.get('measured', target.get('measured_mb'))} {'met' if target['met'] else 'MISSED'}")
+    return result
+
+
+def scale_svg(result: dict) -> str:
+    """The scale curve as a self-contained SVG (no plotting library): the night's and its transform's wall
+    time, and the peak memory against the 4 GB limit, over the profile count."""
+    points = result["points"]
+    xs = [p["profiles"] / 1e6 for p in points]
+    series = [("night (s)", [p["pipeline"]["wall_seconds"] for p in points], "#1f6feb", None),
+              ("transform, dbt build (s)", [p["pipeline"]["stages"]["transform"] for p in points], "#8250df", None),
+              ("peak memory (MB)", [p["pipeline"]["peak_tree_rss_mb"] for p in points], "#cf222e", 4096)]
+    width, height, left, top, plot_w, plot_h = 760, 330, 60, 40, 280, 220
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{result["warehouse"]}: one night, '
+             f'{result["rows"]:,} partner rows, by profiles (make bench-scale, {result["measured_on"]})</text>']
+    for panel, (panel_series, label) in enumerate(((series[:2], "seconds"), (series[2:], "MB"))):
+        x0 = left + panel * (plot_w + 100)
+        highest = max(max(max(values), limit or 0) for _, values, _, limit in panel_series)
+        # four ticks on a round step (1, 2 or 5 times a power of ten) that reach above the highest value
+        step = min(m * 10 ** e for e in range(7) for m in (1, 2, 5) if 4 * m * 10 ** e >= highest * 1.05)
+        y_max = 4 * step
+        x_max = max(xs) * 1.05
+
+        def at(x, y, x0=x0, x_max=x_max, y_max=y_max):
+            return x0 + x / x_max * plot_w, top + plot_h - y / y_max * plot_h
+
+        parts.append(f'<rect x="{x0}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
+        for tick in range(5):
+            value = step * tick
+            _, y = at(0, value)
+            parts.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{value:,.0f}</text>')
+        for x in xs:
+            px, _ = at(x, 0)
+            parts.append(f'<text x="{px:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{x:g}M</text>')
+        parts.append(f'<text x="{x0 + plot_w / 2}" y="{top + plot_h + 30}" text-anchor="middle">profiles</text>')
+        parts.append(f'<text x="{x0 - 48}" y="{top + plot_h / 2}" transform="rotate(-90 {x0 - 48} {top + plot_h / 2})" '
+                     f'text-anchor="middle">{label}</text>')
+        for index, (name, values, colour, limit) in enumerate(panel_series):
+            if limit:
+                (ax, ay), (bx, _) = at(0, limit), at(x_max, limit)
+                parts.append(f'<line x1="{ax:.1f}" y1="{ay:.1f}" x2="{bx:.1f}" y2="{ay:.1f}" stroke="{colour}" stroke-dasharray="4 3"/>'
+                             f'<text x="{bx - 2:.1f}" y="{ay - 4:.1f}" text-anchor="end" fill="{colour}">limit {limit:,} MB</text>')
+            line = " ".join(f"{px:.1f},{py:.1f}" for px, py in (at(x, v) for x, v in zip(xs, values)))
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            for x, v in zip(xs, values):
+                px, py = at(x, v)
+                anchor, dx = ("end", -5) if x == max(xs) else ("start", 5)  # the last label inside the panel
+                parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
+                             f'<text x="{px + dx:.1f}" y="{py - 5:.1f}" text-anchor="{anchor}" fill="{colour}">{v:,.0f}</text>')
+            parts.append(f'<text x="{x0 + 6}" y="{top + 14 + 14 * index}" fill="{colour}">{name}</text>')
+    parts.append("</svg>\n")
+    return "\n".join(parts)
 
 
 def _night(day: dt.date, catalog, work: Path) -> tuple[float, int, TreeMemory, dict]:
@@ -364,7 +494,7 @@ def _changed_snapshot(client, bucket: str, work: Path) -> int:
     return count
 
 
-def _later_nights(rows: int, args, client, settings, partners, catalog, work: Path) -> dict:
+def _later_nights(rows: int, profiles: int, args, client, settings, partners, catalog, work: Path) -> dict:
     """The nights after the first, on the same lake (module docstring): each one's wall time, peak
     memory, stages and slowest dbt nodes; the second one's drops checked against their ground truth
     (valid rows, rows per rule; matched, ambiguous and unmatched adding up to the valid rows: the
@@ -376,7 +506,7 @@ def _later_nights(rows: int, args, client, settings, partners, catalog, work: Pa
     truths = {a.partner_id: synth.write_drop(work / "synth", settings.landing_bucket,
                                              synth.DropSpec(a, SECOND_DAY, rows // len(partners), args.format, args.files,
                                                             args.bad_row_share, ambiguous_share=AMBIGUOUS_SHARE),
-                                             profiles_seed=42, n_profiles=rows, seed=2)
+                                             profiles_seed=42, n_profiles=profiles, seed=2)
               for a in partners}
     synth.upload_tree(client, work / "synth")
     shutil.rmtree(work / "synth")

@@ -1,0 +1,46 @@
+"""`make bench-scale` at a tiny size: one night per profile count against the same partner rows, each
+checked against its ground truth, and the curve written as JSON and as an SVG plot. (Its timings are
+not judged here: speed is checked by running the bench, not by tests.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from partner_pipeline_dev import bench
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture
+def own_environment():
+    """the bench sets its servers' variables in os.environ for its child processes; put them back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_bench_scale_runs_a_night_per_profile_count_and_plots_them(tmp_path, capsys, own_environment):
+    assert bench.main(["--rows", "2000", "--profiles", "3000", "1000", "--warehouse", "lake", "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "scale-lake-2000.json").read_text())
+    assert result["matches_ground_truth"] is True
+    assert [p["profiles"] for p in result["points"]] == [1000, 3000]  # in order, whatever order they were asked in
+    for point in result["points"]:
+        assert point["mismatches"] == {} and min(point["segment_sizes"].values()) > 0
+        assert point["pipeline"]["wall_seconds"] > 0 and point["pipeline"]["peak_tree_rss_mb"] > 100
+        assert point["pipeline"]["stages"]["transform"] > 0
+    assert [(s["from"], s["to"]) for s in result["steps"]] == [(1000, 3000)]
+    assert set(result["targets"]) == {"peak memory <= 4 GB at every size",
+                                      "linear: each step's seconds per million profiles <= 1.1 x the first step's"}
+    svg = ET.fromstring((tmp_path / "scale-lake-2000.svg").read_text())
+    lines = svg.findall(f"{SVG}polyline")
+    assert len(lines) == 3 and all(len(line.get("points").split()) == 2 for line in lines)  # night, transform, memory
+    assert len(svg.findall(f"{SVG}line")) == 1  # the 4 GB limit
+    out = capsys.readouterr().out
+    assert "| 1,000 |" in out and "| 3,000 |" in out
+    assert not list(tmp_path.glob("night-*.json"))  # no floor, no later nights: not make bench's results
