@@ -307,7 +307,9 @@ def test_matching_streams_the_drop_through_its_hash_tables(built, warehouse_copy
     """DuckDB estimates the drop at a fraction of its size (retention filter, erasure anti join) and,
     left to choose, built a hash table on every partner record: the 10M night ran out of its 2 GB.
     Planned as the nightly build runs it (the model's hooks, then its compiled SQL), no hash join of
-    int_partner_records_matched has the drop on its build side."""
+    int_partner_records_matched has the drop's rows on its build side; the two built from the drop hold
+    a 64-bit hash of each delivered hash (the indexes' filter: at 50M profiles, indexing every profile's
+    hash ran out of the 2 GB)."""
     manifest = json.loads((built["dbt_target"] / "manifest.json").read_text())
     node = manifest["nodes"]["model.partner_pipeline.int_partner_records_matched"]
     catalog = "lake" if warehouse_copy.warehouse_kind == "lake" else "warehouse"
@@ -321,8 +323,18 @@ def test_matching_streams_the_drop_through_its_hash_tables(built, warehouse_copy
     plan = json.loads(con.execute("explain (format json) " + node["compiled_code"]).fetchall()[0][1])
 
     def scans_the_drop(operator) -> bool:
-        return operator["extra_info"].get("Table") in (f"{catalog}.raw.partner_records", "partner_records") or any(
-            scans_the_drop(child) for child in operator["children"])
+        """Whether the drop's rows flow out of this operator (a semi, anti or mark join passes on its probe side's rows only)."""
+        if operator["extra_info"].get("Table") in (f"{catalog}.raw.partner_records", "partner_records"):
+            return True
+        if operator["name"] == "HASH_JOIN" and operator["extra_info"].get("Join Type") in ("SEMI", "ANTI", "MARK"):
+            return scans_the_drop(operator["children"][0])
+        return any(scans_the_drop(child) for child in operator["children"])
+
+    def filters_by_the_drops_hashes(join) -> bool:
+        """The indexes' filter: a semi join on one 64-bit hash of each delivered hash, 8 bytes a row."""
+        conditions = join["extra_info"].get("Conditions")
+        conditions = [conditions] if isinstance(conditions, str) else conditions
+        return join["extra_info"].get("Join Type") == "SEMI" and all(c.startswith("hash(") for c in conditions)
 
     def hash_joins(operator):
         if operator["name"] == "HASH_JOIN":
@@ -332,5 +344,7 @@ def test_matching_streams_the_drop_through_its_hash_tables(built, warehouse_copy
 
     joins = [join for root in plan for join in hash_joins(root)]
     probing_the_drop = [join for join in joins if scans_the_drop(join["children"][0])]
-    building_on_the_drop = [join["extra_info"] for join in joins if scans_the_drop(join["children"][1])]
+    building_on_the_drop = [join["extra_info"] for join in joins
+                            if scans_the_drop(join["children"][1]) and not filters_by_the_drops_hashes(join)]
     assert probing_the_drop and building_on_the_drop == []
+    assert len([join for join in joins if filters_by_the_drops_hashes(join) and scans_the_drop(join["children"][1])]) == 2

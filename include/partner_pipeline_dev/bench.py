@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.profiles:
-        return 0 if all(bench_scale(warehouse, args)["matches_ground_truth"] for warehouse in args.warehouse) else 1
+        curves = [bench_scale(warehouse, args) for warehouse in args.warehouse]
+        return 0 if all(c["matches_ground_truth"] and c["targets"]["every size completes"]["met"] for c in curves) else 1
     parse = dag_parse_seconds()
     results = []
     for warehouse in args.warehouse:
@@ -366,45 +367,65 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench_scale(warehouse: str, args) -> dict:
     """Issue 18's scale curve: the first night at each of --profiles against the same --rows (the first),
-    each checked against its ground truth: wall time, peak memory, the stages; whether the cost of each
-    further million profiles stays that of the first step's (linear growth), and the peak within 4 GB."""
+    each checked against its ground truth: wall time, peak memory, the stages; whether every size completes,
+    whether the cost of each further million profiles stays that of the first step's (linear growth), and
+    the peak within 4 GB. A night that fails is a point of the curve too (its error; its work directory
+    kept), and the sizes after it still run. The results are written after each size."""
     rows, points = args.rows[0], []
     for profiles in sorted(args.profiles):
-        point = bench_one(rows, args, warehouse, profiles=profiles, with_floor=False)
-        points.append({key: point[key] for key in ("profiles", "pipeline", "segment_sizes", "matches_ground_truth", "mismatches")})
-    steps = [{"from": a["profiles"], "to": b["profiles"],
-              "seconds_per_million_profiles": round((b["pipeline"]["wall_seconds"] - a["pipeline"]["wall_seconds"])
-                                                    / ((b["profiles"] - a["profiles"]) / 1e6), 2)}
-             for a, b in zip(points, points[1:])]
-    peak = max(p["pipeline"]["peak_tree_rss_mb"] for p in points)
-    result = {
-        "warehouse": warehouse, "rows": rows, "points": points, "steps": steps,
-        "targets": {
-            "peak memory <= 4 GB at every size": {"measured_mb": peak, "met": peak <= 4096},
-            # the same 10 % tolerance as make bench's linear check on rows
-            "linear: each step's seconds per million profiles <= 1.1 x the first step's": {
-                "measured": [s["seconds_per_million_profiles"] for s in steps],
-                "met": all(s["seconds_per_million_profiles"] <= 1.1 * steps[0]["seconds_per_million_profiles"] for s in steps)},
-        },
-        "matches_ground_truth": all(p["matches_ground_truth"] for p in points),
-        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"scale-{warehouse}-{rows}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.results / f"scale-{warehouse}-{rows}.svg").write_text(scale_svg(result))
+        try:
+            point = bench_one(rows, args, warehouse, profiles=profiles, with_floor=False)
+        except NightFailed as exc:
+            print(f"{rows:,} rows x {profiles:,} profiles: {exc}", flush=True)
+            points.append({"profiles": profiles, "failed": str(exc)})
+        else:
+            points.append({key: point[key] for key in ("profiles", "pipeline", "segment_sizes", "matches_ground_truth", "mismatches")})
+        result = _scale_result(warehouse, rows, points)
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / f"scale-{warehouse}-{rows}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (args.results / f"scale-{warehouse}-{rows}.svg").write_text(scale_svg(result))
     print(f"\n| {warehouse}: profiles x {rows:,} rows | night | transform | peak tree RSS | ground truth |\n| --- | --- | --- | --- | --- |")
     for point in points:
+        if "failed" in point:
+            print(f"| {point['profiles']:,} | FAILED | | | |")
+            continue
         print(f"| {point['profiles']:,} | {point['pipeline']['wall_seconds']} s | {point['pipeline']['stages']['transform']} s | "
               f"{point['pipeline']['peak_tree_rss_mb']:,} MB | {'matches' if point['matches_ground_truth'] else 'MISMATCH'} |")
     for name, target in result["targets"].items():
-        print(f"{name}: {target.get('measured', target.get('measured_mb'))} {'met' if target['met'] else 'MISSED'}")
+        print(f"{name}: {target['measured']} {'met' if target['met'] else 'MISSED'}")
     return result
+
+
+def _scale_result(warehouse: str, rows: int, points: list[dict]) -> dict:
+    done = [p for p in points if "failed" not in p]
+    steps = [{"from": a["profiles"], "to": b["profiles"],
+              "seconds_per_million_profiles": round((b["pipeline"]["wall_seconds"] - a["pipeline"]["wall_seconds"])
+                                                    / ((b["profiles"] - a["profiles"]) / 1e6), 2)}
+             for a, b in zip(done, done[1:])]
+    peak = max((p["pipeline"]["peak_tree_rss_mb"] for p in done), default=None)
+    failed = [p["profiles"] for p in points if "failed" in p]
+    return {
+        "warehouse": warehouse, "rows": rows, "points": points, "steps": steps,
+        "targets": {
+            "every size completes": {"measured": {"failed": failed}, "met": not failed},
+            "peak memory <= 4 GB at every size": {"measured": peak, "met": not failed and peak is not None and peak <= 4096},
+            # the same 10 % tolerance as make bench's linear check on rows
+            "linear: each step's seconds per million profiles <= 1.1 x the first step's": {
+                "measured": [s["seconds_per_million_profiles"] for s in steps],
+                "met": not failed and bool(steps)
+                and all(s["seconds_per_million_profiles"] <= 1.1 * steps[0]["seconds_per_million_profiles"] for s in steps)},
+        },
+        "matches_ground_truth": bool(done) and all(p["matches_ground_truth"] for p in done),
+        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
+    }
 
 
 def scale_svg(result: dict) -> str:
     """The scale curve as a self-contained SVG (no plotting library): the night's and its transform's wall
     time, and the peak memory against the 4 GB limit, over the profile count."""
-    points = result["points"]
+    every_x = [p["profiles"] / 1e6 for p in result["points"]]
+    failed = [p["profiles"] / 1e6 for p in result["points"] if "failed" in p]
+    points = [p for p in result["points"] if "failed" not in p]
     xs = [p["profiles"] / 1e6 for p in points]
     series = [("night (s)", [p["pipeline"]["wall_seconds"] for p in points], "#1f6feb", None),
               ("transform, dbt build (s)", [p["pipeline"]["stages"]["transform"] for p in points], "#8250df", None),
@@ -415,11 +436,11 @@ def scale_svg(result: dict) -> str:
              f'{result["rows"]:,} partner rows, by profiles (make bench-scale, {result["measured_on"]})</text>']
     for panel, (panel_series, label) in enumerate(((series[:2], "seconds"), (series[2:], "MB"))):
         x0 = left + panel * (plot_w + 100)
-        highest = max(max(max(values), limit or 0) for _, values, _, limit in panel_series)
+        highest = max(max(max(values, default=1), limit or 0) for _, values, _, limit in panel_series)
         # four ticks on a round step (1, 2 or 5 times a power of ten) that reach above the highest value
         step = min(m * 10 ** e for e in range(7) for m in (1, 2, 5) if 4 * m * 10 ** e >= highest * 1.05)
         y_max = 4 * step
-        x_max = max(xs) * 1.05
+        x_max = max(every_x) * 1.05
 
         def at(x, y, x0=x0, x_max=x_max, y_max=y_max):
             return x0 + x / x_max * plot_w, top + plot_h - y / y_max * plot_h
@@ -429,9 +450,13 @@ def scale_svg(result: dict) -> str:
             value = step * tick
             _, y = at(0, value)
             parts.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{value:,.0f}</text>')
-        for x in xs:
+        for x in every_x:
             px, _ = at(x, 0)
             parts.append(f'<text x="{px:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{x:g}M</text>')
+        for x in failed:  # a night that failed: a cross on the axis (its error is in the JSON)
+            px, py = at(x, 0)
+            parts.append(f'<path d="M{px - 5:.1f},{py - 13:.1f} l10,10 m0,-10 l-10,10" stroke="#000" stroke-width="2" class="failed"/>'
+                         f'<text x="{px:.1f}" y="{py - 18:.1f}" text-anchor="middle">failed</text>')
         parts.append(f'<text x="{x0 + plot_w / 2}" y="{top + plot_h + 30}" text-anchor="middle">profiles</text>')
         parts.append(f'<text x="{x0 - 48}" y="{top + plot_h / 2}" transform="rotate(-90 {x0 - 48} {top + plot_h / 2})" '
                      f'text-anchor="middle">{label}</text>')
@@ -444,12 +469,16 @@ def scale_svg(result: dict) -> str:
             parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
             for x, v in zip(xs, values):
                 px, py = at(x, v)
-                anchor, dx = ("end", -5) if x == max(xs) else ("start", 5)  # the last label inside the panel
+                anchor, dx = ("end", -5) if x == max(every_x) else ("start", 5)  # the last label inside the panel
                 parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>'
                              f'<text x="{px + dx:.1f}" y="{py - 5:.1f}" text-anchor="{anchor}" fill="{colour}">{v:,.0f}</text>')
             parts.append(f'<text x="{x0 + 6}" y="{top + 14 + 14 * index}" fill="{colour}">{name}</text>')
     parts.append("</svg>\n")
     return "\n".join(parts)
+
+
+class NightFailed(RuntimeError):
+    """A night's child process failed (its work directory is kept)."""
 
 
 def _night(day: dt.date, catalog, work: Path) -> tuple[float, int, TreeMemory, dict]:
@@ -463,7 +492,7 @@ def _night(day: dt.date, catalog, work: Path) -> tuple[float, int, TreeMemory, d
     wall = time.perf_counter() - started
     peak = memory.stop()
     if child.returncode != 0:
-        raise RuntimeError(f"the night of {day} failed (work directory kept: {work}):\n{stderr[-5000:]}")
+        raise NightFailed(f"the night of {day} failed (work directory kept: {work}):\n{stderr[-5000:]}")
     return wall, peak, memory, json.loads(stdout.strip().splitlines()[-1])
 
 

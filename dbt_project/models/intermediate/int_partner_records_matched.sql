@@ -10,13 +10,16 @@
 -- snapshot's profiles, the few persons sent by id) and streams the drop through it. DuckDB estimates
 -- the drop at a fraction of its size (the retention filter and the erasure anti join of the staging
 -- view) and would otherwise build the hash table on the drop's wide rows: at 10M rows that alone ran
--- out of its 2 GB (make bench).
+-- out of its 2 GB (make bench). The one table built from the drop is narrow: each delivered hash's
+-- 64-bit hash, which keeps the indexes to the hashes the drop can hit. Indexing every profile's hash
+-- ran out of the 2 GB at 50M profiles (make bench-scale); so the indexes grow with the drop.
 {{ config(
     pre_hook="set disabled_optimizers = 'build_side_probe_side'",
     post_hook="reset disabled_optimizers",
 ) }}
 
-with partner_records as (
+-- read three times (the records, the two indexes' filters): inlined, so that each scan reads only its columns
+with partner_records as not materialized (
     select * from {{ ref('stg_pipeline__partner_records') }}
 ),
 
@@ -66,7 +69,8 @@ seed_index as (
 {%- for identifier in ['email', 'phone'] %}
 
 {{ identifier }}_index as (
-    -- one row per hash: the profile it identifies, or how many it would (ambiguity)
+    -- one row per hash a record can hit: the profile it identifies, or how many it would (ambiguity);
+    -- every profile with that hash passes the filter (equal hashes have equal 64-bit hashes)
     select
         hash_profile,
         default_country_code,
@@ -74,7 +78,12 @@ seed_index as (
         count(*) as profile_count,
         min(profile_id) as profile_id
     from profile_identifiers
-    where {{ identifier }}_sha256 is not null
+    where
+        {{ identifier }}_sha256 is not null
+        and hash({{ identifier }}_sha256) in (
+            select hash(partner_records.{{ identifier }}_sha256) from partner_records
+            where partner_records.{{ identifier }}_sha256 is not null
+        )
     group by all
 ),
 {%- endfor %}
