@@ -215,3 +215,12 @@ def copy_warehouse(source, target, client) -> None:
                                CopySource={"Bucket": source.lake_bucket, "Key": item["Key"]})
     with contextlib.closing(sqlite3.connect(target.lake_catalog)) as catalog, catalog:
         catalog.execute("UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'", [target.lake_data_path])
+
+
+@pytest.fixture
+def own_environment():
+    """make bench sets its servers' variables in os.environ for its child processes; put them back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -5,22 +5,12 @@ not judged here: speed is checked by running `make bench`, not by tests.)"""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from partner_pipeline_dev import bench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # two lake configurations, three nights each
-
-
-@pytest.fixture
-def own_environment():
-    """make bench sets its servers' variables in os.environ for its child processes; put them back."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_bench_runs_the_night_and_the_floor_and_checks_them(tmp_path, capsys, own_environment):

@@ -5,7 +5,6 @@ not judged here: speed is checked by running the bench, not by tests.)"""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -15,15 +14,6 @@ from partner_pipeline_dev import bench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-@pytest.fixture
-def own_environment():
-    """the bench sets its servers' variables in os.environ for its child processes; put them back."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_bench_scale_runs_a_night_per_profile_count_and_plots_them(tmp_path, capsys, own_environment, monkeypatch):

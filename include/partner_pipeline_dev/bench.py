@@ -274,6 +274,11 @@ def _checked_floor(floor_result: dict, floor_peak: int, limits: dict, later: dic
     }
 
 
+def _machine() -> dict:
+    """Where and when a result was measured."""
+    return {"machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat()}
+
+
 def _checked_night(rows: int, profiles: int, warehouse: str, args, wall: float, peak: int, memory: TreeMemory,
                    measured: dict, truths: dict, truth_seeds: dict) -> dict:
     """The first night's result, checked against the generator's ground truth (per drop: valid rows, rows
@@ -309,7 +314,7 @@ def _checked_night(rows: int, profiles: int, warehouse: str, args, wall: float, 
         "floor": None, "ratio_pipeline_to_floor": None, "later_nights": {},
         "segment_sizes": measured["published"]["segment_sizes"],
         "matches_ground_truth": not mismatches, "mismatches": mismatches,
-        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
+        **_machine(),
     }
 
 
@@ -416,7 +421,7 @@ def _scale_result(warehouse: str, rows: int, points: list[dict]) -> dict:
                 and all(s["seconds_per_million_profiles"] <= 1.1 * steps[0]["seconds_per_million_profiles"] for s in steps)},
         },
         "matches_ground_truth": bool(done) and all(p["matches_ground_truth"] for p in done),
-        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "measured_on": dt.date.today().isoformat(),
+        **_machine(),
     }
 
 
