@@ -84,6 +84,28 @@ def test_one_bad_file_fails_the_whole_directory(tmp_path):
         load_agreements(tmp_path)
 
 
+def test_two_files_for_one_partner_fail_the_load(tmp_path):
+    write(tmp_path, GOOD)
+    second = write(tmp_path, GOOD.replace("demo-1", "demo-2"), name="demo_partner.yml")
+    with pytest.raises(AgreementError) as raised:
+        load_agreements(tmp_path)
+    message = str(raised.value)
+    assert str(second) in message and str(tmp_path / "demo_partner.yaml") in message
+    assert "field 'partner_id'" in message and "delete or merge one of them" in message
+
+
+def test_two_agreements_under_one_id_fail_the_load(tmp_path):
+    write(tmp_path, GOOD)
+    second = write(tmp_path, GOOD.replace("partner_id: demo_partner", "partner_id: other_partner"), name="other_partner.yaml")
+    with pytest.raises(AgreementError) as raised:
+        load_agreements(tmp_path)
+    message = str(raised.value)
+    assert str(second) in message and "demo_partner.yaml" in message
+    assert "field 'agreement_id' is 'demo-1'" in message and "change one of them" in message
+    second.write_text(GOOD.replace("partner_id: demo_partner", "partner_id: other_partner").replace("demo-1", "other-1"))
+    assert {a.agreement_id for a in load_agreements(tmp_path).values()} == {"demo-1", "other-1"}
+
+
 @pytest.mark.parametrize(("column", "term"), [
     ("health_condition", "health"), ("religion", "religion"), ("ethnicity_code", "ethnicity"),
     ("political_opinion", "political"), ("favourite_colour", None), ("wealth_band", None), ("unionized", None),

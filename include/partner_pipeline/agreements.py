@@ -211,13 +211,22 @@ def load_agreement(path: Path) -> Agreement:
 
 
 def load_agreements(directory: Path) -> dict[str, Agreement]:
-    """All agreements in directory, by partner_id. Any bad file fails the whole load."""
+    """All agreements in directory, by partner_id. Any bad file fails the whole load, and so do two files
+    for one partner (acme.yaml beside acme.yml: which one governs its drops?) or two agreements under one
+    agreement_id (seed ids, issued seeds and manifests name an agreement by its id)."""
     if not directory.is_dir():
         raise AgreementError(f"{directory}: agreements directory not found; set PIPELINE_AGREEMENTS_DIR")
-    agreements = {}
+    agreements, files = {}, {}
     for path in sorted(directory.glob("*.y*ml")):
         agreement = load_agreement(path)
-        agreements[agreement.partner_id] = agreement
+        if agreement.partner_id in agreements:
+            raise AgreementError(f"{path}: field 'partner_id' is {agreement.partner_id!r}, as in "
+                                 f"{files[agreement.partner_id]}; a partner has one agreement file: delete or merge one of them")
+        same_id = [p for p, a in agreements.items() if a.agreement_id == agreement.agreement_id]
+        if same_id:
+            raise AgreementError(f"{path}: field 'agreement_id' is {agreement.agreement_id!r}, as in {files[same_id[0]]} "
+                                 f"(partner {same_id[0]}); each agreement needs an id of its own: change one of them")
+        agreements[agreement.partner_id], files[agreement.partner_id] = agreement, path
     return agreements
 
 

@@ -4,10 +4,11 @@ For each warehouse configuration (--warehouse: the embedded lake, the lake on a 
 on loopback, or the DuckDB file) and each size (partner rows, as many profiles) it generates a
 first-party snapshot and a drop of rows / 2 rows for each of Acme's and Globex's agreements (csv.gz,
 1% bad rows, a few ambiguous pairs), so every shipped segment has members, into a local S3 server, then:
-- runs every task of the nightly DAG for the date (discover, ingest, publish, load_first_party,
-  transform = dbt build, data_rights, activate against a local audience API and S3 exports,
-  share_overlap_reports, publish_marts) in a child process, sampling the RSS of its whole
-  process tree (dbt runs as a grandchild), and of the PostgreSQL catalog server's, if any;
+- runs every task of the nightly DAG for the date (discover, ingest (each drop in a process of its own,
+  side by side, as the DAG's mapped task runs them), publish, load_first_party, transform = dbt build,
+  data_rights, activate against a local audience API and S3 exports, share_overlap_reports,
+  publish_marts) in a child process, sampling the RSS of its whole process tree (dbt and the
+  ingests run as grandchildren), and of the PostgreSQL catalog server's, if any;
 - runs the floor (bench_floor: the same work in one DuckDB process) on the same objects;
 - checks both against the generator's ground truth (per drop: valid rows, rows per rule, matches
   by email and phone, ambiguous rows) and each other (segment sizes, members sent), and fails on any
@@ -31,6 +32,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from partner_pipeline.contracts import DropOutcome
@@ -51,15 +54,23 @@ TASKS = ("discover", "ingest", "publish", "load_first_party", "transform", "data
          "share_overlap_reports", "export_seeds", "publish_marts")
 SEED_KEY = "bench-seed-key-" + "0123456789abcdef" * 2  # the key of every seed set the bench sends (not a secret)
 BENCH_PARTNERS = ("acme_bank", "globex_retail")
+DAG_MAX_ACTIVE_TASKS = 4  # partner_drops_nightly's max_active_tasks: how many drops it ingests at once
 CALIBRATION_ROWS = 1000  # the tiny night that gives the fixed cost
 AMBIGUOUS_SHARE = 0.002  # rows in pairs of matching persons under one partner_person_id (synth.DropSpec)
 
 
-def _child(run_id: str, day: dt.date) -> None:
-    """Runs in the measured process: exactly what the DAG's tasks do for one date, in order."""
+def _ingest(drop: dict, run_id: str) -> dict:
     from partner_pipeline import nightly
 
-    timings, spans, outcomes = {}, {}, []
+    return nightly.ingest(DropOutcome.from_xcom(drop), run_id).to_xcom()
+
+
+def _child(run_id: str, day: dt.date) -> None:
+    """Runs in the measured process: exactly what the DAG's tasks do for one date, in the DAG's order (the
+    drops' ingests side by side, in processes of their own)."""
+    from partner_pipeline import nightly
+
+    timings, spans = {}, {}
 
     def timed(name, call):
         started, since = time.perf_counter(), time.time()
@@ -69,8 +80,10 @@ def _child(run_id: str, day: dt.date) -> None:
         return value
 
     drops = timed("discover", lambda: nightly.discover(day, run_id))
-    for drop in drops:
-        outcomes.append(timed("ingest", lambda: nightly.ingest(drop, run_id)))  # noqa: B023 (called within this iteration)
+    # the DAG's ingest is a mapped task: each drop in its own task process, up to its max_active_tasks at once
+    with ProcessPoolExecutor(max_workers=min(DAG_MAX_ACTIVE_TASKS, len(drops) or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcomes = timed("ingest", lambda: [DropOutcome.from_xcom(o) for o in pool.map(_ingest, [d.to_xcom() for d in drops],
+                                                                                        [run_id] * len(drops))])
     timed("publish", lambda: nightly.publish(outcomes, day, run_id))
     timed("load_first_party", lambda: nightly.load_first_party(day))
     transformed = timed("transform", lambda: nightly.transform(day, run_id))
