@@ -155,21 +155,22 @@ def run_floor(client, landing_bucket: str, first_party_bucket: str, agreements: 
         email, phone = hash_columns[(agreement.hash_profile, agreement.default_country_code)]
         con.execute(f"""CREATE TABLE {table('matched', agreement)} AS
             WITH email_index AS (SELECT {email} AS email_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
-                                 WHERE {email} IS NOT NULL GROUP BY 1),
+                                 WHERE {email} IN (SELECT email_sha256 FROM {table('valid', agreement)}) GROUP BY 1),
                  phone_index AS (SELECT {phone} AS phone_sha256, count(*) AS n, min(profile_id) AS profile_id FROM profile_hashes
-                                 WHERE {phone} IS NOT NULL GROUP BY 1),
-                 resolved AS (
+                                 WHERE {phone} IN (SELECT phone_sha256 FROM {table('valid', agreement)}) GROUP BY 1),
+                 resolved AS MATERIALIZED (
                     SELECT v.*, CASE WHEN e.n IS NOT NULL THEN 'email' WHEN p.n IS NOT NULL THEN 'phone' END AS via,
                            CASE WHEN e.n = 1 THEN e.profile_id WHEN e.n IS NULL AND p.n = 1 THEN p.profile_id END AS candidate
                     FROM {table('valid', agreement)} v LEFT JOIN email_index e USING (email_sha256)
                          LEFT JOIN phone_index p USING (phone_sha256)),
-                 checked AS (
-                    SELECT *, min(partner_person_id) OVER (PARTITION BY candidate) <> max(partner_person_id) OVER (PARTITION BY candidate)
-                              OR min(candidate) OVER (PARTITION BY partner_person_id) <> max(candidate) OVER (PARTITION BY partner_person_id)
-                              AS ambiguous
-                    FROM resolved)
-            SELECT *, CASE WHEN candidate IS NOT NULL AND NOT coalesce(ambiguous, false) THEN candidate END AS profile_id_matched
-            FROM checked""")
+                 -- the ambiguity rules as aggregates on two narrow columns (windows would sort the wide rows)
+                 shared_profiles AS (SELECT candidate FROM resolved WHERE candidate IS NOT NULL GROUP BY 1
+                                     HAVING min(partner_person_id) <> max(partner_person_id)),
+                 split_persons AS (SELECT partner_person_id FROM resolved WHERE candidate IS NOT NULL AND partner_person_id IS NOT NULL
+                                   GROUP BY 1 HAVING min(candidate) <> max(candidate))
+            SELECT *, CASE WHEN candidate IS NOT NULL AND candidate NOT IN (FROM shared_profiles)
+                                AND coalesce(partner_person_id NOT IN (FROM split_persons), true) THEN candidate END AS profile_id_matched
+            FROM resolved""")
         found["partners"][agreement.partner_id]["matches"] = dict(con.execute(f"""
             SELECT CASE WHEN via IS NULL THEN 'none' WHEN profile_id_matched IS NULL THEN 'ambiguous' ELSE via END, count(*)
             FROM {table('matched', agreement)} GROUP BY 1""").fetchall())
@@ -257,7 +258,10 @@ def measure_limits(work: Path, profile_rows: int) -> dict:
       the drop's files on every core at once (one file per core);
     - read: DuckDB reading the drops' CSV (decompression and parsing, nothing kept) on every core;
     - sha256: DuckDB's SHA-256 of `profile_rows` 30-character strings, one core and every core;
-      the floor hashes each profile's email and phone once per partner hash profile.
+      the floor hashes each profile's email and phone once per partner hash profile, and a seed's HMAC
+      is two SHA-256;
+    - matching's primitives: grouping `profile_rows` 64-hex keys (an index of hashes), and joining half
+      as many to them (a drop's hashes probing it).
     Rates are per second of wall time."""
     import os
     import zlib
@@ -283,7 +287,7 @@ def measure_limits(work: Path, profile_rows: int) -> dict:
         plain = sum(pool.map(gunzip, files))
     limits["drop MB plain"] = round(plain / 1e6)
     limits["gunzip every drop file, every core (s)"] = round(time.perf_counter() - started, 1)
-    with duckdb.connect() as con:
+    with duckdb.connect(config={"enable_progress_bar": False}) as con:
         started = time.perf_counter()
         rows = con.execute("SELECT count(*) FROM read_csv(?, header=true, all_varchar=true, union_by_name=true)", [files]).fetchone()[0]
         limits["read every drop's CSV, every core (s)"] = round(time.perf_counter() - started, 1)
@@ -296,4 +300,13 @@ def measure_limits(work: Path, profile_rows: int) -> dict:
             con.execute("SELECT max(sha256(s)) FROM strings").fetchone()
             seconds = time.perf_counter() - started
             limits[f"sha256 per second, {'one core' if threads == 1 else 'every core'}"] = round(profile_rows / seconds)
+        # matching's primitives on keys shaped like its hashes (64 hex characters), every core
+        con.execute("CREATE TABLE hashes AS SELECT sha256(s) AS h FROM strings; DROP TABLE strings")
+        started = time.perf_counter()
+        con.execute("SELECT count(*) FROM (SELECT h, count(*) FROM hashes GROUP BY h)").fetchone()
+        limits["group the profiles' count of 64-hex keys, every core (s)"] = round(time.perf_counter() - started, 1)
+        con.execute("CREATE TABLE probes AS SELECT h FROM hashes USING SAMPLE 50 PERCENT (system)")
+        started = time.perf_counter()
+        con.execute("SELECT count(*) FROM probes JOIN hashes USING (h)").fetchone()
+        limits["join half as many 64-hex keys to them, every core (s)"] = round(time.perf_counter() - started, 1)
     return limits
