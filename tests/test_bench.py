@@ -35,9 +35,11 @@ def check(result: dict) -> None:
     limits = result["floor"]["machine_limits"]  # measured on the floor's own downloads
     assert limits["drop rows"] == 3000 and limits["drop files"] == 8
     assert limits["sha256 per second, one core"] > 0 and limits["gunzip MB/s (plain) one core"] > 0
+    assert {"group the profiles' count of 64-hex keys, every core (s)", "join half as many 64-hex keys to them, every core (s)"} <= set(limits)
     assert result["pipeline"]["peak_tree_rss_mb"] > 100  # the tree: dbt's process is counted too
     by_stage = result["pipeline"]["peak_tree_rss_mb_by_stage"]
     assert by_stage["transform"]["children"] > 50  # dbt, a child of the task's process
+    assert by_stage["ingest"]["children"] > 50  # the drops' ingests, in processes of their own as the DAG's tasks
     assert max(p["total"] for p in by_stage.values()) <= result["pipeline"]["peak_tree_rss_mb"]
     assert all(abs(p["total"] - p["process"] - p["children"]) <= 1 for p in by_stage.values())  # each rounded
     # the two later nights on the same lake: a new drop per partner and 1 % of the emails changed, then nothing new

@@ -287,7 +287,8 @@ def measure_limits(work: Path, profile_rows: int) -> dict:
         plain = sum(pool.map(gunzip, files))
     limits["drop MB plain"] = round(plain / 1e6)
     limits["gunzip every drop file, every core (s)"] = round(time.perf_counter() - started, 1)
-    with duckdb.connect(config={"enable_progress_bar": False}) as con:
+    with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")
         started = time.perf_counter()
         rows = con.execute("SELECT count(*) FROM read_csv(?, header=true, all_varchar=true, union_by_name=true)", [files]).fetchone()[0]
         limits["read every drop's CSV, every core (s)"] = round(time.perf_counter() - started, 1)
