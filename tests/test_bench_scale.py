@@ -57,3 +57,14 @@ def test_bench_scale_runs_a_night_per_profile_count_and_plots_them(tmp_path, cap
     out = capsys.readouterr().out
     assert "| 1,000 |" in out and "| 2,000 | FAILED |" in out and "| 3,000 |" in out
     assert not list(tmp_path.glob("night-*.json"))  # no floor, no later nights: not make bench's results
+
+
+@pytest.mark.parametrize(("seconds", "met"), [((100.0,), None), ((100.0, 200.0, 300.0), True), ((100.0, 200.0, 400.0), False)])
+def test_the_linear_check_judges_steps_only(seconds, met):
+    """One size makes no step, so linearity is not judged (neither met nor missed); the steps are judged
+    against the first step's seconds per million profiles."""
+    points = [{"profiles": (i + 1) * 1_000_000, "matches_ground_truth": True,
+               "pipeline": {"wall_seconds": s, "peak_tree_rss_mb": 1000}} for i, s in enumerate(seconds)]
+    result = bench._scale_result("lake", 1_000_000, points)
+    assert result["targets"]["linear: each step's seconds per million profiles <= 1.1 x the first step's"]["met"] is met
+    assert result["targets"]["every size completes"]["met"] is True
