@@ -12,8 +12,9 @@
 -- view) and would otherwise build the hash table on the drop's wide rows: at 10M rows that alone ran
 -- out of its 2 GB (make bench). The one table built from the drop is narrow: a 64-bit hash of each
 -- delivered hash with its agreement's hash profile, which keeps the indexes to the hashes the drop
--- can hit (at 10M x 10M, 5.8M of the 20M profile email hashes, against 9.9M on the hash alone). Indexing every profile's hash
--- ran out of the 2 GB at 50M profiles (make bench-scale); so the indexes grow with the drop.
+-- can hit (at 10M x 10M, 5.8M of the 20M profile email hashes; 9.9M on the hash alone). Indexing
+-- every profile's hash ran out of the 2 GB at 50M profiles (make bench-scale); so the indexes grow
+-- with the drop.
 {{ config(
     pre_hook="set disabled_optimizers = 'build_side_probe_side'",
     post_hook="reset disabled_optimizers",
