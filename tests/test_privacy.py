@@ -256,6 +256,9 @@ def test_erasure_leaves_no_trace_and_stays_through_reruns_and_backfills(two_nigh
 
     # a re-run of D, a backfill of D-1 and a reprocessing of every drop (new ingestion rules) bring nobody back
     night(D, "rerun")
+    # the snapshot still holds them: it is loaded without them, so there is no profile row to delete again
+    assert query("SELECT count(*) FROM audit.data_deletions WHERE run_id = 'rerun' AND location = 'raw.first_party_profiles'") == [(0,)]
+    assert query("SELECT count(*) FROM raw.first_party_profiles WHERE profile_id = ?", [person]) == [(0,)]
     night(D - dt.timedelta(days=1), "backfill")
     monkeypatch.setattr(ingest, "INGEST_VERSION", ingest.INGEST_VERSION + "-reprocess")
     night(D - dt.timedelta(days=1), "reprocessed")

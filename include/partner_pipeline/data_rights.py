@@ -14,7 +14,8 @@ access_request_records. The nightly data-rights step (nightly.data_rights), afte
   (audit.erasure_suppressions, for good), delete what the models list (expired drops; rows of
   suppressed people in raw.partner_records, raw.quarantined_rows, raw.first_party_profiles: whatever a
   later load, re-run or backfill brought back is deleted again) and queue each partner's notice, in one
-  transaction;
+  transaction; a first-party snapshot is loaded without the profiles already suppressed
+  (without_erased_profiles), so only the night of the request deletes their profile row;
 - scrub_delivered_files: take the people whose erasure is answered tonight out of the files already
   delivered to s3_file destinations;
 - complete_erasures: scrub the pipeline's quarantined copies of the person's rows and take them out of
@@ -195,6 +196,16 @@ def apply_deletions(con, run_id: str) -> dict:
         con.execute("ROLLBACK")
         raise
     return {k: int(v) for k, v in counts.items()}
+
+
+def without_erased_profiles(snapshot_select: str) -> str:
+    """SQL for the rows of a first-party snapshot (`snapshot_select`, with a profile_id column) but those
+    of profiles on the suppression list: load_first_party loads a snapshot that still holds an erased
+    person without them, so their identifiers are not written to the warehouse again each night for
+    apply_deletions to delete (and log) again."""
+    return f"""SELECT snapshot.* FROM ({snapshot_select}) AS snapshot
+               ANTI JOIN (SELECT suppression_key FROM audit.erasure_suppressions WHERE identifier_kind = 'profile_id') AS erased
+               ON audit.suppression_key(snapshot.profile_id) = erased.suppression_key"""
 
 
 def _queue_notices(con, hits) -> None:

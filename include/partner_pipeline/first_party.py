@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 
+from partner_pipeline.data_rights import without_erased_profiles
 from partner_pipeline.drops import DATA_SUFFIXES, SUCCESS, data_suffix
 from partner_pipeline.storage import download_with_sha256, list_objects, list_prefixes
 
@@ -68,16 +69,16 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
     if parquet:
         sources.append("SELECT * FROM read_parquet(?, union_by_name=true)")
         parameters.append(parquet)
+    select = f"SELECT *, ?::DATE AS snapshot_date FROM ({' UNION ALL BY NAME '.join(sources)})"
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles AS SELECT *, ?::DATE AS snapshot_date "
-                    f"FROM ({' UNION ALL BY NAME '.join(sources)})", parameters)
-        columns = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
-                                              "WHERE table_schema='raw' AND table_name='first_party_profiles'").fetchall()}
+        columns = {d[0] for d in con.execute(f"SELECT * FROM ({select}) LIMIT 0", parameters).description}
         missing = [c for c in REQUIRED if c not in columns]
         if missing:
             raise SnapshotError(f"s3://{bucket}/{prefix}: required column(s) {', '.join(missing)} missing; "
                                 f"the snapshot needs {', '.join(REQUIRED)}")
+        # the erased stay out of it (data_rights: their rows would only be deleted again)
+        con.execute(f"CREATE OR REPLACE TABLE raw.first_party_profiles AS {without_erased_profiles(select)}", parameters)
         rows = con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
         con.execute("COMMIT")
     except BaseException:
