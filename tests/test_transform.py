@@ -15,7 +15,7 @@ import yaml
 
 from partner_pipeline import nightly
 from partner_pipeline.agreements import load_agreements
-from partner_pipeline.first_party import newest_snapshot
+from partner_pipeline.first_party import SnapshotError, newest_snapshot
 from partner_pipeline.settings import load_settings
 from partner_pipeline.sqltext import quote_path
 from partner_pipeline.transform import DBT_PROJECT, ModelBuildFailed, build_models, published_marts, run_dbt
@@ -67,6 +67,20 @@ def test_newest_complete_snapshot_on_or_before_the_date(env):
             env["s3"].put_object(Bucket=s.first_party_bucket, Key=f"profiles/{snapshot}/_SUCCESS", Body=b"")
     assert newest_snapshot(env["s3"], s.first_party_bucket, DAY) == "2026-11-15"
     assert newest_snapshot(env["s3"], s.first_party_bucket, dt.date(2026, 10, 31)) is None
+
+
+def test_a_snapshot_without_a_required_column_fails_naming_it_and_loads_nothing(env):
+    s = env["settings"]
+    scenario(env)
+    assert nightly.load_first_party(DAY)["profiles"] == 600
+    later = DAY + dt.timedelta(days=1)
+    env["s3"].put_object(Bucket=s.first_party_bucket, Key=f"profiles/{later}/profiles-000.csv",
+                         Body=b"profile_id,email,country,consent_marketing\np1,a@example.com,GB,true\n")
+    env["s3"].put_object(Bucket=s.first_party_bucket, Key=f"profiles/{later}/_SUCCESS", Body=b"")
+    with pytest.raises(SnapshotError, match=rf"s3://{s.first_party_bucket}/profiles/{later}/: required column\(s\) phone missing"):
+        nightly.load_first_party(later)
+    with warehouse(load_settings(), read_only=True) as con:  # the snapshot in force before stays, whole
+        assert con.execute("SELECT count(*), any_value(snapshot_date) FROM raw.first_party_profiles").fetchone() == (600, DAY)
 
 
 def test_no_snapshot_on_or_before_the_date_matches_nothing_and_says_so(env):
