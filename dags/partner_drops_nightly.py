@@ -14,7 +14,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from partner_pipeline.alerts import DropAlertNotifier  # light modules: no pipeline work at parse time
 from partner_pipeline.sequencing import PreviousDateDone
-from partner_pipeline.settings import task_pool
+from partner_pipeline.settings import NIGHT_MAX_ACTIVE_TASKS, task_pool
 
 
 @dag(
@@ -22,7 +22,7 @@ from partner_pipeline.settings import task_pool
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # dates build the marts in order, as sequential nightly runs would
-    max_active_tasks=4,
+    max_active_tasks=NIGHT_MAX_ACTIVE_TASKS,
     # Retries are for passing faults (object storage, the warehouse lock, disk): soon, then backing off
     # (20 s, 40 s, 80 s). Errors no retry fixes fail at once (nightly.task_errors); a drop's own faults never fail a task.
     default_args={"retries": 3, "retry_delay": pendulum.duration(seconds=20), "retry_exponential_backoff": 2.0,

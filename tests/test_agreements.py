@@ -84,26 +84,29 @@ def test_one_bad_file_fails_the_whole_directory(tmp_path):
         load_agreements(tmp_path)
 
 
-def test_two_files_for_one_partner_fail_the_load(tmp_path):
-    write(tmp_path, GOOD)
-    second = write(tmp_path, GOOD.replace("demo-1", "demo-2"), name="demo_partner.yml")
+OTHER_PARTNER = GOOD.replace("partner_id: demo_partner", "partner_id: other_partner")
+
+
+@pytest.mark.parametrize(("name", "text", "field", "fix", "mended", "loaded_ids"), [
+    # a second file for one partner (which one would govern its drops?): mended by deleting one
+    ("demo_partner.yml", GOOD.replace("demo-1", "demo-2"), "field 'partner_id'", "delete or merge one of them", None, {"demo-1"}),
+    # two agreements under one agreement_id: mended by giving the second its own
+    ("other_partner.yaml", OTHER_PARTNER, "field 'agreement_id' is 'demo-1'", "change one of them",
+     OTHER_PARTNER.replace("demo-1", "other-1"), {"demo-1", "other-1"}),
+])
+def test_two_agreement_files_that_clash_fail_the_load_naming_both(tmp_path, name, text, field, fix, mended, loaded_ids):
+    first = write(tmp_path, GOOD)
+    second = write(tmp_path, text, name=name)
     with pytest.raises(AgreementError) as raised:
         load_agreements(tmp_path)
     message = str(raised.value)
-    assert str(second) in message and str(tmp_path / "demo_partner.yaml") in message
-    assert "field 'partner_id'" in message and "delete or merge one of them" in message
-
-
-def test_two_agreements_under_one_id_fail_the_load(tmp_path):
-    write(tmp_path, GOOD)
-    second = write(tmp_path, GOOD.replace("partner_id: demo_partner", "partner_id: other_partner"), name="other_partner.yaml")
-    with pytest.raises(AgreementError) as raised:
-        load_agreements(tmp_path)
-    message = str(raised.value)
-    assert str(second) in message and "demo_partner.yaml" in message
-    assert "field 'agreement_id' is 'demo-1'" in message and "change one of them" in message
-    second.write_text(GOOD.replace("partner_id: demo_partner", "partner_id: other_partner").replace("demo-1", "other-1"))
-    assert {a.agreement_id for a in load_agreements(tmp_path).values()} == {"demo-1", "other-1"}
+    assert str(second) in message and str(first) in message
+    assert field in message and fix in message
+    if mended is None:
+        second.unlink()
+    else:
+        second.write_text(mended)
+    assert {a.agreement_id for a in load_agreements(tmp_path).values()} == loaded_ids
 
 
 @pytest.mark.parametrize(("column", "term"), [

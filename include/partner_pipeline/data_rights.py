@@ -60,7 +60,7 @@ from partner_pipeline import retention
 from partner_pipeline.agreements import Agreement
 from partner_pipeline.governance import Governance
 from partner_pipeline.storage import ensure_buckets, list_objects, list_prefixes
-from partner_pipeline.warehouse import DATA_RIGHTS_MACROS
+from partner_pipeline.warehouse import DATA_RIGHTS_MACROS, ERASED_PROFILE_KEYS
 
 log = logging.getLogger(__name__)
 REQUEST_KINDS = {"erasure": ("profile_id", "email", "email_sha256"), "access": ("profile_id", "email")}
@@ -204,8 +204,7 @@ def without_erased_profiles(snapshot_select: str) -> str:
     person without them, so their identifiers are not written to the warehouse again each night for
     apply_deletions to delete (and log) again."""
     return f"""SELECT snapshot.* FROM ({snapshot_select}) AS snapshot
-               ANTI JOIN (SELECT suppression_key FROM audit.erasure_suppressions WHERE identifier_kind = 'profile_id') AS erased
-               ON audit.suppression_key(snapshot.profile_id) = erased.suppression_key"""
+               ANTI JOIN ({ERASED_PROFILE_KEYS}) AS erased ON audit.suppression_key(snapshot.profile_id) = erased.suppression_key"""
 
 
 def _queue_notices(con, hits) -> None:

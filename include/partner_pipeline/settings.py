@@ -26,6 +26,11 @@ POOLED_TASKS = {
 }
 
 
+# partner_drops_nightly's max_active_tasks: how many of a night's tasks (its drops' ingests) run at once;
+# the bench ingests its drops as many at a time
+NIGHT_MAX_ACTIVE_TASKS = 4
+
+
 def task_pool(task_id: str) -> str:
     """The DAG task's pool: the one-slot warehouse pool where it must write alone, else Airflow's default."""
     return WAREHOUSE_POOL if task_id in POOLED_TASKS[warehouse_kind()] else "default_pool"

@@ -282,10 +282,13 @@ def rewrite_if_owed(settings) -> dict | None:
     return rewrite_warehouse(settings) if due else None
 
 
+# the suppression keys of every erased profile (for good): compared with audit.suppression_key(profile_id)
+ERASED_PROFILE_KEYS = "SELECT suppression_key FROM audit.erasure_suppressions WHERE identifier_kind = 'profile_id'"
+
+
 def erased_people_still_on_destinations(con) -> int:
-    return con.execute("""SELECT count(*) FROM activation.destination_members
-                          WHERE audit.suppression_key(profile_id) IN (SELECT suppression_key FROM audit.erasure_suppressions
-                                                                   WHERE identifier_kind = 'profile_id')""").fetchone()[0]
+    return con.execute(f"""SELECT count(*) FROM activation.destination_members
+                           WHERE audit.suppression_key(profile_id) IN ({ERASED_PROFILE_KEYS})""").fetchone()[0]
 
 
 def rewrite_warehouse(settings) -> dict:

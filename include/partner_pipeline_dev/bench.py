@@ -45,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from partner_pipeline.contracts import DropOutcome
-from partner_pipeline.settings import PROJECT_ROOT
+from partner_pipeline.settings import NIGHT_MAX_ACTIVE_TASKS, PROJECT_ROOT
 
 DAY = dt.date(2026, 11, 21)
 SECOND_DAY, QUIET_DAY = DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)
@@ -54,7 +54,6 @@ TASKS = ("discover", "ingest", "publish", "load_first_party", "transform", "data
          "share_overlap_reports", "export_seeds", "publish_marts")
 SEED_KEY = "bench-seed-key-" + "0123456789abcdef" * 2  # the key of every seed set the bench sends (not a secret)
 BENCH_PARTNERS = ("acme_bank", "globex_retail")
-DAG_MAX_ACTIVE_TASKS = 4  # partner_drops_nightly's max_active_tasks: how many drops it ingests at once
 CALIBRATION_ROWS = 1000  # the tiny night that gives the fixed cost
 AMBIGUOUS_SHARE = 0.002  # rows in pairs of matching persons under one partner_person_id (synth.DropSpec)
 
@@ -81,7 +80,7 @@ def _child(run_id: str, day: dt.date) -> None:
 
     drops = timed("discover", lambda: nightly.discover(day, run_id))
     # the DAG's ingest is a mapped task: each drop in its own task process, up to its max_active_tasks at once
-    with ProcessPoolExecutor(max_workers=min(DAG_MAX_ACTIVE_TASKS, len(drops) or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(NIGHT_MAX_ACTIVE_TASKS, len(drops) or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
         outcomes = timed("ingest", lambda: [DropOutcome.from_xcom(o) for o in pool.map(_ingest, [d.to_xcom() for d in drops],
                                                                                         [run_id] * len(drops))])
     timed("publish", lambda: nightly.publish(outcomes, day, run_id))
