@@ -47,6 +47,30 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2)
 
 
+def write_stage(stage: Path, columns: list[str], rows: list[dict], issued_seeds: tuple[str, ...] = ()) -> Path:
+    """A drop's stage as staging.stage_drop lays it out (contracts.StageFile), from rows given as dicts
+    (a column a row leaves out is NULL): one Parquet part, the records view over it, the issued seeds."""
+    import duckdb
+
+    from partner_pipeline.contracts import StageFile
+    from partner_pipeline.sqltext import quote_ident, quote_path
+
+    part = StageFile.part_path(stage, 0)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(stage)) as con:
+        con.execute("CREATE TEMP TABLE delivered (" + ", ".join(f"{quote_ident(c)} VARCHAR" for c in columns)
+                    + f", {StageFile.SOURCE_FILE} VARCHAR, {StageFile.SOURCE_ROW} BIGINT, {StageFile.ROW} BIGINT)")
+        for n, row in enumerate(rows, start=1):
+            con.execute(f"INSERT INTO delivered VALUES ({', '.join('?' * (len(columns) + 3))})",
+                        [*(row.get(c) for c in columns), "records-000.csv", n, n])
+        con.execute(f"COPY delivered TO {quote_path(part)} ({StageFile.PART_OPTIONS})")
+        con.execute(StageFile.records_view_ddl([part], quote_path))
+        con.execute(StageFile.issued_seeds_ddl())
+        for seed_id in issued_seeds:
+            con.execute(f"INSERT INTO {StageFile.ISSUED_SEEDS} VALUES (?)", [seed_id])
+    return stage
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from partner_pipeline.lake import analyst_prefixes

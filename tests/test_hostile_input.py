@@ -173,10 +173,10 @@ def test_a_crashing_drop_is_quarantined_alone_and_the_night_goes_on(env, monkeyp
 
     load_file = staging._load_file
 
-    def crash_for_acme(con, path, f, drop, *args):
+    def crash_for_acme(con, path, part, f, drop, *args):
         if drop.partner_id == "acme_bank":
             raise InjectedFault(f"cannot handle {path}")
-        return load_file(con, path, f, drop, *args)
+        return load_file(con, path, part, f, drop, *args)
 
     monkeypatch.setattr(staging, "_load_file", crash_for_acme)
     outcomes = run(run_id="first")

@@ -10,12 +10,12 @@ import time
 import duckdb
 import pytest
 
+from conftest import write_stage
 from partner_pipeline import ingest
 from partner_pipeline.agreements import RECORD_COLUMNS, load_agreements
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.ingest import copy_issued_seeds, is_infrastructure_fault
 from partner_pipeline.settings import PROJECT_ROOT, load_settings
-from partner_pipeline.sqltext import quote_ident
 from partner_pipeline.warehouse import warehouse
 
 ACME = load_agreements(PROJECT_ROOT / "include" / "agreements")["acme_bank"]
@@ -36,12 +36,8 @@ def settings(tmp_path, monkeypatch):
 
 
 def stage(tmp_path, seed_id: str | None):
-    path = tmp_path / f"stage-{seed_id}.duckdb"
-    with duckdb.connect(str(path)) as con:
-        con.execute(StageFile.records_ddl(list(RECORD_COLUMNS), quote_ident))
-        con.execute(StageFile.issued_seeds_ddl())
-        con.execute(f"INSERT INTO {StageFile.RECORDS} (partner_record_id, seed_id, {StageFile.ROW}) VALUES ('r1', ?, 1)", [seed_id])
-    return path
+    return write_stage(tmp_path / f"stage-{seed_id}" / StageFile.FILE_NAME, list(RECORD_COLUMNS),
+                       [{"partner_record_id": "r1", "seed_id": seed_id}])
 
 
 def seeds_in(path) -> list[str]:

@@ -32,14 +32,15 @@ def test_duckdb_persisted_connection_is_registered_once():
     assert engine._dialect_requires_persisted_connection(connection_string="duckdb:////tmp/x.duckdb")
 
 
-def test_row_rules_flag_exactly_the_rows_the_suite_fails(tmp_path):
-    """validation.row_rules (the suite's rules as SQL, for the benchmark's floor) flags the same rows
-    per rule as GX running the suite, on a staged drop holding one breach of each rule and good rows."""
+def test_row_rules_flag_the_rows_the_suite_counts(tmp_path):
+    """validation.row_rules (the suite's rules as SQL) flags, rule by rule, as many rows as GX running the
+    suite counts, on a staged drop holding one breach of each rule and good rows; and the one-scan
+    insert ingest quarantines rows with (row_failures_insert) finds exactly the rows of each rule's own query."""
     import duckdb
 
+    from conftest import write_stage
     from partner_pipeline.contracts import StageFile
-    from partner_pipeline.validation import VALIDATION_VIEW, row_rules, validate_staged, validation_view_sql
-    from partner_pipeline.sqltext import quote_ident
+    from partner_pipeline.validation import VALIDATION_VIEW, row_failures_insert, row_rules, validate_staged, validation_view_sql
 
     agreement = AGREEMENTS["acme_bank"]
     good = {"partner_record_id": None, "partner_person_id": "p", "email_sha256": "a" * 64, "phone_sha256": None,
@@ -53,23 +54,21 @@ def test_row_rules_flag_exactly_the_rows_the_suite_fails(tmp_path):
                 {"net_worth_band": "huge"}, {"household_income": "12.5"}, {"household_income": "-5"},
                 {"household_income": "99999999999"}, {"has_financial_advisor": "no"}, {}, {},
                 {"seed_id": "s-foreign"}, {"email_sha256": None, "seed_id": "s-issued"}]
-    columns = list(good)
-    stage = tmp_path / "stage.duckdb"
+    rows = [{**good, "partner_record_id": f"r{n}", **breach} for n, breach in enumerate(breaches, start=1)]
+    stage = write_stage(tmp_path / StageFile.FILE_NAME, list(good), rows, issued_seeds=("s-issued",))
     with duckdb.connect(str(stage)) as con:
-        con.execute(StageFile.records_ddl(columns, quote_ident))
-        con.execute(StageFile.issued_seeds_ddl())
-        con.execute(f"INSERT INTO {StageFile.ISSUED_SEEDS} VALUES ('s-issued')")
-        for n, breach in enumerate(breaches, start=1):
-            row = {**good, "partner_record_id": f"r{n}", **breach}
-            con.execute(f"INSERT INTO {StageFile.RECORDS} VALUES ({', '.join('?' * (len(columns) + 3))})",
-                        [*(row[c] for c in columns), "records-000.csv", n, n])
         con.execute(validation_view_sql(agreement, "2026-11-21T01:00:00+00:00"))
         by_sql = {rule: sorted(r for (r,) in con.execute(f"SELECT {StageFile.ROW} FROM {VALIDATION_VIEW} WHERE {condition}").fetchall())
                   for rule, condition in row_rules(agreement).items()}
-    outcome, failing = validate_staged(stage, agreement, tmp_path / "out", "check", {})
-    with duckdb.connect(str(stage), read_only=True) as con:
-        by_gx = {rule: sorted(r for (r,) in con.execute(query).fetchall()) for rule, query in failing}
-    assert {rule: rows for rule, rows in by_sql.items() if rows} == by_gx
-    assert set(by_gx) == set(row_rules(agreement)) and len(by_gx["partner_record_id_duplicate"]) == 2
-    assert by_gx["seed_id_unknown"] == [len(breaches) - 1]  # the issued seed alone keys a valid row
-    assert by_gx["identifier_missing"] == [4]
+    outcome = validate_staged(stage, agreement, tmp_path / "out", "check", {})
+    with duckdb.connect(str(stage)) as con:
+        con.execute(StageFile.row_failures_ddl())
+        con.execute(*row_failures_insert(agreement))
+        by_scan = {}
+        for row, rule in con.execute(f"SELECT {StageFile.ROW}, {StageFile.RULE} FROM {StageFile.ROW_FAILURES} ORDER BY 1").fetchall():
+            by_scan.setdefault(rule, []).append(row)
+    assert by_scan == {rule: rows for rule, rows in by_sql.items() if rows}
+    assert outcome.failures_by_rule == {rule: len(rows) for rule, rows in by_scan.items()}
+    assert set(by_scan) == set(row_rules(agreement)) and by_scan["partner_record_id_duplicate"] == [2, 3]
+    assert by_scan["seed_id_unknown"] == [len(breaches) - 1]  # the issued seed alone keys a valid row
+    assert by_scan["identifier_missing"] == [4]

@@ -27,7 +27,7 @@ from partner_pipeline.drops import MANIFEST, DropRef, check_agreement, parse_man
 from partner_pipeline.problems import DropRejected, Problem, internal_error
 from partner_pipeline.staging import connect, local_paths, stage_drop
 from partner_pipeline.storage import read_bytes
-from partner_pipeline.validation import validate_staged, validation_view_sql
+from partner_pipeline.validation import row_failures_insert, validate_staged, validation_view_sql
 from partner_pipeline.warehouse import attach_read_only, warehouse_exists
 
 # Bump when ingestion rules change, so unchanged drops are processed again under the new rules.
@@ -162,16 +162,19 @@ def _validate(stage_path: Path, agreement: Agreement, drop: DropRef, run_id: str
     con.execute(validation_view_sql(agreement, drop.delivered_at))
     con.close()
     name = safe_name(f"{drop.partner_id}__{drop.drop_date}__{drop.delivery_id}")
-    result, failing = validate_staged(stage_path, agreement, settings.validation_dir / safe_name(run_id), name,
-                                      settings.duckdb_config(stage_path.parent / "tmp"))
+    result = validate_staged(stage_path, agreement, settings.validation_dir / safe_name(run_id), name,
+                             settings.duckdb_config(stage_path.parent / "tmp"))
     con = connect(stage_path, settings)
     try:
         con.execute(StageFile.row_failures_ddl())
-        for rule, select_rows in failing:
-            con.execute(f"INSERT INTO {StageFile.ROW_FAILURES} SELECT {StageFile.ROW}, ? FROM ({select_rows})", [rule])
+        if result.failures_by_rule:  # a clean drop is not scanned again
+            con.execute(*row_failures_insert(agreement))
+        found = dict(con.execute(f"SELECT {StageFile.RULE}, count(*) FROM {StageFile.ROW_FAILURES} GROUP BY ALL").fetchall())
         bad = con.execute(f"SELECT count(DISTINCT {StageFile.ROW}) FROM {StageFile.ROW_FAILURES}").fetchone()[0]
     finally:
         con.close()
+    if found != result.failures_by_rule:  # the rules' SQL (row_rules) and GX disagree: a fault of ours, not the drop's
+        raise RuntimeError(f"rows found breaking each rule {found} differ from Great Expectations' counts {result.failures_by_rule}")
     outcome = outcome.but(rows_valid=outcome.rows_received - bad, rows_quarantined=bad,
                           failures_by_rule=result.failures_by_rule, fixes_by_rule=result.fixes,
                           validation_result=str(result.result_path), data_docs=str(result.docs_path))

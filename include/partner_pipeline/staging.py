@@ -1,4 +1,5 @@
-"""Download a verified drop's files and load them into the drop's own staging DuckDB file.
+"""Download a verified drop's files and load them into the drop's own staging DuckDB file (its rows
+in Parquet parts beside it, StageFile).
 
 Every drop gets its own file, so drops are staged in parallel without contending for the
 warehouse's single writer. Values are kept as delivered (VARCHAR); validation and the dbt
@@ -24,7 +25,7 @@ from partner_pipeline.agreements import CONSENT_COLUMNS, RECORD_COLUMNS, REQUIRE
 from partner_pipeline.contracts import StageFile
 from partner_pipeline.drops import DropRef, ManifestFile, data_suffix
 from partner_pipeline.problems import DropRejected, Problem, scrub_paths
-from partner_pipeline.sqltext import quote_ident
+from partner_pipeline.sqltext import quote_ident, quote_path
 from partner_pipeline.storage import download_with_sha256
 
 _CSV_OPTIONS = "header=true, all_varchar=true, delim=',', quote='\"', escape='\"', encoding='utf-8', strict_mode=true"
@@ -72,18 +73,21 @@ def stage_drop(client, drop: DropRef, files: list[ManifestFile], agreement: Agre
     columns = [*RECORD_COLUMNS, *agreement.attributes]
     staged = StagedDrop(work_dir / StageFile.FILE_NAME, 0, columns, checksums=checksums)
     problems: list[Problem] = []
+    parts = [StageFile.part_path(staged.path, index) for index in range(len(files))]
+    parts[0].parent.mkdir()
     con = connect(staged.path, settings)
     try:
-        con.execute(StageFile.records_ddl(columns, quote_ident))
         con.execute(StageFile.issued_seeds_ddl())
-        for path, f in zip(paths, files):
-            problems += _load_file(con, path, f, drop, agreement, staged)
+        for path, part, f in zip(paths, parts, files):
+            problems += _load_file(con, path, part, f, drop, agreement, staged)
+        if not problems:
+            con.execute(StageFile.records_view_ddl(parts, quote_path))
     finally:
         con.close()
     if problems:
         raise DropRejected(problems)
     for path in paths:
-        path.unlink()  # the staging table holds the rows now
+        path.unlink()  # the parts hold the rows now
     return staged
 
 
@@ -109,7 +113,7 @@ def _source(path: Path) -> str:
     return f"read_csv(?, {_CSV_OPTIONS})"
 
 
-def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agreement, staged: StagedDrop) -> list[Problem]:
+def _load_file(con, path: Path, part: Path, f: ManifestFile, drop: DropRef, agreement: Agreement, staged: StagedDrop) -> list[Problem]:
     where = drop.prefix + f.key
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {_source(path)}", [str(path)]).fetchall()
@@ -144,17 +148,18 @@ def _load_file(con, path: Path, f: ManifestFile, drop: DropRef, agreement: Agree
         problems += _parquet_type_problems(con, path, header, agreement, where)
     if problems:
         return problems
-    kept = [c for c in staged.columns if c in header]
-    select = ", ".join(f"NULLIF(CAST({quote_ident(c)} AS VARCHAR), '') AS {quote_ident(c)}" for c in kept)
+    # every part has every kept column, in one order (the records view reads them as one table)
+    select = ", ".join(f"NULLIF(CAST({quote_ident(c)} AS VARCHAR), '') AS {quote_ident(c)}" if c in header
+                       else f"CAST(NULL AS VARCHAR) AS {quote_ident(c)}" for c in staged.columns)
     try:
-        con.execute(
-            f"INSERT INTO {StageFile.RECORDS} BY NAME SELECT {select}, ? AS {StageFile.SOURCE_FILE}, "
-            f"row_number() OVER () AS {StageFile.SOURCE_ROW}, ? + row_number() OVER () AS {StageFile.ROW} FROM {_source(path)}",
+        loaded = con.execute(
+            f"COPY (SELECT {select}, CAST(? AS VARCHAR) AS {StageFile.SOURCE_FILE}, row_number() OVER () AS {StageFile.SOURCE_ROW}, "
+            f"CAST(? AS BIGINT) + row_number() OVER () AS {StageFile.ROW} FROM {_source(path)}) "
+            f"TO {quote_path(part)} ({StageFile.PART_OPTIONS})",
             [f.key, staged.rows_received, str(path)],
-        )
+        ).fetchone()[0]
     except duckdb.Error as exc:
         return [_unreadable("failed while reading rows", exc, path, where)]
-    loaded = con.execute(f"SELECT count(*) FROM {StageFile.RECORDS} WHERE {StageFile.SOURCE_FILE} = ?", [f.key]).fetchone()[0]
     staged.rows_received += loaded
     if loaded != f.rows:
         return [Problem("row_count_mismatch", f"the file has {loaded} data rows, the manifest says {f.rows}.",

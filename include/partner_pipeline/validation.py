@@ -2,9 +2,9 @@
 
 The suite is pushed down into the drop's staging DuckDB file through GX's SQL data source, so
 no drop is ever held in pandas. Each expectation carries `meta.rule`; the rows it rejects are
-found with the query GX itself reports (`unexpected_index_query`) or, for checks spanning the
-drop, with the expectation's own SQL, so every rule has one definition. Stored results hold
-row ids and counts only: never a personal data value.
+found by the suite's own conditions read back as SQL (row_rules), in one scan of the drop for every
+rule (row_failures_insert), and ingest checks that they count per rule what GX counted: every rule
+has one definition. Stored results hold row ids and counts only: never a personal data value.
 """
 
 from __future__ import annotations
@@ -140,6 +140,16 @@ def row_rules(agreement: Agreement) -> dict[str, str]:
     return rules
 
 
+def row_failures_insert(agreement: Agreement) -> tuple[str, list[str]]:
+    """The INSERT of one StageFile.ROW_FAILURES row per (row of VALIDATION_VIEW, rule it breaks), and its
+    parameters (the rule names): one scan for every rule, where GX's own row queries take one each."""
+    rules = row_rules(agreement)
+    broken = ", ".join(f"CASE WHEN {condition} THEN ? END" for condition in rules.values())
+    any_broken = " OR ".join(f"({condition})" for condition in rules.values())
+    return (f"INSERT INTO {StageFile.ROW_FAILURES} SELECT {StageFile.ROW}, unnest(list_filter([{broken}], rule -> rule IS NOT NULL)) "
+            f"FROM {VALIDATION_VIEW} WHERE {any_broken}"), list(rules)
+
+
 def suite_json(agreement: Agreement) -> str:
     """The suite as stored in expectations/: stable text, so a stale copy shows in git diff."""
     data = build_suite(agreement).to_json_dict()
@@ -185,8 +195,8 @@ def _persist_duckdb_connections() -> None:
         engine._PERSISTED_CONNECTION_DIALECTS = (*engine._PERSISTED_CONNECTION_DIALECTS, DuckDBDialect())
 
 
-def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name: str, duckdb_config: dict[str, str]) -> tuple[ValidationOutcome, list[tuple[str, str]]]:
-    """Run the suite on the staged drop; return the outcome and (rule, SQL selecting failing _row) pairs.
+def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name: str, duckdb_config: dict[str, str]) -> ValidationOutcome:
+    """Run the suite on the staged drop; return the failures per rule, each rule's fix and the stored results.
 
     The caller must have closed its own connections to stage_path.
     """
@@ -206,13 +216,12 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
     try:
         result = definition.run(result_format={
             "result_format": "SUMMARY", "partial_unexpected_count": 0,
-            "unexpected_index_column_names": [StageFile.ROW], "return_unexpected_index_query": True,
+            "unexpected_index_column_names": [StageFile.ROW],
         })
     finally:
         _close(source)
         del context, source, batch, definition
         gc.collect()  # drops GX's remaining sqlalchemy/duckdb handles on the stage file
-    failing_rows: list[tuple[str, str]] = []
     failures: dict[str, int] = {}
     fixes: dict[str, str] = {}
     for r in result.results:
@@ -222,22 +231,16 @@ def validate_staged(stage_path: Path, agreement: Agreement, out_dir: Path, name:
             raise RuntimeError(f"expectation for rule {rule} could not run: {json.dumps(r.exception_info)[:2000]}")
         if r.success:
             continue
-        if r.expectation_config.type == "unexpected_rows_expectation":
-            query = r.expectation_config.kwargs["unexpected_rows_query"].format(batch=VALIDATION_VIEW)
-            count = r.result["observed_value"]
-        else:
-            query = r.result["unexpected_index_query"].rstrip().rstrip(";")
-            count = r.result["unexpected_count"]
-        failures[rule] = count
+        is_rows = r.expectation_config.type == "unexpected_rows_expectation"
+        failures[rule] = r.result["observed_value"] if is_rows else r.result["unexpected_count"]
         fixes[rule] = r.expectation_config.meta["fix"]
-        failing_rows.append((rule, f"SELECT {StageFile.ROW} FROM ({query})"))
     out_dir.mkdir(parents=True, exist_ok=True)
     document = _without_values(result.to_json_dict())
     result_path = out_dir / f"{name}.json"
     result_path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
     docs_path = out_dir / f"{name}.html"
     docs_path.write_text(_render_data_docs(result, document))
-    return ValidationOutcome(failures, fixes, result_path, docs_path), failing_rows
+    return ValidationOutcome(failures, fixes, result_path, docs_path)
 
 
 def _close(source) -> None:
