@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import subprocess
@@ -91,6 +92,36 @@ def test_no_snapshot_on_or_before_the_date_matches_nothing_and_says_so(env):
     assert nightly.load_first_party(DAY)["profiles"] == 600
     earlier = nightly.load_first_party(dt.date(2026, 11, 1))  # a backfill before the first snapshot
     assert (earlier["snapshot_date"], earlier["profiles"]) == (None, 0)
+
+
+def test_an_unchanged_snapshot_is_not_loaded_again(env):
+    """A night whose snapshot is the one last loaded (same objects: key, size, ETag) leaves the table as it
+    is; a changed object, or a backfill that loaded another snapshot (or none) in between, loads it again."""
+    s = env["settings"]
+    scenario(env)
+
+    def profiles() -> int:
+        with warehouse(load_settings(), read_only=True) as con:
+            return con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
+
+    assert {k: nightly.load_first_party(DAY)[k] for k in ("loaded", "profiles")} == {"loaded": True, "profiles": 600}
+    with warehouse(load_settings()) as con:  # a row a reload would bring back (what data_rights deletes never comes back)
+        con.execute("DELETE FROM raw.first_party_profiles WHERE profile_id = (SELECT min(profile_id) FROM raw.first_party_profiles)")
+    later = DAY + dt.timedelta(days=1)
+    assert {k: nightly.load_first_party(later)[k] for k in ("loaded", "profiles")} == {"loaded": False, "profiles": 599}
+    assert profiles() == 599
+    [key] = [o["Key"] for o in env["s3"].list_objects_v2(Bucket=s.first_party_bucket, Prefix=f"profiles/{DAY}/")["Contents"]
+             if not o["Key"].endswith("_SUCCESS")]
+    body = env["s3"].get_object(Bucket=s.first_party_bucket, Key=key)["Body"].read()
+    env["s3"].put_object(Bucket=s.first_party_bucket, Key=key, Body=body)  # the same bytes again: same ETag and size
+    assert nightly.load_first_party(later)["loaded"] is False
+    rewritten = gzip.compress(gzip.decompress(body), mtime=1) if key.endswith(".gz") else body.rstrip(b"\n") + b"\n\n"
+    env["s3"].put_object(Bucket=s.first_party_bucket, Key=key, Body=rewritten)  # the object replaced: a new ETag
+    assert {k: nightly.load_first_party(later)[k] for k in ("loaded", "profiles")} == {"loaded": True, "profiles": 600}
+    assert nightly.load_first_party(dt.date(2026, 11, 1))["profiles"] == 0  # a backfill before the first snapshot
+    assert {k: nightly.load_first_party(later)[k] for k in ("loaded", "profiles")} == {"loaded": True, "profiles": 600}
+    with warehouse(load_settings(), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(source), sum(profiles) FROM audit.first_party_loads").fetchone() == (4, 3, 1800)
 
 
 def test_marts_equal_ground_truth_and_hold_no_raw_identifiers(env):

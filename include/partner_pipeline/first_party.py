@@ -1,12 +1,16 @@
 """Our own customers: the newest complete first-party snapshot dated on or before the run's date.
 
 Loaded as delivered (text) into `raw.first_party_profiles`, replacing the previous snapshot;
-the dbt staging model types it and the identifier macros normalize and hash it.
+the dbt staging model types it and the identifier macros normalize and hash it. A night whose
+snapshot is the one last loaded, object for object (key, size, ETag: audit.first_party_loads), does
+not load it again: the table already holds it, but for the profiles erased since, which data_rights
+deleted from it and a load would leave out too (without_erased_profiles).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import shutil
@@ -18,6 +22,8 @@ from partner_pipeline.storage import download_with_sha256, list_objects, list_pr
 log = logging.getLogger(__name__)
 PREFIX = "profiles/"
 REQUIRED = ("profile_id", "email", "phone", "country", "consent_marketing")
+# Bump when what a load makes of the same objects changes, so that the next night loads them again.
+LOAD_VERSION = 1
 
 
 class SnapshotError(RuntimeError):
@@ -43,16 +49,30 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
     if snapshot is None:
         # Not a failed night (e.g. a backfill before the first snapshot): the date is built against
         # no profiles, as the spec's "newest snapshot on or before D" says, and the run says so.
-        con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles ("
-                    + ", ".join(f"{c} VARCHAR" for c in REQUIRED) + ", snapshot_date DATE)")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("CREATE OR REPLACE TABLE raw.first_party_profiles ("
+                        + ", ".join(f"{c} VARCHAR" for c in REQUIRED) + ", snapshot_date DATE)")
+            _record_load(con, day, None, None, 0)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         warning = (f"no complete first-party snapshot s3://{bucket}/{PREFIX}<date>/ dated on or before {day} "
                    f"(complete = has _SUCCESS): nothing is matched for this date. Deliver a snapshot and re-run {day}.")
         log.warning(warning)
         return {"snapshot_date": None, "profiles": 0, "files": [], "warning": warning}
     prefix = f"{PREFIX}{snapshot}/"
-    files = sorted(o.key for o in list_objects(client, bucket, prefix) if o.key.endswith(DATA_SUFFIXES))
+    objects = sorted((o.key, o.size, o.etag) for o in list_objects(client, bucket, prefix) if o.key.endswith(DATA_SUFFIXES))
+    files = [key for key, _, _ in objects]
     if not files:
         raise SnapshotError(f"s3://{bucket}/{prefix} has _SUCCESS but no .csv, .csv.gz or .parquet file")
+    source = {"bucket": bucket, "objects": objects, "load_version": LOAD_VERSION}
+    last = con.execute("SELECT snapshot_date, source FROM audit.first_party_loads ORDER BY loaded_at DESC LIMIT 1").fetchone()
+    if last is not None and last[0] == dt.date.fromisoformat(snapshot) and json.loads(last[1]) == json.loads(json.dumps(source)):
+        rows = con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
+        log.info("first-party snapshot %s: unchanged since its last load, %d profiles (not loaded again)", snapshot, rows)
+        return {"snapshot_date": snapshot, "profiles": rows, "files": files, "loaded": False}
     if work_dir.exists():
         shutil.rmtree(work_dir)
     local = []
@@ -80,6 +100,7 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
         # the erased stay out of it (data_rights: their rows would only be deleted again)
         con.execute(f"CREATE OR REPLACE TABLE raw.first_party_profiles AS {without_erased_profiles(select)}", parameters)
         rows = con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
+        _record_load(con, day, snapshot, source, rows)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -87,4 +108,10 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     log.info("first-party snapshot %s: %d profiles", snapshot, rows)
-    return {"snapshot_date": snapshot, "profiles": rows, "files": files}
+    return {"snapshot_date": snapshot, "profiles": rows, "files": files, "loaded": True}
+
+
+def _record_load(con, day: dt.date, snapshot: str | None, source: dict | None, rows: int) -> None:
+    """The load's row of audit.first_party_loads, in the load's transaction (no snapshot: source NULL)."""
+    con.execute("INSERT INTO audit.first_party_loads VALUES (?, ?, ?, ?, now())",
+                [day, snapshot, None if source is None else json.dumps(source), rows])

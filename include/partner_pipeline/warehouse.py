@@ -133,6 +133,10 @@ CREATE TABLE IF NOT EXISTS raw.usage_policies (policy_id VARCHAR, description VA
 -- the first-party snapshot in force; first_party.load_snapshot replaces it with the snapshot's own columns
 CREATE TABLE IF NOT EXISTS raw.first_party_profiles (profile_id VARCHAR, email VARCHAR, phone VARCHAR, country VARCHAR,
     consent_marketing VARCHAR, snapshot_date DATE);
+-- each night's first-party load: the snapshot's objects as read (key, size, ETag), so that a night whose snapshot
+-- is unchanged does not load it again (first_party.load_snapshot); none of them personal data
+CREATE TABLE IF NOT EXISTS audit.first_party_loads (run_date DATE, snapshot_date DATE, source JSON, profiles BIGINT,
+    loaded_at TIMESTAMPTZ);
 -- v2 seed sets (spec "Seed sets we send"): every seed_id issued, one row per (agreement, profile), so a
 -- partner's seed-keyed row resolves to the profile it was issued for; and each night's export, counts only
 CREATE TABLE IF NOT EXISTS raw.issued_seeds (partner_id VARCHAR, agreement_id VARCHAR, seed_id VARCHAR,
