@@ -68,8 +68,9 @@ def load_snapshot(con, client, bucket: str, day: dt.date, work_dir) -> dict:
     if not files:
         raise SnapshotError(f"s3://{bucket}/{prefix} has _SUCCESS but no .csv, .csv.gz or .parquet file")
     source = {"bucket": bucket, "objects": objects, "load_version": LOAD_VERSION}
-    last = con.execute("SELECT snapshot_date, source FROM audit.first_party_loads ORDER BY loaded_at DESC LIMIT 1").fetchone()
-    if last is not None and last[0] == dt.date.fromisoformat(snapshot) and json.loads(last[1]) == json.loads(json.dumps(source)):
+    # the objects' keys name the snapshot's date: the same source is the same snapshot
+    last = con.execute("SELECT source FROM audit.first_party_loads ORDER BY loaded_at DESC LIMIT 1").fetchone()
+    if last is not None and last[0] is not None and json.loads(last[0]) == json.loads(json.dumps(source)):
         rows = con.execute("SELECT count(*) FROM raw.first_party_profiles").fetchone()[0]
         log.info("first-party snapshot %s: unchanged since its last load, %d profiles (not loaded again)", snapshot, rows)
         return {"snapshot_date": snapshot, "profiles": rows, "files": files, "loaded": False}
